@@ -1,0 +1,167 @@
+"""The nnssl pretraining checkpoint: format, atomic writing, validation, and loading the encoder elsewhere.
+
+A checkpoint is a ``torch.save`` dict (documented in documentation/checkpoint_format.md):
+
+- ``format`` = "nnssl", ``format_version`` = 1, ``method``, ``encoder_config`` (EncoderConfig.to_dict());
+- ``encoder``: the student encoder in MONAI SwinUNETR's layout (``swinViT.*``), loadable into
+  ``monai.networks.nets.SwinUNETR`` with no missing encoder key;
+- ``task_state`` (heads, teacher, centres: everything ``--resume`` needs), ``optimizer``, ``scaler``, ``step``,
+  ``config`` (the resolved run configuration), ``provenance`` (datasets, plans, spacing, intensity normalisation),
+  ``rng`` (generator states).
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from nnssl.encoders.swin import EncoderConfig
+
+FORMAT = "nnssl"
+FORMAT_VERSION = 1
+ENCODER_PREFIX = "swinViT."
+REQUIRED_KEYS = ("format", "format_version", "method", "encoder_config", "encoder")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used as asked; the message says why and what to do."""
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` atomically: a temporary file in the same folder, fsync, then rename over ``path``.
+
+    A crash mid-write leaves the previous checkpoint intact.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **payload}
+    missing = [k for k in REQUIRED_KEYS if k not in payload]
+    if missing:
+        raise CheckpointError(f"refusing to write a checkpoint without {missing}")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load and validate an nnssl checkpoint; errors name the problem and what to do."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:  # a truncated or foreign file
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({e})") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path} is not an nnssl checkpoint; convert public weights first with "
+            "`nnssl_convert IN OUT --from monai-swinunetr|swinunetr-ssl|smit`"
+        )
+    if ckpt.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has format version {ckpt['format_version']}, newer than this nnssl ({FORMAT_VERSION}): upgrade nnssl"
+        )
+    missing = [k for k in REQUIRED_KEYS if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path} lacks {missing}: it was not written by nnssl_pretrain or nnssl_convert")
+    EncoderConfig.from_dict(ckpt["encoder_config"])  # validates
+    return ckpt
+
+
+def encoder_config_of(ckpt: dict[str, Any]) -> EncoderConfig:
+    return EncoderConfig.from_dict(ckpt["encoder_config"])
+
+
+def encoder_state_for_swinunetr(ckpt: dict[str, Any]) -> dict[str, Tensor]:
+    """The encoder tensors with SwinUNETR's ``swinViT.*`` keys (for ``SwinUNETR.load_state_dict(strict=False)``)."""
+    return {k: v for k, v in ckpt["encoder"].items() if k.startswith(ENCODER_PREFIX)}
+
+
+@dataclass
+class LoadReport:
+    """What an encoder load did: tensor names per outcome."""
+
+    loaded: list[str] = field(default_factory=list)
+    adapted: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    shape_mismatch: list[str] = field(default_factory=list)
+
+    @property
+    def expected(self) -> int:
+        return len(self.loaded) + len(self.adapted) + len(self.missing) + len(self.shape_mismatch)
+
+    def summary(self) -> str:
+        text = f"loaded {len(self.loaded) + len(self.adapted)}/{self.expected} encoder tensors"
+        if self.adapted:
+            text += f" ({len(self.adapted)} adapted to the input channels: {', '.join(self.adapted)})"
+        if self.unexpected:
+            text += f"; ignored {len(self.unexpected)} unexpected tensor(s)"
+        return text
+
+
+def adapt_patch_embedding(weight: Tensor, in_channels: int) -> Tensor:
+    """Pretrained patch-embedding kernel (F, C_src, k, k, k) -> (F, in_channels, k, k, k).
+
+    Rule (documented in documentation/nnunet_integration.md): average the kernel over its source channels and repeat it
+    over the target channels, scaled by C_src / in_channels, so that an input whose channels all equal the
+    pretraining image gives the same embedding as before.
+    """
+    c_src = weight.shape[1]
+    mean = weight.mean(dim=1, keepdim=True)
+    return mean.repeat(1, in_channels, 1, 1, 1) * (c_src / in_channels)
+
+
+def load_encoder_into(target: nn.Module, ckpt: dict[str, Any], in_channels: int | None = None) -> LoadReport:
+    """Copy the checkpoint's encoder into ``target`` (a SwinUNETR, or a module whose keys are ``swinViT.*``).
+
+    Raises CheckpointError when any encoder tensor of ``target`` is missing from the checkpoint or has another
+    shape (naming them and the encoder setting to use), so that a partial load never passes in silence.
+    A different number of input channels is handled by ``adapt_patch_embedding``.
+    """
+    source = encoder_state_for_swinunetr(ckpt)
+    target_state = {k: v for k, v in target.state_dict().items() if k.startswith(ENCODER_PREFIX)}
+    if not target_state:
+        raise CheckpointError("the target network has no 'swinViT.*' tensors: it is not a SwinUNETR-style network")
+    report = LoadReport()
+    new_state: dict[str, Tensor] = {}
+    for key, tensor in target_state.items():
+        if key not in source:
+            report.missing.append(key)
+            continue
+        value = source[key]
+        if value.shape != tensor.shape:
+            if key.endswith("patch_embed.proj.weight") and value.shape[0] == tensor.shape[0] \
+                    and value.shape[2:] == tensor.shape[2:]:
+                new_state[key] = adapt_patch_embedding(value, tensor.shape[1]).to(tensor.dtype)
+                report.adapted.append(key)
+                continue
+            report.shape_mismatch.append(f"{key}: checkpoint {tuple(value.shape)} vs network {tuple(tensor.shape)}")
+            continue
+        new_state[key] = value.to(tensor.dtype)
+        report.loaded.append(key)
+    report.unexpected = sorted(set(source) - set(target_state))
+    if report.missing or report.shape_mismatch:
+        cfg = ckpt.get("encoder_config", {})
+        problems = report.missing[:5] + report.shape_mismatch[:5]
+        raise CheckpointError(
+            f"the checkpoint's encoder does not fit the network: {len(report.missing)} missing and "
+            f"{len(report.shape_mismatch)} mismatched tensor(s), e.g. {problems}. The checkpoint was pretrained with "
+            f"encoder {cfg}; build the network with that encoder configuration (nnssl_attach copies it into the plans)."
+        )
+    target.load_state_dict(new_state, strict=False)
+    return report

@@ -1,0 +1,212 @@
+"""The 3D Swin encoder shared by every pretext task and by fine-tuning.
+
+The encoder is MONAI's ``SwinTransformer`` (the encoder of SwinUNETR, Hatamizadeh et al. 2022,
+https://arxiv.org/abs/2201.01266), kept under the attribute ``swinViT`` so that its state-dict keys are exactly
+SwinUNETR's ``swinViT.*`` keys: a pretrained encoder loads into ``monai.networks.nets.SwinUNETR`` as it is.
+
+Masked image modelling (SimMIM, SMIT, iBOT, MAE) replaces the embeddings of masked patches by a learned mask token
+right after the patch embedding, before any attention, as in SimMIM (Xie et al. 2022).
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+
+#: Every spatial axis must be divisible by this: the patch embedding (stride 2) and four patch mergings (stride 2).
+SWIN_DIVISOR = 32
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Architecture of the Swin encoder. Defaults are the paper's encoder (SwinUNETR base, feature size 48)."""
+
+    feature_size: int = 48
+    depths: tuple[int, ...] = (2, 2, 2, 2)
+    num_heads: tuple[int, ...] = (3, 6, 12, 24)
+    window_size: int = 7
+    patch_size: int = 2
+    in_channels: int = 1
+    drop_path_rate: float = 0.0
+    use_v2: bool = False
+    use_checkpoint: bool = False
+
+    def __post_init__(self) -> None:
+        # Tuples keep the config hashable and comparable after a JSON round trip (which yields lists).
+        object.__setattr__(self, "depths", tuple(int(d) for d in self.depths))
+        object.__setattr__(self, "num_heads", tuple(int(h) for h in self.num_heads))
+        if self.feature_size <= 0 or self.feature_size % 12 != 0:
+            raise ValueError(
+                f"feature_size={self.feature_size}: SwinUNETR needs a positive multiple of 12 (e.g. 12, 24, 48)."
+            )
+        if len(self.depths) != 4 or len(self.num_heads) != 4:
+            raise ValueError(
+                f"depths={self.depths} and num_heads={self.num_heads} must each have 4 entries (one per Swin stage)."
+            )
+        for stage, heads in enumerate(self.num_heads):
+            dim = self.feature_size * 2**stage
+            if dim % heads != 0:
+                raise ValueError(
+                    f"stage {stage} has {dim} channels, not divisible by num_heads[{stage}]={heads}: "
+                    "choose heads that divide feature_size * 2**stage."
+                )
+        if self.patch_size != 2:
+            raise ValueError(f"patch_size={self.patch_size}: only 2 is supported (SwinUNETR's decoder assumes it).")
+        if self.window_size < 1 or self.in_channels < 1:
+            raise ValueError("window_size and in_channels must be >= 1.")
+        if not 0.0 <= self.drop_path_rate < 1.0:
+            raise ValueError(f"drop_path_rate={self.drop_path_rate} must lie in [0, 1).")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["depths"], d["num_heads"] = list(self.depths), list(self.num_heads)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "EncoderConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            hints = [f"{k} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(k, known, 1)) else k
+                     for k in unknown]
+            raise ValueError(f"unknown encoder setting(s): {', '.join(hints)}; known: {', '.join(sorted(known))}")
+        return cls(**d)
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> "EncoderConfig":
+        if name not in PRESETS:
+            raise ValueError(f"unknown encoder preset {name!r}; choose one of {', '.join(PRESETS)}")
+        return dataclasses.replace(PRESETS[name], **overrides)
+
+    def replace(self, **changes: Any) -> "EncoderConfig":
+        return dataclasses.replace(self, **changes)
+
+    def stage_channels(self) -> list[int]:
+        """Channels of the five outputs of ``SwinEncoder.forward``."""
+        return [self.feature_size * 2**i for i in range(5)]
+
+
+PRESETS: dict[str, EncoderConfig] = {
+    # Tests and CPU demos: smallest feature size SwinUNETR accepts.
+    "tiny": EncoderConfig(feature_size=12, window_size=4),
+    "small": EncoderConfig(feature_size=24),
+    # The benchmark paper's encoder (SwinUNETR with feature size 48).
+    "base": EncoderConfig(feature_size=48),
+    # SMIT (Jiang et al., MICCAI 2022) pretrains a deeper Swin: more blocks in stage 3 and a smaller window.
+    "smit": EncoderConfig(feature_size=48, depths=(2, 2, 8, 2), num_heads=(4, 4, 8, 16), window_size=4),
+}
+
+
+def check_swin_input_size(spatial_shape: Sequence[int]) -> None:
+    """Raise a ValueError naming every axis Swin cannot take and the nearest sizes it can."""
+    bad = []
+    for axis, size in enumerate(spatial_shape):
+        if size < SWIN_DIVISOR or size % SWIN_DIVISOR != 0:
+            lower = max(SWIN_DIVISOR, size // SWIN_DIVISOR * SWIN_DIVISOR)
+            upper = (size // SWIN_DIVISOR + 1) * SWIN_DIVISOR
+            options = sorted({lower, upper})
+            bad.append(f"axis {axis} has size {size} (use {' or '.join(map(str, options))})")
+    if bad:
+        raise ValueError(
+            f"Swin needs every spatial axis divisible by {SWIN_DIVISOR} and >= {SWIN_DIVISOR}; got "
+            f"{tuple(spatial_shape)}: " + "; ".join(bad)
+        )
+
+
+def _monai_swin_transformer(cfg: EncoderConfig) -> nn.Module:
+    from monai.networks.nets.swin_unetr import SwinTransformer
+
+    return SwinTransformer(
+        in_chans=cfg.in_channels,
+        embed_dim=cfg.feature_size,
+        window_size=(cfg.window_size,) * 3,
+        patch_size=(cfg.patch_size,) * 3,
+        depths=cfg.depths,
+        num_heads=cfg.num_heads,
+        mlp_ratio=4.0,
+        qkv_bias=True,
+        drop_rate=0.0,
+        attn_drop_rate=0.0,
+        drop_path_rate=cfg.drop_path_rate,
+        norm_layer=nn.LayerNorm,
+        use_checkpoint=cfg.use_checkpoint,
+        spatial_dims=3,
+        downsample="merging",
+        use_v2=cfg.use_v2,
+    )
+
+
+class SwinEncoder(nn.Module):
+    """MONAI Swin encoder with an optional mask token.
+
+    forward(x (B, C, D, H, W), mask (B, D/2, H/2, W/2) bool or None) -> five feature maps
+    [(B, F, D/2, H/2, W/2), (B, 2F, D/4, ...), (B, 4F, D/8, ...), (B, 8F, D/16, ...), (B, 16F, D/32, ...)],
+    layer-normalised as SwinUNETR feeds them to its decoder. ``mask`` is True where a patch is hidden.
+    """
+
+    def __init__(self, cfg: EncoderConfig | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg or EncoderConfig()
+        self.swinViT = _monai_swin_transformer(self.cfg)
+        self.mask_token = nn.Parameter(torch.zeros(self.cfg.feature_size))
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
+        self._pending_mask: Tensor | None = None
+        # The mask is applied by a hook on the patch embedding so that MONAI's own forward runs unchanged.
+        self.swinViT.patch_embed.register_forward_hook(self._apply_mask_token)
+
+    @property
+    def out_channels(self) -> list[int]:
+        return self.cfg.stage_channels()
+
+    def _apply_mask_token(self, module: nn.Module, args: Any, tokens: Tensor) -> Tensor:
+        mask = self._pending_mask
+        if mask is None:
+            return tokens
+        if mask.shape != (tokens.shape[0], *tokens.shape[2:]):
+            raise ValueError(
+                f"mask shape {tuple(mask.shape)} does not match the patch grid {(tokens.shape[0], *tokens.shape[2:])}:"
+                f" masks are given per {self.cfg.patch_size}^3 patch, i.e. (B, D/2, H/2, W/2)."
+            )
+        w = mask.unsqueeze(1).to(tokens.dtype)
+        return tokens * (1.0 - w) + self.mask_token.view(1, -1, 1, 1, 1).to(tokens.dtype) * w
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> list[Tensor]:
+        if x.ndim != 5:
+            raise ValueError(f"expected input (B, C, D, H, W), got shape {tuple(x.shape)}")
+        if x.shape[1] != self.cfg.in_channels:
+            raise ValueError(
+                f"input has {x.shape[1]} channel(s) but the encoder was built for {self.cfg.in_channels}; "
+                "set in_channels in the encoder config to the number of image channels."
+            )
+        check_swin_input_size(x.shape[2:])
+        self._pending_mask = mask
+        try:
+            return self.swinViT(x, normalize=True)
+        finally:
+            self._pending_mask = None
+
+    def swin_state_dict(self) -> dict[str, Tensor]:
+        """Encoder weights in SwinUNETR's layout (keys ``swinViT.*``), detached on CPU."""
+        return {k: v.detach().cpu().clone() for k, v in self.state_dict().items() if k.startswith("swinViT.")}
+
+
+def build_swinunetr(cfg: EncoderConfig, out_channels: int) -> nn.Module:
+    """MONAI SwinUNETR (Swin encoder + CNN decoder with skips) with this encoder architecture."""
+    from monai.networks.nets import SwinUNETR
+
+    return SwinUNETR(
+        in_channels=cfg.in_channels,
+        out_channels=out_channels,
+        patch_size=cfg.patch_size,
+        depths=cfg.depths,
+        num_heads=cfg.num_heads,
+        window_size=cfg.window_size,
+        feature_size=cfg.feature_size,
+        dropout_path_rate=cfg.drop_path_rate,
+        use_checkpoint=cfg.use_checkpoint,
+        use_v2=cfg.use_v2,
+    )
