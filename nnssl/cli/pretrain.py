@@ -1,0 +1,120 @@
+"""nnssl_pretrain: pretrain the Swin encoder with a pretext task on nnU-Net-preprocessed data."""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+
+from nnssl.cli.common import fail
+
+EPILOG = """examples:
+  nnssl_pretrain -m smit -d 900 --device cuda
+  nnssl_pretrain -m simmim -d 900 --encoder tiny --crop 64 --steps 20 --device cpu
+  torchrun --nproc_per_node 4 $(which nnssl_pretrain) -m dino -d 900 901 --batch-size 4
+  nnssl_pretrain -m smit -d 900 -o mask_ratio=0.6 -o ema_momentum=0.99   (method options: see --list)
+output: $nnssl_results/<method>__<encoder>__D<ids>/ (or $nnUNet_results/nnssl_pretrain/... when nnssl_results is
+unset): checkpoint_latest.pth, checkpoint_final.pth, config.json, log.jsonl, loss.png.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nnssl_pretrain", description=__doc__, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-m", "--method", help="pretext task, e.g. smit, simmim, dino (see --list)")
+    p.add_argument("-d", "--datasets", nargs="+", help="preprocessed dataset ids or names (labels are ignored)")
+    p.add_argument("-c", "--configuration", default="3d_fullres", help="nnU-Net configuration to read (default: %(default)s)")
+    p.add_argument("-p", "--plans", default="nnUNetSwinPlans", help="plans identifier of the preprocessed data (default: %(default)s)")
+    p.add_argument("--encoder", default="base", help="encoder preset: tiny (tests), small, base (paper, feature 48), smit (default: %(default)s)")
+    p.add_argument("--crop", type=int, nargs="+", default=[96], help="crop size: one value (cube) or three; each divisible by 32 (default: 96)")
+    p.add_argument("--batch-size", type=int, default=2, help="crops per step and device (default: %(default)s)")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--steps", type=int, help="optimiser steps (default: 1000)")
+    budget.add_argument("--epochs", type=float, help="passes over the cases; converted to steps with the global batch")
+    p.add_argument("--lr", type=float, default=1e-4, help="peak AdamW learning rate after warm-up (default: %(default)s)")
+    p.add_argument("--min-lr", type=float, default=1e-6, help="final learning rate of the cosine schedule (default: %(default)s)")
+    p.add_argument("--warmup-steps", type=int, default=-1, help="linear warm-up steps (default: 5%% of the steps)")
+    p.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay at the start (default: %(default)s)")
+    p.add_argument("--weight-decay-end", type=float, default=None, help="weight decay at the end, cosine schedule (default: = --weight-decay)")
+    p.add_argument("--clip-grad", type=float, default=3.0, help="gradient-norm clip; 0 disables (default: %(default)s)")
+    p.add_argument("--grad-checkpointing", action="store_true", help="trade compute for memory in the Swin blocks")
+    p.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA (bf16 where supported, else fp16)")
+    p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="method option overriding its paper default (repeatable); unknown keys are refused")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cuda", help="where to train (default: %(default)s)")
+    p.add_argument("--num-workers", type=int, default=2, help="data-loader worker processes per device (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of weights, crops and views (default: %(default)s)")
+    p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoint_latest.pth writes (default: %(default)s)")
+    p.add_argument("--output", help="run folder (default: see below)")
+    p.add_argument("--resume", action="store_true", help="continue the run in the output folder from checkpoint_latest.pth")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in batch jobs)")
+    p.add_argument("--list", action="store_true", help="list the methods with family and paper, then exit")
+    return p
+
+
+def list_methods() -> str:
+    from nnssl.tasks import _REGISTRY, get_task_class
+
+    lines = [f"{'method':<10} {'family':<28} paper"]
+    for name in _REGISTRY:
+        try:
+            cls = get_task_class(name)
+        except ImportError as e:
+            lines.append(f"{name:<10} {'(unavailable)':<28} {e}")
+            continue
+        lines.append(f"{name:<10} {cls.family:<28} {cls.paper}")
+    return "\n".join(lines)
+
+
+def parse_options(pairs: list[str]) -> dict[str, str]:
+    options = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ValueError(f"-o {pair!r}: expected KEY=VALUE")
+        key, value = pair.split("=", 1)
+        options[key.strip()] = value.strip()
+    return options
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.list:
+        print(list_methods())
+        return 0
+    if not args.method or not args.datasets:
+        return fail("pass a method (-m) and the datasets (-d); `nnssl_pretrain --list` shows the methods")
+    try:
+        from nnssl.data.preprocessed import find_sources
+        from nnssl.tasks import config_from_overrides, get_task_class
+        from nnssl.training.loop import PretrainConfig, run_pretraining
+
+        options = parse_options(args.option)
+        config_from_overrides(get_task_class(args.method).Config, options)  # fail fast on unknown keys
+        crop = args.crop * 3 if len(args.crop) == 1 else args.crop
+        if len(crop) != 3:
+            raise ValueError(f"--crop takes one or three sizes, got {args.crop}")
+        steps = args.steps
+        if args.epochs is not None:
+            cases = sum(len(s.identifiers) for s in find_sources(args.datasets, args.plans, args.configuration))
+            world = int(os.environ.get("WORLD_SIZE", "1"))
+            steps = max(1, math.ceil(args.epochs * cases / (args.batch_size * world)))
+        cfg = PretrainConfig(
+            method=args.method, datasets=args.datasets, plans=args.plans, configuration=args.configuration,
+            encoder=args.encoder, crop=tuple(crop), batch_size=args.batch_size, steps=steps or 1000, lr=args.lr,
+            min_lr=args.min_lr, warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
+            weight_decay_end=args.weight_decay if args.weight_decay_end is None else args.weight_decay_end,
+            clip_grad=args.clip_grad, grad_checkpointing=args.grad_checkpointing, amp=not args.no_amp,
+            device=args.device, num_workers=args.num_workers, seed=args.seed,
+            checkpoint_every=args.checkpoint_every, task_options=options,
+        )
+        final = run_pretraining(cfg, args.output, resume=args.resume, progress=not args.no_progress)
+    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        return fail(str(e))
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"checkpoint: {final}")
+        print(f"fine-tune it: nnssl_attach -d TARGET_ID --checkpoint {final} --name {args.method}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""Per-step JSON-lines log and loss-curve plot of a pretraining run (written by rank 0 only)."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+class TrainingLog:
+    """Appends one JSON object per step to ``log.jsonl``; ``plot()`` draws ``loss.png`` (total and parts).
+
+    On resume, records of steps at or after the resumed step are dropped (they were not checkpointed).
+    """
+
+    def __init__(self, out_dir: Path, enabled: bool = True, start_step: int = 0) -> None:
+        self.path = Path(out_dir) / "log.jsonl"
+        self.enabled = enabled
+        if enabled and self.path.is_file():
+            kept = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) < start_step]
+            tmp = self.path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            os.replace(tmp, self.path)
+
+    def append(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def records(self) -> list[dict[str, Any]]:
+        if not self.path.is_file():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+    def plot(self) -> Path | None:
+        if not self.enabled:
+            return None
+        records = self.records()
+        if not records:
+            return None
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        keys = sorted({k for r in records for k in r if k.startswith("loss")}, key=lambda k: (k != "loss", k))
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for key in keys:
+            pts = [(r["step"], r[key]) for r in records if key in r]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=key, linewidth=1.5 if key == "loss" else 1.0)
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax.set_title("pretraining loss")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        out = self.path.with_name("loss.png")
+        tmp = out.with_name(".loss.tmp.png")
+        fig.savefig(tmp, dpi=100)
+        plt.close(fig)
+        os.replace(tmp, out)
+        return out

@@ -1,0 +1,166 @@
+"""The shared pretraining loop: checkpoints, exact resume, NaN guard, DDP, and the nnssl_pretrain command."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import nnssl.tasks
+from nnssl.checkpoint import load_checkpoint
+from nnssl.training.loop import PretrainConfig, TrainingDiverged, run_pretraining
+from preprocessed_fixture import write_preprocessed_dataset
+
+TESTS = Path(__file__).parent
+
+
+@pytest.fixture
+def toy_env(tmp_path, monkeypatch):
+    """A preprocessed toy dataset and the toy task registered as -m toy."""
+    pre = tmp_path / "preprocessed"
+    write_preprocessed_dataset(pre, 990)
+    monkeypatch.setenv("nnUNet_preprocessed", str(pre))
+    monkeypatch.setenv("nnssl_results", str(tmp_path / "results"))
+    monkeypatch.setitem(nnssl.tasks._REGISTRY, "toy", "toy_task:ToyTask")
+    return tmp_path
+
+
+def _cfg(**kw) -> PretrainConfig:
+    base = dict(method="toy", datasets=["990"], encoder="tiny", crop=(32, 32, 32), batch_size=2, steps=4, lr=1e-3,
+                warmup_steps=1, device="cpu", num_workers=0, checkpoint_every=2)
+    base.update(kw)
+    return PretrainConfig(**base)
+
+
+def test_checkpoint_contents_and_monai_load(toy_env):
+    final = run_pretraining(_cfg(steps=2), toy_env / "run", progress=False)
+    ckpt = load_checkpoint(final)
+    assert ckpt["step"] == 2 and ckpt["method"] == "toy"
+    assert ckpt["provenance"]["datasets"][0]["dataset_id"] == 990
+    assert ckpt["provenance"]["normalization"]["schemes"] == ["CTNormalization"]
+    assert all(k.startswith("swinViT.") for k in ckpt["encoder"])
+    from monai.networks.nets import SwinUNETR
+
+    net = SwinUNETR(in_channels=1, out_channels=2, feature_size=12, window_size=4)
+    result = net.load_state_dict(ckpt["encoder"], strict=False)
+    assert not [k for k in result.missing_keys if k.startswith("swinViT.")]
+    assert not result.unexpected_keys
+    records = [json.loads(l) for l in (toy_env / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [0, 1] and all("loss/recon" in r for r in records)
+    assert (toy_env / "run" / "loss.png").stat().st_size > 0
+    assert json.loads((toy_env / "run" / "config.json").read_text())["task_config"]["mask_ratio"] == 0.5
+
+
+def test_resume_equivalence(toy_env, monkeypatch):
+    straight = load_checkpoint(run_pretraining(_cfg(steps=4), toy_env / "a", progress=False))
+
+    # Interrupt a 4-step run after its step-2 checkpoint by failing at step 2.
+    from nnssl.training import loop
+
+    original = loop.TrainingLog.append
+
+    def interrupt(self, record):
+        original(self, record)
+        if record["step"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(loop.TrainingLog, "append", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run_pretraining(_cfg(steps=4), toy_env / "b", progress=False)
+    monkeypatch.setattr(loop.TrainingLog, "append", original)
+    assert load_checkpoint(toy_env / "b" / "checkpoint_latest.pth")["step"] == 2
+    resumed = load_checkpoint(run_pretraining(_cfg(steps=4), toy_env / "b", resume=True, progress=False))
+
+    for key in ("encoder", "task_state"):
+        for name, value in straight[key].items():
+            torch.testing.assert_close(resumed[key][name], value, rtol=1e-5, atol=1e-6, msg=f"{key}.{name}")
+    steps = [json.loads(l)["step"] for l in (toy_env / "b" / "log.jsonl").read_text().splitlines()]
+    assert steps == [0, 1, 2, 3]
+
+
+def test_existing_run_needs_resume_and_same_settings(toy_env):
+    run_pretraining(_cfg(steps=2), toy_env / "run", progress=False)
+    with pytest.raises(FileExistsError, match="--resume"):
+        run_pretraining(_cfg(steps=2), toy_env / "run", progress=False)
+    with pytest.raises(ValueError, match="lr"):
+        run_pretraining(_cfg(steps=2, lr=5e-4), toy_env / "run", resume=True, progress=False)
+
+
+def test_nan_guard_stops_and_keeps_the_last_checkpoint(toy_env, monkeypatch):
+    from toy_task import ToyTask
+
+    original = ToyTask.forward
+
+    def forward(self, views, step):
+        out = original(self, views, step)
+        if step == 3:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(ToyTask, "forward", forward)
+    with pytest.raises(TrainingDiverged, match="step 3"):
+        run_pretraining(_cfg(steps=4, checkpoint_every=2), toy_env / "run", progress=False)
+    assert load_checkpoint(toy_env / "run" / "checkpoint_latest.pth")["step"] == 2
+
+
+def test_swin_incompatible_crop_is_refused():
+    with pytest.raises(ValueError, match="divisible by 32"):
+        PretrainConfig(method="toy", datasets=["1"], crop=(48, 64, 64), device="cpu")
+
+
+DDP_DRIVER = """
+import sys, torch
+import nnssl.tasks
+nnssl.tasks._REGISTRY["toy"] = "toy_task:ToyTask"
+from nnssl.training import loop
+cfg = loop.PretrainConfig(method="toy", datasets=["990"], encoder="tiny", crop=(32, 32, 32), batch_size=1, steps=3,
+                          lr=1e-3, warmup_steps=1, device="cpu", num_workers=0, checkpoint_every=10)
+info = loop.init_distributed("cpu")
+final, task = loop._run(cfg, __import__("pathlib").Path(sys.argv[1]), False, False, info)
+torch.save(task.encoder().swin_state_dict(), f"{sys.argv[1]}/rank{info.rank}.pt")
+loop.cleanup_distributed()
+"""
+
+
+def test_torchrun_two_cpu_ranks_end_with_identical_weights(toy_env):
+    driver = toy_env / "driver.py"
+    driver.write_text(DDP_DRIVER)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    out = toy_env / "ddp"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", "29517", str(driver), str(out)], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = torch.load(out / "rank0.pt"), torch.load(out / "rank1.pt")
+    initial = load_checkpoint(out / "checkpoint_final.pth")["encoder"]
+    for name in r0:
+        torch.testing.assert_close(r0[name], r1[name], msg=name)
+    torch.testing.assert_close(initial["swinViT.patch_embed.proj.weight"], r0["swinViT.patch_embed.proj.weight"])
+
+
+def test_cli_list_and_bad_input(toy_env, capsys):
+    from nnssl.cli.pretrain import main
+
+    assert main(["--list"]) == 0
+    assert "smit" in capsys.readouterr().out
+    assert main(["-m", "nosuch", "-d", "990", "--device", "cpu"]) == 2
+    assert "unknown method" in capsys.readouterr().err
+    assert main(["-m", "toy", "-d", "990", "--device", "cpu", "-o", "mask_ratoi=0.3"]) == 2
+    assert "did you mean 'mask_ratio'" in capsys.readouterr().err
+    assert main(["-m", "toy", "-d", "12345", "--device", "cpu", "--encoder", "tiny", "--crop", "32"]) == 2
+    assert "not preprocessed" in capsys.readouterr().err
+
+
+def test_cli_end_to_end(toy_env, capsys):
+    from nnssl.cli.pretrain import main
+
+    rc = main(["-m", "toy", "-d", "990", "--device", "cpu", "--encoder", "tiny", "--crop", "32", "--epochs", "2",
+               "--batch-size", "2", "--num-workers", "1", "--no-progress"])
+    assert rc == 0, capsys.readouterr().err
+    run = toy_env / "results" / "toy__tiny__D990"
+    assert load_checkpoint(run / "checkpoint_final.pth")["step"] == 3  # ceil(2 epochs * 3 cases / batch 2)

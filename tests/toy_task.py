@@ -1,0 +1,62 @@
+"""A minimal pretext task used to test the training loop independently of the real methods.
+
+It reconstructs hidden cubes of the crop from the encoder's first stage (a tiny SimMIM), and keeps an EMA copy of
+its head plus a running buffer so that resume tests cover teacher and loss state.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+import torch.nn.functional as F
+
+from nnssl.ema import ema_update, make_teacher
+from nnssl.masking import random_cube_mask, upsample_mask
+from nnssl.tasks.base import PretextTask
+
+
+@dataclass
+class ToyConfig:
+    mask_ratio: float = 0.5
+    momentum: float = 0.9
+
+
+class ToyTask(PretextTask):
+    name = "toy"
+    family = "test"
+    paper = "none (loop test)"
+    Config = ToyConfig
+    uses_mask_token = True
+
+    def __init__(self, encoder, cfg=None):
+        super().__init__(encoder, cfg)
+        self.head = nn.Conv3d(encoder.cfg.feature_size, 8 * encoder.cfg.in_channels, 1)
+        self.teacher_head = make_teacher(self.head)
+        self.register_buffer("running", torch.zeros(1))
+
+    def make_views(self, crops: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+        grid = tuple(s // 2 for s in crops.shape[2:])
+        return {"image": crops, "mask": random_cube_mask(crops.shape[0], grid, 4, self.cfg.mask_ratio, generator)}
+
+    def forward(self, views: dict[str, Tensor], step: int) -> dict[str, Tensor]:
+        feats = self.student(views["image"], views["mask"])[0]
+        pred = F.pixel_shuffle_3d(self.head(feats)) if hasattr(F, "pixel_shuffle_3d") else self._shuffle(self.head(feats))
+        m = upsample_mask(views["mask"], 2)
+        loss = ((pred - views["image"]).abs() * m).sum() / m.sum().clamp(min=1)
+        self.running.mul_(0.5).add_(loss.detach())
+        return {"loss": loss, "loss/recon": loss.detach()}
+
+    @staticmethod
+    def _shuffle(x: Tensor) -> Tensor:
+        b, c, d, h, w = x.shape
+        x = x.view(b, c // 8, 2, 2, 2, d, h, w).permute(0, 1, 5, 2, 6, 3, 7, 4)
+        return x.reshape(b, c // 8, d * 2, h * 2, w * 2)
+
+    def on_step_end(self, step: int) -> None:
+        ema_update(self.teacher_head, self.head, self.cfg.momentum)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher_head.eval()
+        return self
