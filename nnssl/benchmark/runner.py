@@ -1,0 +1,255 @@
+"""Turn a benchmark spec into jobs (shell commands with a 'done' marker each), run them or export them.
+
+Every job is an ordinary nnssl / nnU-Net command, so what the runner does is exactly what a person (or a cluster
+array job) would type. A job whose marker exists is skipped; a fine-tuning or pretraining job that left a
+``checkpoint_latest.pth`` is resumed (``--c`` / ``--resume``), so an interrupted grid continues where it stopped.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from nnssl.benchmark.spec import SCRATCH, BenchmarkSpec
+
+STAGES = ("phantoms", "preprocess", "pretrain", "attach", "finetune", "cka", "report")
+
+
+@dataclass
+class Paths:
+    """Where a grid reads and writes: nnU-Net's three folders plus nnssl's pretraining results."""
+
+    raw: Path
+    preprocessed: Path
+    results: Path
+    nnssl_results: Path
+
+    @classmethod
+    def from_environment(cls) -> "Paths":
+        missing = [v for v in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results") if not os.environ.get(v)]
+        if missing:
+            raise ValueError(f"set {', '.join(missing)} (nnU-Net's folders) before running a benchmark, or use --workdir")
+        results = Path(os.environ["nnUNet_results"])
+        return cls(Path(os.environ["nnUNet_raw"]), Path(os.environ["nnUNet_preprocessed"]), results,
+                   Path(os.environ.get("nnssl_results") or results / "nnssl_pretrain"))
+
+    @classmethod
+    def under(cls, workdir: Path) -> "Paths":
+        workdir = workdir.resolve()
+        return cls(workdir / "nnUNet_raw", workdir / "nnUNet_preprocessed", workdir / "nnUNet_results",
+                   workdir / "nnssl_results")
+
+    def environment(self) -> dict[str, str]:
+        from nnssl.finetune.environment import trainers_path
+
+        return {"nnUNet_raw": str(self.raw), "nnUNet_preprocessed": str(self.preprocessed),
+                "nnUNet_results": str(self.results), "nnssl_results": str(self.nnssl_results),
+                "nnUNet_extTrainer": trainers_path()}
+
+
+@dataclass
+class Job:
+    key: str
+    stage: str
+    command: list[str]
+    done_marker: Path | None = None  # None: always run (e.g. the report)
+    resume_marker: Path | None = None
+    resume_args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+
+    def is_done(self) -> bool:
+        return self.done_marker is not None and _exists(self.done_marker)
+
+    def effective_command(self) -> list[str]:
+        if self.resume_marker is not None and _exists(self.resume_marker):
+            return self.command + self.resume_args
+        return self.command
+
+    def shell(self) -> str:
+        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env.items())
+        return (env + " " if env else "") + " ".join(shlex.quote(c) for c in self.command)
+
+
+def _exists(marker: Path) -> bool:
+    """Markers may hold one glob ('Dataset901_*') because dataset names are known only after generation."""
+    text = str(marker)
+    if "*" in text:
+        return any(Path("/").glob(text.lstrip("/")))
+    return marker.exists()
+
+
+def trainer_name(method: str, shots: str, epochs: int | None) -> str:
+    base = "SwinScratchTrainer" if method == SCRATCH else "SwinSSLTrainer"
+    if shots != "all":
+        base += f"_{shots}shot"
+    if epochs is not None:
+        base += f"_{epochs}epochs"
+    return base
+
+
+def plans_name(method: str) -> str:
+    return "nnUNetSwinPlans" if method == SCRATCH else f"nnUNetSwinPlans__{method}"
+
+
+def checkpoint_path(spec: BenchmarkSpec, paths: Paths, method: str) -> Path:
+    if method in spec.checkpoints:
+        return Path(spec.checkpoints[method]).resolve()
+    return paths.nnssl_results / spec.name / method / "checkpoint_final.pth"
+
+
+def _ids(values: Iterable[str]) -> list[str]:
+    return [str(v) for v in values]
+
+
+def _dataset_glob(root: Path, dataset: str) -> str:
+    return f"Dataset{int(dataset):03d}_*" if dataset.isdigit() else dataset
+
+
+def build_jobs(spec: BenchmarkSpec, paths: Paths, report_dir: Path) -> list[Job]:
+    """All jobs of the grid in an order that respects their dependencies."""
+    jobs: list[Job] = []
+    cpu = spec.device == "cpu"
+    nproc = ["-np", "1", "-npfp", "1"] if cpu else []
+    pre, down = spec.pretraining, spec.downstream
+    if spec.phantoms is not None:
+        ph = spec.phantoms
+        ids = _ids(ph.get("datasets", []))
+        cmd = ["nnssl_phantoms", "-d", *ids, "--raw", str(paths.raw), "--seed", str(ph.get("seed", 0))]
+        if "cases" in ph:
+            cmd += ["--cases", str(ph["cases"])]
+        markers = [paths.raw / _dataset_glob(paths.raw, d) / "dataset.json" for d in ids]
+        jobs.append(Job("phantoms", "phantoms", cmd, done_marker=markers[-1] if markers else None))
+    needed = sorted(set(_ids(pre.datasets)) | set(_ids(down.datasets)), key=str) if spec.pretrained_methods \
+        else sorted(set(_ids(down.datasets)), key=str)
+    for d in needed:
+        jobs.append(Job(
+            f"preprocess/{d}", "preprocess",
+            ["nnssl_plan_and_preprocess", "-d", d, "--encoder", pre.encoder, *nproc],
+            done_marker=paths.preprocessed / _dataset_glob(paths.preprocessed, d) / "nnUNetSwinPlans.json",
+        ))
+    crop = [str(c) for c in (pre.crop if isinstance(pre.crop, list) else [pre.crop])]
+    for m in spec.pretrained_methods:
+        if m in spec.checkpoints:
+            continue
+        out = paths.nnssl_results / spec.name / m
+        cmd = ["nnssl_pretrain", "-m", m, "-d", *_ids(pre.datasets), "--encoder", pre.encoder, "--crop", *crop,
+               "--batch-size", str(pre.batch_size), "--steps", str(pre.steps), "--lr", str(pre.lr),
+               "--device", spec.device, "--num-workers", str(pre.num_workers), "--seed", str(pre.seed),
+               "--output", str(out), "--no-progress"]
+        for key, value in pre.options.get(m, {}).items():
+            cmd += ["-o", f"{key}={value}"]
+        jobs.append(Job(f"pretrain/{m}", "pretrain", cmd, done_marker=out / "checkpoint_final.pth",
+                        resume_marker=out / "checkpoint_latest.pth", resume_args=["--resume"]))
+    for m in spec.pretrained_methods:
+        for d in _ids(down.datasets):
+            jobs.append(Job(
+                f"attach/{m}/{d}", "attach",
+                ["nnssl_attach", "-d", d, "--checkpoint", str(checkpoint_path(spec, paths, m)), "--name", m],
+                done_marker=paths.preprocessed / _dataset_glob(paths.preprocessed, d) / f"{plans_name(m)}.json",
+            ))
+    train_env = {"nnUNet_n_proc_DA": "0", "nnUNet_def_n_proc": "1"} if cpu else {}
+    for d in _ids(down.datasets):
+        for m in spec.methods:
+            for shots in down.shots:
+                for fold in down.folds:
+                    trainer = trainer_name(m, shots, down.epochs)
+                    fold_dir = (paths.results / _dataset_glob(paths.results, d)
+                                / f"{trainer}__{plans_name(m)}__3d_fullres" / f"fold_{fold}")
+                    cmd = ["nnUNetv2_train", d, "3d_fullres", str(fold), "-tr", trainer, "-p", plans_name(m),
+                           "-device", spec.device]
+                    jobs.append(Job(f"finetune/{d}/{m}/{shots}/{fold}", "finetune", cmd,
+                                    done_marker=fold_dir / "validation" / "summary.json",
+                                    resume_marker=fold_dir / "checkpoint_latest.pth", resume_args=["--c"],
+                                    env=train_env))
+                    if m != SCRATCH:
+                        out = report_dir / "cka" / f"{d}__{m}__{shots}__fold{fold}.json"
+                        jobs.append(Job(
+                            f"cka/{d}/{m}/{shots}/{fold}", "cka",
+                            ["nnssl_cka", "--pretrained", str(checkpoint_path(spec, paths, m)), "-d", d,
+                             "-tr", trainer, "-p", plans_name(m), "-f", str(fold), "--device", spec.device,
+                             "--out", str(out)],
+                            done_marker=out,
+                        ))
+    jobs.append(Job("report", "report", ["nnssl_report", str(paths.results), "--out", str(report_dir),
+                                         "--cka", str(report_dir / "cka")]))
+    return jobs
+
+
+def run_jobs(jobs: list[Job], paths: Paths, log_dir: Path, progress: bool = True, keep_going: bool = False) -> int:
+    """Run the jobs not yet done, in order; each job's output goes to log_dir/<key>.log. Returns failures."""
+    from tqdm.auto import tqdm
+
+    log_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **paths.environment()}
+    bin_dir = Path(sys.executable).parent
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
+    failures = 0
+    bar = tqdm(jobs, desc="benchmark", unit="job", disable=not progress, dynamic_ncols=True)
+    for job in bar:
+        bar.set_postfix_str(job.key)
+        if job.is_done():
+            continue
+        command = job.effective_command()
+        log_file = log_dir / (job.key.replace("/", "__") + ".log")
+        start = time.perf_counter()
+        with log_file.open("w") as log:
+            log.write("$ " + " ".join(shlex.quote(c) for c in command) + "\n")
+            log.flush()
+            rc = subprocess.run(command, env={**env, **job.env}, stdout=log, stderr=subprocess.STDOUT).returncode
+        if rc != 0:
+            failures += 1
+            tail = log_file.read_text().splitlines()[-15:]
+            message = f"job {job.key} failed (exit {rc}) after {time.perf_counter() - start:.0f} s; log: {log_file}\n"
+            message += "\n".join("    " + line for line in tail)
+            bar.write(message)
+            if not keep_going:
+                break
+    bar.close()
+    return failures
+
+
+def export_jobs(jobs: list[Job], paths: Paths, out_dir: Path) -> list[Path]:
+    """Write one command file per stage, a SLURM array script per stage and a submit script chaining them."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    env_file = out_dir / "env.sh"
+    env_file.write_text("# nnU-Net and nnssl folders of this grid; sourced by every job\n" + "".join(
+        f"export {k}={shlex.quote(v)}\n" for k, v in paths.environment().items()))
+    written.append(env_file)
+    submit = ["#!/usr/bin/env bash", "# Submits the stages in order; each stage waits for the previous one.",
+              "set -euo pipefail", 'cd "$(dirname "$0")"', "dep=''"]
+    for stage in STAGES:
+        stage_jobs = [j for j in jobs if j.stage == stage]
+        if not stage_jobs:
+            continue
+        commands = out_dir / f"{stage}.commands"
+        commands.write_text("".join(j.shell() + "\n" for j in stage_jobs))
+        script = out_dir / f"{stage}.sbatch"
+        script.write_text("\n".join([
+            "#!/usr/bin/env bash",
+            f"#SBATCH --job-name=nnssl-{stage}",
+            f"#SBATCH --array=0-{len(stage_jobs) - 1}",
+            "#SBATCH --output=logs/%x-%A_%a.out",
+            "# Add your partition, GPU and time limits here, e.g. #SBATCH --gres=gpu:1",
+            "set -euo pipefail",
+            'cd "$SLURM_SUBMIT_DIR"',
+            "source env.sh",
+            f'line=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {commands.name})',
+            'echo "$line"',
+            'eval "$line"',
+            "",
+        ]))
+        submit.append(f"id=$(sbatch --parsable ${{dep:+--dependency=afterok:$dep}} {script.name})")
+        submit.append('dep="$id"; echo "submitted ' + stage + ' as $id"')
+        written += [commands, script]
+    (out_dir / "logs").mkdir(exist_ok=True)
+    submit_file = out_dir / "submit.sh"
+    submit_file.write_text("\n".join(submit) + "\n")
+    submit_file.chmod(0o755)
+    written.append(submit_file)
+    return written

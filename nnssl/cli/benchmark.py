@@ -1,0 +1,83 @@
+"""nnssl_benchmark: run the grid of methods x downstream tasks x shot regimes x folds, then write the report."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from nnssl.cli.common import fail
+
+EPILOG = """examples:
+  nnssl_benchmark --demo                         the demo on generated phantoms (CPU, about 20 minutes)
+  nnssl_benchmark --demo --methods all           the demo with all ten methods
+  nnssl_benchmark study.yaml --dry-run           print every command of the grid
+  nnssl_benchmark study.yaml                     run it here (finished jobs are skipped, interrupted ones resumed)
+  nnssl_benchmark study.yaml --export-jobs jobs/ write per-stage command lists and SLURM array scripts
+The spec format is described in documentation/benchmark.md. Without --workdir the grid uses nnU-Net's folders from
+nnUNet_raw, nnUNet_preprocessed and nnUNet_results (and nnssl_results for pretraining runs).
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nnssl_benchmark", description=__doc__, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("spec", nargs="?", help="grid spec (.json, .yaml or .yml)")
+    p.add_argument("--demo", action="store_true", help="run the built-in demo grid on phantoms (no spec needed)")
+    p.add_argument("--methods", nargs="+", help="restrict the methods of the spec ('all' = every method + scratch)")
+    p.add_argument("--workdir", help="put nnU-Net's raw/preprocessed/results folders here instead of the env vars "
+                                     "(the demo defaults to ./nnssl_demo)")
+    p.add_argument("--report", help="report folder (default: <results>/nnssl_report/<spec name>)")
+    p.add_argument("--dry-run", action="store_true", help="print the commands (marking finished ones) and exit")
+    p.add_argument("--export-jobs", metavar="DIR", help="write the grid as command lists + SLURM array scripts and exit")
+    p.add_argument("--keep-going", action="store_true", help="continue with the next jobs after a failure")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from nnssl.benchmark.runner import Paths, build_jobs, export_jobs, run_jobs
+    from nnssl.benchmark.spec import SCRATCH, demo_spec, load_spec
+    from nnssl.tasks import _REGISTRY
+
+    try:
+        if args.demo == bool(args.spec):
+            return fail("give either a SPEC file or --demo")
+        methods = None
+        if args.methods:
+            methods = [SCRATCH, *_REGISTRY] if args.methods == ["all"] else args.methods
+        spec = demo_spec(methods) if args.demo else load_spec(args.spec)
+        if methods and not args.demo:
+            spec.methods = methods
+            spec.validate()
+        workdir = args.workdir or ("nnssl_demo" if args.demo else None)
+        paths = Paths.under(Path(workdir)) if workdir else Paths.from_environment()
+        report_dir = Path(args.report) if args.report else paths.results / "nnssl_report" / spec.name
+        jobs = build_jobs(spec, paths, report_dir)
+    except (ValueError, FileNotFoundError) as e:
+        return fail(str(e))
+
+    if args.dry_run:
+        for job in jobs:
+            state = "done " if job.is_done() else "todo "
+            print(f"{state} [{job.stage}] {job.shell()}")
+        return 0
+    if args.export_jobs:
+        written = export_jobs(jobs, paths, Path(args.export_jobs))
+        print(f"wrote {len(written)} files to {args.export_jobs}; submit with: bash {Path(args.export_jobs) / 'submit.sh'}")
+        return 0
+    start = time.perf_counter()
+    failures = run_jobs(jobs, paths, report_dir / "logs", progress=not args.no_progress, keep_going=args.keep_going)
+    minutes = (time.perf_counter() - start) / 60
+    if failures:
+        print(f"{failures} job(s) failed after {minutes:.1f} min; fix the cause and rerun the same command to resume",
+              file=sys.stderr)
+        return 1
+    print(f"benchmark {spec.name} finished in {minutes:.1f} min")
+    print(f"report: {report_dir / 'report.html'} (Markdown: {report_dir / 'report.md'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
