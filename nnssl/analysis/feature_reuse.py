@@ -1,0 +1,127 @@
+"""Feature reuse: CKA per encoder stage between a pretrained encoder and the same encoder after fine-tuning.
+
+Both encoders see the same target images (crops of the fold's validation cases, a pure function of the seed), and
+``nnssl.analysis.cka`` compares their five stage outputs: linear CKA over all images (Kornblith et al. 2019) and the
+minibatch debiased CKA (Nguyen et al. 2020). A diagonal near 1 means the stage was reused as pretrained.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nnssl.analysis import cka as cka_lib
+from nnssl.checkpoint import CheckpointError, encoder_config_of, load_checkpoint, load_encoder_into
+from nnssl.data.preprocessed import RandomCropDataset, find_source
+from nnssl.encoders.swin import EncoderConfig, SwinEncoder
+
+STAGES = ["patch_embed", "stage1", "stage2", "stage3", "stage4"]
+
+
+def pretrained_encoder(checkpoint: str | os.PathLike, in_channels: int) -> SwinEncoder:
+    """The encoder as pretraining left it (input channels adapted like fine-tuning does)."""
+    ckpt = load_checkpoint(checkpoint)
+    encoder = SwinEncoder(encoder_config_of(ckpt).replace(in_channels=in_channels, use_checkpoint=False))
+    load_encoder_into(encoder, ckpt)
+    return encoder.eval()
+
+
+def fold_folder(dataset_name: str, trainer: str, plans: str, configuration: str, fold: int | str) -> Path:
+    results = os.environ.get("nnUNet_results")
+    if not results:
+        raise ValueError("nnUNet_results is not set: export nnUNet_results=/path/to/results")
+    folder = Path(results) / dataset_name / f"{trainer}__{plans}__{configuration}" / f"fold_{fold}"
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder} does not exist: fine-tune first (nnUNetv2_train ... -tr {trainer} -p {plans})")
+    return folder
+
+
+def finetuned_encoder(folder: Path, configuration: str, in_channels: int) -> SwinEncoder:
+    """The Swin encoder of an nnU-Net fold's final (or latest) checkpoint."""
+    ckpt_file = folder / "checkpoint_final.pth"
+    if not ckpt_file.is_file():
+        ckpt_file = folder / "checkpoint_latest.pth"
+    if not ckpt_file.is_file():
+        raise FileNotFoundError(f"{folder} holds no checkpoint_final.pth or checkpoint_latest.pth")
+    plans = json.loads((folder.parent / "plans.json").read_text())
+    enc_dict = plans["configurations"][configuration].get("nnssl_encoder")
+    if enc_dict is None:
+        raise ValueError(f"{folder.parent / 'plans.json'} has no nnssl_encoder: not a Swin fine-tuning run")
+    cfg = EncoderConfig.from_dict({**enc_dict, "in_channels": in_channels})
+    weights = torch.load(ckpt_file, map_location="cpu", weights_only=False)["network_weights"]
+    state = {}
+    for key, value in weights.items():
+        for prefix in ("_orig_mod.", "module."):
+            key = key[len(prefix):] if key.startswith(prefix) else key
+        if key.startswith("swinViT."):
+            state[key] = value
+    encoder = SwinEncoder(cfg)
+    result = encoder.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if k.startswith("swinViT.")]
+    if missing:
+        raise CheckpointError(f"{ckpt_file} lacks encoder tensors {missing[:5]}: not a SwinUNETR fine-tuning run")
+    return encoder.eval()
+
+
+def validation_cases(preprocessed_dataset: Path, fold: int | str) -> list[str] | None:
+    splits = preprocessed_dataset / "splits_final.json"
+    if not splits.is_file() or not str(fold).isdigit():
+        return None
+    folds = json.loads(splits.read_text())
+    return list(folds[int(fold)]["val"]) if int(fold) < len(folds) else None
+
+
+@dataclass
+class FeatureReuse:
+    linear: np.ndarray
+    unbiased: np.ndarray
+    n_images: int
+    cases: list[str]
+
+
+@torch.no_grad()
+def measure_feature_reuse(a: SwinEncoder, b: SwinEncoder, dataset: RandomCropDataset, n_images: int = 16,
+                          batch_size: int = 4, device: str = "cpu", pooling: str = "flatten") -> FeatureReuse:
+    """Stage-by-stage CKA between encoders ``a`` and ``b`` on ``n_images`` crops (batches of >= 4 images)."""
+    if n_images < 4 or batch_size < 4:
+        raise ValueError("CKA needs at least 4 images per batch (the unbiased HSIC estimator): raise --images/--batch")
+    a, b = a.to(device), b.to(device)
+    minibatch = cka_lib.StageMinibatchCKA(pooling=pooling)
+    all_a: list[list[np.ndarray]] = [[] for _ in STAGES]
+    all_b: list[list[np.ndarray]] = [[] for _ in STAGES]
+    for batch in range(n_images // batch_size):  # whole batches only: each needs >= 4 images
+        start = batch * batch_size
+        x = torch.stack([dataset[i] for i in range(start, start + batch_size)]).to(device)
+        fa = [f.float().cpu() for f in a(x)]
+        fb = [f.float().cpu() for f in b(x)]
+        minibatch.update(fa, fb)
+        for s in range(len(STAGES)):
+            all_a[s].append(cka_lib.features_to_examples(fa[s], pooling))
+            all_b[s].append(cka_lib.features_to_examples(fb[s], pooling))
+    linear = cka_lib.stage_cka([np.concatenate(x) for x in all_a], [np.concatenate(y) for y in all_b], "linear")
+    return FeatureReuse(linear=linear, unbiased=minibatch.compute(), n_images=sum(len(x) for x in all_a[0]),
+                        cases=sorted({dataset.cases[i][1] for i in range(len(dataset.cases))}))
+
+
+def feature_reuse_for_fold(pretrained: str | os.PathLike, dataset: str, trainer: str, plans: str, fold: int | str,
+                           configuration: str = "3d_fullres", n_images: int = 16, batch_size: int = 4,
+                           device: str = "cpu", seed: int = 0, pooling: str = "flatten") -> tuple[FeatureReuse, dict[str, Any]]:
+    source = find_source(dataset, plans, configuration)
+    val = validation_cases(source.folder.parent, fold)
+    if val:
+        source.identifiers = [i for i in source.identifiers if i in set(val)] or source.identifiers
+    folder = fold_folder(source.dataset_name, trainer, plans, configuration, fold)
+    plans_json = json.loads((folder.parent / "plans.json").read_text())
+    patch = plans_json["configurations"][configuration]["patch_size"]
+    crops = RandomCropDataset([source], patch, seed=seed)
+    a = pretrained_encoder(pretrained, source.num_channels)
+    b = finetuned_encoder(folder, configuration, source.num_channels)
+    result = measure_feature_reuse(a, b, crops, n_images, batch_size, device, pooling)
+    meta = {"dataset_name": source.dataset_name, "trainer": trainer, "plans": plans, "fold": str(fold),
+            "patch_size": patch, "validation_cases": result.cases, "checkpoint": str(pretrained)}
+    return result, meta

@@ -1,0 +1,97 @@
+"""nnssl_report: turn an nnU-Net results folder into the benchmark report (Markdown + self-contained HTML + figures)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+DESCRIPTION = """\
+Build the benchmark report from nnU-Net's own outputs: per-case Dice from each fold's validation/summary.json and the
+per-epoch training log in checkpoint_final.pth. Writes report.md, report.html (figures embedded), figures/*.png and
+dice_per_case.csv. Runs must follow the naming Swin(Scratch|SSL)Trainer[_<k>shot][_<E>epochs]__nnUNetSwinPlans[__<method>]
+__<configuration>; other folders are listed as ignored. CKA results (nnssl_cka) are read from RESULTS/cka/*.json.
+See documentation/report.md for how to read it."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nnssl_report", description=DESCRIPTION,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("results", nargs="?", default=os.environ.get("nnUNet_results"),
+                   help="nnU-Net results folder (or one DatasetXXX_Name folder inside it); default: $nnUNet_results")
+    p.add_argument("--out", default=None, help="output folder for the report (default: RESULTS/nnssl_report)")
+    p.add_argument("--baseline", default="scratch",
+                   help="method every other method is tested against (default: scratch, the from-scratch Swin runs)")
+    p.add_argument("--bootstrap", type=int, default=10000,
+                   help="bootstrap resamples for the confidence intervals (default: 10000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling (default: 0)")
+    p.add_argument("--level", type=float, default=0.95, help="confidence level of the intervals (default: 0.95)")
+    p.add_argument("--raw", default=None,
+                   help="nnU-Net raw folder to read dataset.json (labels, modality, groups) from; default: $nnUNet_raw")
+    p.add_argument("--preprocessed", default=None,
+                   help="nnU-Net preprocessed folder, second place to look for dataset.json; "
+                        "default: $nnUNet_preprocessed")
+    p.add_argument("--groups", default=None,
+                   help="JSON file overriding the structure groups: {\"Dataset901_Name\" (or \"901\"): "
+                        "{\"small\": [label names], \"large\": [...], ...}}; default: dataset.json's "
+                        "nnssl_structure_groups")
+    p.add_argument("--cka", default=None,
+                   help="extra folder with nnssl_cka result files (*.json), read in addition to RESULTS/cka")
+    p.add_argument("--no-logs", action="store_true",
+                   help="do not load checkpoints (faster, no torch needed): the convergence section stays empty")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if not args.results:
+            raise ValueError("no RESULTS folder given and $nnUNet_results is not set")
+        if args.bootstrap < 1:
+            raise ValueError(f"--bootstrap must be >= 1, got {args.bootstrap}")
+        if not 0.0 < args.level < 1.0:
+            raise ValueError(f"--level must be in (0, 1), got {args.level}")
+        results = Path(args.results)
+        if not results.is_dir():
+            raise FileNotFoundError(f"results folder {results} does not exist")
+        groups = None
+        if args.groups:
+            gp = Path(args.groups)
+            if not gp.is_file():
+                raise FileNotFoundError(f"--groups file {gp} does not exist")
+            try:
+                groups = json.loads(gp.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"--groups file {gp} is not valid JSON: {e}") from e
+            if not isinstance(groups, dict) or not all(isinstance(v, dict) for v in groups.values()):
+                raise ValueError("--groups must map a dataset name or id to {group: [label names]}")
+        if args.cka and not Path(args.cka).is_dir():
+            raise FileNotFoundError(f"--cka folder {args.cka} does not exist")
+        out = Path(args.out) if args.out else results / "nnssl_report"
+
+        # imported here so that --help stays fast
+        from nnssl.analysis.report import ReportOptions, build_report, find_cka_files
+        from nnssl.analysis.results import load_results
+
+        tree = load_results(results, raw=args.raw, preprocessed=args.preprocessed, groups_override=groups,
+                            read_logs=not args.no_logs, skip=[out], progress=True)
+        cka_files = find_cka_files(results / "cka", Path(args.cka) if args.cka else None)
+        opts = ReportOptions(baseline=args.baseline, n_boot=args.bootstrap, seed=args.seed, level=args.level)
+        report, paths = build_report(tree, out, opts, cka_files)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{len(tree.folds)} fold(s) in {len(tree.dataset_names())} dataset(s); {len(tree.ignored)} folder(s) ignored")
+    for rel, why in tree.ignored:
+        print(f"  ignored {rel}: {why}")
+    for w in report.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    print(f"report: {paths['html']}")
+    print(f"        {paths['markdown']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
