@@ -1,6 +1,6 @@
 """The nnssl pretraining checkpoint: format, atomic writing, validation, and loading the encoder elsewhere.
 
-A checkpoint is a ``torch.save`` dict (documented in documentation/checkpoint_format.md):
+A checkpoint is a ``torch.save`` dict (documented in documentation/checkpoints.md):
 
 - ``format`` = "nnssl", ``format_version`` = 1, ``method``, ``encoder_config`` (EncoderConfig.to_dict());
 - ``encoder``: the student encoder in MONAI SwinUNETR's layout (``swinViT.*``), loadable into
@@ -156,12 +156,13 @@ def load_encoder_into(target: nn.Module, ckpt: dict[str, Any], in_channels: int 
         report.loaded.append(key)
     report.unexpected = sorted(set(source) - set(target_state))
     if report.missing or report.shape_mismatch:
-        cfg = ckpt.get("encoder_config", {})
+        from nnssl.convert import explain_encoder_mismatch  # reads both architectures from the tensors
+
         problems = report.missing[:5] + report.shape_mismatch[:5]
         raise CheckpointError(
             f"the checkpoint's encoder does not fit the network: {len(report.missing)} missing and "
-            f"{len(report.shape_mismatch)} mismatched tensor(s), e.g. {problems}. The checkpoint was pretrained with "
-            f"encoder {cfg}; build the network with that encoder configuration (nnssl_attach copies it into the plans)."
+            f"{len(report.shape_mismatch)} mismatched tensor(s), e.g. {problems}. "
+            f"{explain_encoder_mismatch(target, source)} (nnssl_attach copies the checkpoint's encoder into the plans)."
         )
     target.load_state_dict(new_state, strict=False)
     return report

@@ -96,8 +96,11 @@ PRESETS: dict[str, EncoderConfig] = {
     "small": EncoderConfig(feature_size=24),
     # The benchmark paper's encoder (SwinUNETR with feature size 48).
     "base": EncoderConfig(feature_size=48),
-    # SMIT (Jiang et al., MICCAI 2022) pretrains a deeper Swin: more blocks in stage 3 and a smaller window.
-    "smit": EncoderConfig(feature_size=48, depths=(2, 2, 8, 2), num_heads=(4, 4, 8, 16), window_size=4),
+    # SMIT (Jiang et al., MICCAI 2022) as in the authors' code, The-Veeraraghavan-Lab/SMIT models/configs_Trans.py
+    # get_3DTransSmall_config_Unetr (used by its pretraining and fine-tuning scripts): embed_dim 48, depths
+    # (2, 2, 4, 2), num_heads (4, 4, 4, 4), window (4, 4, 4), patch 2. It also sets drop_path_rate 0.3 (a training
+    # setting) and qkv_bias=False, patch_norm=True, which SwinUNETR's encoder lacks (documentation/checkpoints.md).
+    "smit": EncoderConfig(feature_size=48, depths=(2, 2, 4, 2), num_heads=(4, 4, 4, 4), window_size=4),
 }
 
 
