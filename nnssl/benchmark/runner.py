@@ -118,12 +118,12 @@ def build_jobs(spec: BenchmarkSpec, paths: Paths, report_dir: Path) -> list[Job]
     pre, down = spec.pretraining, spec.downstream
     if spec.phantoms is not None:
         ph = spec.phantoms
-        ids = _ids(ph.get("datasets", []))
-        cmd = ["nnssl_phantoms", "-d", *ids, "--raw", str(paths.raw), "--seed", str(ph.get("seed", 0))]
-        if "cases" in ph:
-            cmd += ["--cases", str(ph["cases"])]
-        markers = [paths.raw / _dataset_glob(paths.raw, d) / "dataset.json" for d in ids]
-        jobs.append(Job("phantoms", "phantoms", cmd, done_marker=markers[-1] if markers else None))
+        for d in _ids(ph.get("datasets", [])):  # one job per dataset: a partly generated set resumes cleanly
+            cmd = ["nnssl_phantoms", "-d", d, "--raw", str(paths.raw), "--seed", str(ph.get("seed", 0)), "--no-progress"]
+            if "cases" in ph:
+                cmd += ["--cases", str(ph["cases"])]
+            jobs.append(Job(f"phantoms/{d}", "phantoms", cmd,
+                            done_marker=paths.raw / _dataset_glob(paths.raw, d) / "dataset.json"))
     needed = sorted(set(_ids(pre.datasets)) | set(_ids(down.datasets)), key=str) if spec.pretrained_methods \
         else sorted(set(_ids(down.datasets)), key=str)
     for d in needed:
@@ -153,6 +153,12 @@ def build_jobs(spec: BenchmarkSpec, paths: Paths, report_dir: Path) -> list[Job]
                 done_marker=paths.preprocessed / _dataset_glob(paths.preprocessed, d) / f"{plans_name(m)}.json",
             ))
     train_env = {"nnUNet_n_proc_DA": "0", "nnUNet_def_n_proc": "1"} if cpu else {}
+    if down.iterations_per_epoch:
+        train_env["NNSSL_ITERATIONS_PER_EPOCH"] = str(down.iterations_per_epoch)
+    if down.val_iterations_per_epoch:
+        train_env["NNSSL_VAL_ITERATIONS_PER_EPOCH"] = str(down.val_iterations_per_epoch)
+    if not down.mirroring:
+        train_env["NNSSL_DISABLE_MIRRORING"] = "1"
     for d in _ids(down.datasets):
         for m in spec.methods:
             for shots in down.shots:
@@ -172,7 +178,7 @@ def build_jobs(spec: BenchmarkSpec, paths: Paths, report_dir: Path) -> list[Job]
                             f"cka/{d}/{m}/{shots}/{fold}", "cka",
                             ["nnssl_cka", "--pretrained", str(checkpoint_path(spec, paths, m)), "-d", d,
                              "-tr", trainer, "-p", plans_name(m), "-f", str(fold), "--device", spec.device,
-                             "--out", str(out)],
+                             "--images", str(down.cka_images), "--out", str(out)],
                             done_marker=out,
                         ))
     jobs.append(Job("report", "report", ["nnssl_report", str(paths.results), "--out", str(report_dir),

@@ -47,6 +47,11 @@ class DownstreamSpec:
     shots: list[str] = field(default_factory=lambda: ["all"])
     folds: list[int] = field(default_factory=lambda: [0])
     epochs: int | None = None  # None: the trainers' default schedule
+    # Demo/CI budget knobs, passed to the trainers as NNSSL_* environment variables (None: nnU-Net's defaults).
+    iterations_per_epoch: int | None = None
+    val_iterations_per_epoch: int | None = None
+    mirroring: bool = True
+    cka_images: int = 16
 
 
 @dataclass
@@ -78,8 +83,12 @@ class BenchmarkSpec:
             raise SpecError(f"device must be cpu or cuda, got {self.device!r}")
         if not self.downstream.datasets:
             raise SpecError("downstream.datasets is empty: name the target datasets to fine-tune on")
-        if self.downstream.epochs is not None and self.downstream.epochs < 1:
-            raise SpecError("downstream.epochs must be >= 1")
+        for key in ("epochs", "iterations_per_epoch", "val_iterations_per_epoch"):
+            value = getattr(self.downstream, key)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise SpecError(f"downstream.{key} must be a positive integer, got {value!r}")
+        if self.downstream.cka_images < 4:
+            raise SpecError("downstream.cka_images must be >= 4 (the unbiased CKA needs 4 images per batch)")
         return self
 
     @property
@@ -144,5 +153,7 @@ def demo_spec(methods: list[str] | None = None) -> BenchmarkSpec:
         "pretraining": {"datasets": [900], "encoder": "tiny", "crop": 64, "batch_size": 2, "steps": 30,
                         "lr": 3e-4, "num_workers": 1},
         "methods": methods or [SCRATCH, "simmim", "dino", "simclr", "rotation"],
-        "downstream": {"datasets": [901, 902], "shots": ["5", "all"], "folds": [0], "epochs": 2},
+        "downstream": {"datasets": [901, 902], "shots": ["5", "all"], "folds": [0], "epochs": 5,
+                       "iterations_per_epoch": 4, "val_iterations_per_epoch": 2, "mirroring": False,
+                       "cka_images": 8},
     })
