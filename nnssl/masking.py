@@ -47,3 +47,80 @@ def upsample_mask(mask: Tensor, factor: int) -> Tensor:
 def downsample_mask(mask: Tensor, factor: int) -> Tensor:
     """(B, d, h, w) bool -> (B, d/f, h/f, w/f) float: fraction of hidden patches under each coarser token."""
     return F.avg_pool3d(mask[:, None].float(), kernel_size=factor)[:, 0]
+
+
+def expand_mask(mask: Tensor, factor: int) -> Tensor:
+    """(B, d, h, w) bool -> (B, d*f, h*f, w*f) bool: a coarse token mask on a finer grid (token -> patch grid)."""
+    if factor < 1:
+        raise ValueError(f"expansion factor must be >= 1, got {factor}")
+    return mask.repeat_interleave(factor, 1).repeat_interleave(factor, 2).repeat_interleave(factor, 3)
+
+
+def _block_mask_one(grid: tuple[int, int, int], n_target: int, min_aspect: float, max_aspect: float,
+                    min_block: int, generator: torch.Generator | None) -> Tensor:
+    """One BEiT-style 3D block mask with up to ``n_target`` hidden tokens (see ``block_mask``)."""
+    mask = torch.zeros(grid, dtype=torch.bool)
+    log_lo, log_hi = math.log(min_aspect), math.log(max_aspect)
+    count = 0
+
+    def uniform(lo: float, hi: float) -> float:
+        return lo + (hi - lo) * float(torch.rand((), generator=generator))
+
+    while count < n_target:
+        remaining = n_target - count
+        added = 0
+        for _attempt in range(10):
+            volume = uniform(min(min_block, remaining), remaining)
+            # Aspect ratios of the box: log-uniform per axis, normalised so that the box keeps its volume.
+            logs = [uniform(log_lo, log_hi) for _ in range(3)]
+            mean_log = sum(logs) / 3.0
+            sides = [max(1, round(volume ** (1.0 / 3.0) * math.exp(lg - mean_log))) for lg in logs]
+            if any(s > g for s, g in zip(sides, grid)):
+                continue
+            start = [int(torch.randint(0, g - s + 1, (1,), generator=generator)) for s, g in zip(sides, grid)]
+            box = (slice(start[0], start[0] + sides[0]), slice(start[1], start[1] + sides[1]),
+                   slice(start[2], start[2] + sides[2]))
+            new = int((~mask[box]).sum())
+            if 0 < new <= remaining:
+                mask[box] = True
+                added = new
+                break
+        if added == 0:
+            break  # no box fits the remaining budget (BEiT stops here too)
+        count += added
+    return mask
+
+
+def block_mask(batch: int, grid: tuple[int, int, int], ratio: float | Tensor, min_aspect: float = 0.3,
+               max_aspect: float | None = None, min_block: int | None = None,
+               generator: torch.Generator | None = None) -> Tensor:
+    """3D block-wise masking of BEiT / iBOT (Bao et al. 2022; Zhou et al. 2022) on a token grid.
+
+    Boxes with a random volume in [min_block, remaining budget] and log-uniform aspect ratios in
+    [min_aspect, max_aspect] (default 1/min_aspect) are placed at random until round(ratio * N) tokens are hidden
+    (boxes may overlap earlier ones; a box that would exceed the budget is redrawn, up to 10 times, after which the
+    sample stops slightly below the target as in BEiT). ``min_block`` defaults to (min(grid) // 3)^3 as iBOT's
+    (min(H, W) // 3)^2, at least 1. ``ratio`` is one float or a (B,) tensor of per-sample ratios.
+    Returns (B, *grid) bool, True = hidden.
+    """
+    if min_aspect <= 0:
+        raise ValueError(f"min_aspect must be > 0, got {min_aspect}")
+    if max_aspect is None:
+        max_aspect = 1.0 / min_aspect
+    if not 0.0 < min_aspect <= max_aspect:
+        raise ValueError(f"need 0 < min_aspect <= max_aspect, got {min_aspect}, {max_aspect}")
+    if len(grid) != 3 or min(grid) < 1:
+        raise ValueError(f"grid must be three positive sizes, got {grid}")
+    n_tokens = math.prod(grid)
+    ratios = torch.as_tensor(ratio, dtype=torch.float64).flatten()
+    if ratios.numel() == 1:
+        ratios = ratios.expand(batch)
+    if ratios.numel() != batch:
+        raise ValueError(f"got {ratios.numel()} mask ratios for a batch of {batch}")
+    if bool(((ratios < 0) | (ratios >= 1)).any()):
+        raise ValueError(f"mask ratios must lie in [0, 1), got {ratios.tolist()}")
+    if min_block is None:
+        min_block = max(1, (min(grid) // 3) ** 3)
+    masks = [_block_mask_one(tuple(grid), int(round(float(r) * n_tokens)), min_aspect, max_aspect, min_block,
+                             generator) for r in ratios]
+    return torch.stack(masks) if masks else torch.zeros(0, *grid, dtype=torch.bool)

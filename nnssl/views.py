@@ -9,6 +9,8 @@ import torch
 from torch import Tensor
 import torch.nn.functional as F
 
+from nnssl.encoders.swin import SWIN_DIVISOR
+
 
 def _uniform(generator: torch.Generator | None, n: int, low: float, high: float) -> Tensor:
     return low + (high - low) * torch.rand(n, generator=generator)
@@ -63,3 +65,8 @@ def intensity_jitter(x: Tensor, generator: torch.Generator | None = None, scale:
 def augment(x: Tensor, generator: torch.Generator | None = None, noise_std: float = 0.05) -> Tensor:
     """The default photometric + flip augmentation of the two-view methods (SimCLR, MoCo v3, DINO, SMIT)."""
     return intensity_jitter(random_flip(x, generator), generator, noise_std=noise_std)
+
+
+def local_crop_size(crop: tuple[int, ...], fraction: float) -> tuple[int, ...]:
+    """Per axis: fraction * size rounded down to a multiple of 32, at least 32 (Swin's input divisor)."""
+    return tuple(max(SWIN_DIVISOR, int(s * fraction) // SWIN_DIVISOR * SWIN_DIVISOR) for s in crop)

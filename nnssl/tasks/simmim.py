@@ -1,0 +1,86 @@
+"""SimMIM: masked image modelling with a mask token and a one-layer decoder.
+
+Xie et al., "SimMIM: A Simple Framework for Masked Image Modeling", CVPR 2022 (arXiv:2111.09886).
+Random cubes of the input are hidden behind the encoder's learned mask token (ratio 0.6 of the cubes), the last
+encoder stage is mapped back to voxels by a 1x1x1 convolution and a pixel shuffle (``LightDecoder``), and the loss is
+the L1 error on the hidden voxels only.
+
+Shapes (B batch, C channels, crop D x H x W, each divisible by 32; F = encoder feature size):
+    make_views: crops (B, C, D, H, W) -> {"image": (B, C, D, H, W), "mask": (B, D/2, H/2, W/2) bool}
+    forward: encoder(image, mask)[-1] (B, 16F, D/32, H/32, W/32) -> decoder -> prediction (B, C, D, H, W)
+             -> {"loss": L1 over masked voxels, "loss/recon": same}
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from nnssl.decoders import LightDecoder
+from nnssl.encoders.swin import SwinEncoder
+from nnssl.losses.reconstruction import masked_reconstruction_loss
+from nnssl.masking import random_cube_mask, upsample_mask
+from nnssl.tasks.base import PretextTask
+from nnssl.views import random_flip
+
+
+@dataclass
+class SimMIMConfig:
+    """SimMIM defaults (paper: ratio 0.6, L1 loss, random flips; mask patches of 1/6 of the image edge).
+
+    SimMIM masks 32-px patches of 192-px images, 1/6 of the edge; the 3D equivalent for the default 96^3 crop is a
+    16^3-voxel cube, which is also what SMIT (SimMIM-style masking for 3D CT) uses.
+    """
+
+    mask_ratio: float = 0.6
+    #: Edge of the masked cubes in voxels (SimMIM's mask_patch_size); a multiple of the encoder patch size (2).
+    mask_cube_voxels: int = 16
+    #: "l1" (paper) or "l2".
+    loss: str = "l1"
+    #: Random flips of the crop along each axis (SimMIM's only geometric augmentation besides the crop).
+    flip: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio={self.mask_ratio} must lie in (0, 1)")
+        if self.mask_cube_voxels < 2 or self.mask_cube_voxels % 2:
+            raise ValueError(f"mask_cube_voxels={self.mask_cube_voxels} must be an even number >= 2 (patch size 2)")
+        if self.loss not in ("l1", "l2"):
+            raise ValueError(f"loss={self.loss!r} must be 'l1' or 'l2'")
+
+
+class SimMIM(PretextTask):
+    """SimMIM (Xie et al., CVPR 2022) on the 3D Swin encoder; see the module docstring for shapes."""
+
+    name: ClassVar[str] = "simmim"
+    family: ClassVar[str] = "MIM"
+    paper: ClassVar[str] = "Xie et al., SimMIM: A Simple Framework for Masked Image Modeling, CVPR 2022"
+    Config: ClassVar[type] = SimMIMConfig
+    uses_mask_token: ClassVar[bool] = True
+
+    def __init__(self, encoder: SwinEncoder, cfg: SimMIMConfig | None = None) -> None:
+        super().__init__(encoder, cfg)
+        self.patch = encoder.cfg.patch_size
+        self.decoder = LightDecoder(encoder.out_channels[-1], encoder.cfg.in_channels, stride=32)
+
+    def make_views(self, crops: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+        image = random_flip(crops, generator) if self.cfg.flip else crops
+        grid = tuple(s // self.patch for s in crops.shape[2:])
+        mask = random_cube_mask(crops.shape[0], grid, self.cfg.mask_cube_voxels // self.patch, self.cfg.mask_ratio,
+                                generator)
+        return {"image": image, "mask": mask}
+
+    def predict(self, image: Tensor, mask: Tensor) -> Tensor:
+        """(B, C, D, H, W), patch mask (B, D/2, H/2, W/2) -> reconstruction (B, C, D, H, W)."""
+        return self.decoder(self.student(image, mask)[-1])
+
+    def loss(self, prediction: Tensor, image: Tensor, mask: Tensor) -> Tensor:
+        """Masked L1/L2 between prediction and image over the voxels under the patch mask (B, D/2, H/2, W/2)."""
+        return masked_reconstruction_loss(prediction, image, upsample_mask(mask, self.patch), self.cfg.loss)
+
+    def forward(self, views: dict[str, Tensor], step: int) -> dict[str, Tensor]:
+        image, mask = views["image"], views["mask"]
+        loss = self.loss(self.predict(image, mask), image, mask)
+        return {"loss": loss, "loss/recon": loss.detach()}
