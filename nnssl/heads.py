@@ -81,3 +81,12 @@ class DINOHead(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = F.normalize(self.mlp(x), dim=-1, eps=1e-6)
         return self.last_layer(x)
+
+
+def cancel_last_layer_gradients(module: nn.Module) -> None:
+    """Drop the gradients of every DINOHead's last layer in ``module`` (DINO's ``freeze_last_layer``: the output
+    layer stays fixed during the first epoch, which the DINO authors found to stabilise the start of training)."""
+    for head in module.modules():
+        if isinstance(head, DINOHead):
+            for p in head.last_layer.parameters():
+                p.grad = None

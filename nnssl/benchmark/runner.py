@@ -191,6 +191,8 @@ def run_jobs(jobs: list[Job], paths: Paths, log_dir: Path, progress: bool = True
     from tqdm.auto import tqdm
 
     log_dir.mkdir(parents=True, exist_ok=True)
+    for folder in (paths.raw, paths.preprocessed, paths.results, paths.nnssl_results):
+        folder.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **paths.environment()}
     bin_dir = Path(sys.executable).parent
     env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"

@@ -53,6 +53,9 @@ class PretextTask(nn.Module, ABC):
     def forward(self, views: dict[str, Tensor], step: int) -> dict[str, Tensor]:
         """Returns {"loss": total, "loss/<part>": parts...}; ``step`` is the global step (0-based)."""
 
+    def before_optimizer_step(self, step: int) -> None:
+        """After backward and gradient clipping, before the optimiser step (e.g. freezing a head's last layer)."""
+
     @torch.no_grad()
     def on_step_end(self, step: int) -> None:
         """After the optimiser step: EMA teacher, centres, queues. Default: nothing."""

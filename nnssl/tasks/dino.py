@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from nnssl.ema import ema_update, make_teacher
 from nnssl.encoders.swin import SwinEncoder
-from nnssl.heads import DINOHead, tokens
+from nnssl.heads import DINOHead, cancel_last_layer_gradients, tokens
 from nnssl.losses.dino import DINOLoss
 from nnssl.schedules import at, cosine_schedule, warmup_then_constant
 from nnssl.tasks.base import PretextTask
@@ -58,6 +58,7 @@ class DINOConfig:
     center_momentum: float = 0.9
     ema_start: float = 0.996
     ema_end: float = 1.0
+    freeze_last_layer_fraction: float = 0.01  # DINO/iBOT: last head layer frozen for epoch 1 of 100
     local_crops_number: int = 8
     #: Voxel fractions of the crop covered by global / local crops (DINO's area fractions used as volume fractions).
     global_crop_scale: tuple[float, float] = (0.4, 1.0)
@@ -110,6 +111,7 @@ class DINO(PretextTask):
 
     def setup(self, total_steps: int) -> None:
         super().setup(total_steps)
+        self._freeze_last_layer_steps = round(self.cfg.freeze_last_layer_fraction * total_steps)
         c = self.cfg
         self._momentum = cosine_schedule(c.ema_start, c.ema_end, total_steps)
         warm = round(c.teacher_temp_warmup_fraction * total_steps)
@@ -132,6 +134,10 @@ class DINO(PretextTask):
         self.teacher_encoder.eval()
         self.teacher_heads.eval()
         return self
+
+    def before_optimizer_step(self, step: int) -> None:
+        if step < self._freeze_last_layer_steps:
+            cancel_last_layer_gradients(self.heads)
 
     @torch.no_grad()
     def on_step_end(self, step: int) -> None:

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from nnssl.ema import ema_update, make_teacher
 from nnssl.encoders.swin import SwinEncoder
-from nnssl.heads import DINOHead, tokens
+from nnssl.heads import DINOHead, cancel_last_layer_gradients, tokens
 from nnssl.losses.dino import DINOLoss
 from nnssl.losses.ibot import PatchDistillationLoss
 from nnssl.masking import block_mask, expand_mask
@@ -63,6 +63,7 @@ class IBOTConfig:
     patch_center_momentum: float = 0.9
     ema_start: float = 0.996
     ema_end: float = 1.0
+    freeze_last_layer_fraction: float = 0.01  # DINO/iBOT: last head layer frozen for epoch 1 of 100
     global_weight: float = 1.0
     patch_weight: float = 1.0
     #: Prediction (mask) ratio of a masked image, drawn uniformly from pred_ratio +- pred_ratio_var per image.
@@ -132,6 +133,7 @@ class IBOT(PretextTask):
 
     def setup(self, total_steps: int) -> None:
         super().setup(total_steps)
+        self._freeze_last_layer_steps = round(self.cfg.freeze_last_layer_fraction * total_steps)
         c = self.cfg
         self._momentum = cosine_schedule(c.ema_start, c.ema_end, total_steps)
         warm = round(c.teacher_temp_warmup_fraction * total_steps)
@@ -159,6 +161,10 @@ class IBOT(PretextTask):
         self.teacher_encoder.eval()
         self.teacher_heads.eval()
         return self
+
+    def before_optimizer_step(self, step: int) -> None:
+        if step < self._freeze_last_layer_steps:
+            cancel_last_layer_gradients(self.heads)
 
     @torch.no_grad()
     def on_step_end(self, step: int) -> None:

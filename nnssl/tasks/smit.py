@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from nnssl.decoders import LightDecoder
 from nnssl.ema import ema_update, make_teacher
 from nnssl.encoders.swin import SwinEncoder
-from nnssl.heads import DINOHead, tokens
+from nnssl.heads import DINOHead, cancel_last_layer_gradients, tokens
 from nnssl.losses.dino import DINOLoss
 from nnssl.losses.ibot import PatchDistillationLoss
 from nnssl.losses.reconstruction import masked_l1
@@ -73,6 +73,7 @@ class SMITConfig:
     patch_center_momentum: float = 0.9
     ema_start: float = 0.996
     ema_end: float = 1.0
+    freeze_last_layer_fraction: float = 0.01  # DINO/iBOT: last head layer frozen for epoch 1 of 100
     recon_weight: float = 1.0
     patch_weight: float = 0.1
     global_weight: float = 0.1
@@ -133,6 +134,7 @@ class SMIT(PretextTask):
     # ---------------------------------------------------------------- schedules and teacher
     def setup(self, total_steps: int) -> None:
         super().setup(total_steps)
+        self._freeze_last_layer_steps = round(self.cfg.freeze_last_layer_fraction * total_steps)
         c = self.cfg
         self._momentum = cosine_schedule(c.ema_start, c.ema_end, total_steps)
         warm = round(c.teacher_temp_warmup_fraction * total_steps)
@@ -164,6 +166,10 @@ class SMIT(PretextTask):
         self.teacher_encoder.eval()
         self.teacher_heads.eval()
         return self
+
+    def before_optimizer_step(self, step: int) -> None:
+        if step < self._freeze_last_layer_steps:
+            cancel_last_layer_gradients(self.heads)
 
     @torch.no_grad()
     def on_step_end(self, step: int) -> None:

@@ -259,6 +259,7 @@ def _run(cfg: PretrainConfig, out_dir: Path, resume: bool, progress: bool,
             scaler.unscale_(optimizer)
             grad_norm = float(torch.nn.utils.clip_grad_norm_(
                 [p for g in optimizer.param_groups for p in g["params"]], cfg.clip_grad))
+        task.before_optimizer_step(step)
         scaler.step(optimizer)
         scaler.update()
         task.on_step_end(step)
