@@ -121,3 +121,12 @@ def test_demo_spec_has_one_method_per_family():
     spec = demo_spec()
     families = {get_task_class(m).family for m in spec.pretrained_methods}
     assert len(families) == len(spec.pretrained_methods) >= 4
+
+
+def test_demo_options_are_valid_method_options():
+    from nnssl.tasks import config_from_overrides, get_task_class
+
+    spec = demo_spec(["scratch", "dino", "ibot", "smit"])
+    for method, options in spec.pretraining.options.items():
+        cfg = config_from_overrides(get_task_class(method).Config, {k: str(v) for k, v in options.items()})
+        assert cfg.out_dim == 4096

@@ -57,13 +57,16 @@ class Job:
     key: str
     stage: str
     command: list[str]
-    done_marker: Path | None = None  # None: always run (e.g. the report)
+    done_marker: Path | list[Path] | None = None  # None: always run (e.g. the report); a list: all must exist
     resume_marker: Path | None = None
     resume_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
 
     def is_done(self) -> bool:
-        return self.done_marker is not None and _exists(self.done_marker)
+        if self.done_marker is None:
+            return False
+        markers = self.done_marker if isinstance(self.done_marker, list) else [self.done_marker]
+        return all(_exists(m) for m in markers)
 
     def effective_command(self) -> list[str]:
         if self.resume_marker is not None and _exists(self.resume_marker):
@@ -126,12 +129,13 @@ def build_jobs(spec: BenchmarkSpec, paths: Paths, report_dir: Path) -> list[Job]
                             done_marker=paths.raw / _dataset_glob(paths.raw, d) / "dataset.json"))
     needed = sorted(set(_ids(pre.datasets)) | set(_ids(down.datasets)), key=str) if spec.pretrained_methods \
         else sorted(set(_ids(down.datasets)), key=str)
-    for d in needed:
-        jobs.append(Job(
-            f"preprocess/{d}", "preprocess",
-            ["nnssl_plan_and_preprocess", "-d", d, "--encoder", pre.encoder, *nproc],
-            done_marker=paths.preprocessed / _dataset_glob(paths.preprocessed, d) / "nnUNetSwinPlans.json",
-        ))
+    # One command for all datasets: nnU-Net's worker start-up is paid once.
+    jobs.append(Job(
+        "preprocess", "preprocess",
+        ["nnssl_plan_and_preprocess", "-d", *needed, "--encoder", pre.encoder, *nproc],
+        done_marker=[paths.preprocessed / _dataset_glob(paths.preprocessed, d) / "nnUNetSwinPlans.json"
+                     for d in needed],
+    ))
     crop = [str(c) for c in (pre.crop if isinstance(pre.crop, list) else [pre.crop])]
     for m in spec.pretrained_methods:
         if m in spec.checkpoints:

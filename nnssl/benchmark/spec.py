@@ -151,7 +151,11 @@ def demo_spec(methods: list[str] | None = None) -> BenchmarkSpec:
         "device": "cpu",
         "phantoms": {"datasets": [900, 901, 902], "seed": 0},
         "pretraining": {"datasets": [900], "encoder": "tiny", "crop": 64, "batch_size": 2, "steps": 30,
-                        "lr": 3e-4, "num_workers": 1},
+                        "lr": 3e-4, "num_workers": 1,
+                        # CPU-sized heads and crops; the paper values (65536-way heads, 8-10 local crops) are for GPUs
+                        "options": {"dino": {"out_dim": 4096, "local_crops_number": 2},
+                                    "ibot": {"out_dim": 4096, "patch_out_dim": 4096, "local_crops_number": 2},
+                                    "smit": {"out_dim": 4096, "patch_out_dim": 4096}}},
         "methods": methods or [SCRATCH, "simmim", "dino", "simclr", "rotation"],
         "downstream": {"datasets": [901, 902], "shots": ["5", "all"], "folds": [0], "epochs": 5,
                        "iterations_per_epoch": 4, "val_iterations_per_epoch": 2, "mirroring": False,
