@@ -1,0 +1,45 @@
+"""nnssl_attach: attach a pretraining checkpoint to a target dataset's Swin plans (writes nnUNetSwinPlans__<name>)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="nnssl_attach",
+        description="Write plans nnUNetSwinPlans__<name> for a target dataset: a copy of its Swin plans whose encoder is "
+                    "the checkpoint's and which name the checkpoint, so that nnUNetv2_train ... -tr SwinSSLTrainer "
+                    "-p nnUNetSwinPlans__<name> fine-tunes from it (results in their own folder per name).")
+    p.add_argument("-d", required=True, help="target dataset id or name (already planned with "
+                                             "nnssl_plan_and_preprocess)")
+    p.add_argument("--checkpoint", required=True, help="nnssl pretraining checkpoint (from nnssl_pretrain or "
+                                                       "nnssl_convert)")
+    p.add_argument("--name", default=None, help="suffix of the plans identifier (default: the checkpoint's method, "
+                                                "e.g. smit -> nnUNetSwinPlans__smit)")
+    p.add_argument("-p", default="nnUNetSwinPlans", help="Swin plans to copy (default nnUNetSwinPlans)")
+    p.add_argument("-c", default="3d_fullres", help="configuration (default 3d_fullres)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing plans of the same name")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        from nnssl.finetune.attach import attach_checkpoint
+
+        path = attach_checkpoint(args.d, args.checkpoint, args.name, args.p, args.c, args.overwrite)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    import json
+
+    plans = json.load(open(path))
+    ident = plans["plans_name"]
+    print(f"wrote {path}")
+    print(f"fine-tune with: nnUNetv2_train {plans['dataset_name']} {args.c} FOLD -tr SwinSSLTrainer -p {ident}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

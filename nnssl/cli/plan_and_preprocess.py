@@ -1,0 +1,145 @@
+"""nnssl_plan_and_preprocess: nnU-Net fingerprinting, Swin planning (nnUNetSwinPlans) and preprocessing.
+
+Same options as nnUNetv2_plan_and_preprocess where they apply. Images-only datasets (dataset.json
+"images_only": true) are fingerprinted and preprocessed without labels.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from functools import partial
+
+CONFIGURATION = "3d_fullres"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="nnssl_plan_and_preprocess",
+        description="Fingerprint, plan with the Swin planner (plans nnUNetSwinPlans, 3d_fullres only, patch axes "
+                    "divisible by 32) and preprocess nnU-Net raw datasets, labeled or images-only.")
+    p.add_argument("-d", nargs="+", type=int, required=True, metavar="ID",
+                   help="dataset id(s) under $nnUNet_raw, e.g. 901 902")
+    p.add_argument("-c", nargs="+", default=[CONFIGURATION],
+                   help="configurations to preprocess; Swin plans only have 3d_fullres (default)")
+    p.add_argument("-np", type=int, default=4, help="processes for preprocessing (default 4, as nnU-Net's 3d_fullres)")
+    p.add_argument("-npfp", type=int, default=8, help="processes for fingerprint extraction (default 8, as nnU-Net)")
+    p.add_argument("--verify_dataset_integrity", action="store_true",
+                   help="check the raw dataset first (nnU-Net's check; for images-only datasets: channels, NaNs)")
+    p.add_argument("--clean", action="store_true",
+                   help="recompute an existing dataset fingerprint (as nnU-Net's --clean); without it an existing "
+                        "fingerprint is reused")
+    p.add_argument("--encoder", default="base",
+                   help="encoder preset written into the plans as nnssl_encoder: tiny, small, base (paper, default), "
+                        "smit")
+    p.add_argument("-gpu_memory_target", type=float, default=None,
+                   help="GPU memory target in GB used for patch and batch size (default: nnU-Net's 8)")
+    p.add_argument("--no_pp", action="store_true", help="only fingerprint and plan, do not preprocess")
+    p.add_argument("--no_pbar", action="store_true", help="hide progress bars")
+    return p
+
+
+def plan_and_preprocess(dataset_id: int, encoder: str = "base", num_processes: int = 4,
+                        num_processes_fingerprint: int = 8, verify: bool = False, clean: bool = False,
+                        gpu_memory_target: float | None = None, preprocess: bool = True,
+                        progress: bool = True) -> str:
+    """Run the three steps for one dataset; returns the path of the written plans file."""
+    from batchgenerators.utilities.file_and_folder_operations import join
+
+    from nnssl.encoders.swin import PRESETS
+    from nnssl.finetune.environment import require_env
+    from nnssl.finetune.raw_dataset import load_dataset_json, resolve_dataset_name
+
+    require_env(["nnUNet_raw", "nnUNet_preprocessed"])
+    if encoder not in PRESETS:
+        raise ValueError(f"unknown encoder preset {encoder!r}; choose one of {', '.join(PRESETS)}")
+    if gpu_memory_target is not None and gpu_memory_target <= 0:
+        raise ValueError(f"-gpu_memory_target must be > 0 GB, got {gpu_memory_target}")
+    name = resolve_dataset_name(dataset_id)
+    raw_folder = join(os.environ["nnUNet_raw"], name)
+    dataset_json = load_dataset_json(raw_folder)
+
+    # nnU-Net imports read nnUNet_def_n_proc etc. at import time: import after the checks
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import (extract_fingerprint_dataset,
+                                                                      plan_experiment_dataset, preprocess_dataset)
+    from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
+
+    from nnssl_planners.images_only import (ImagesOnlyFingerprintExtractor, is_images_only, preprocess_images_only,
+                                            verify_images_only_dataset)
+    from nnssl_planners.swin_planner import SWIN_PLANS_IDENTIFIER, SwinExperimentPlanner, preprocessed_data_complete
+
+    images_only = is_images_only(dataset_json)
+    print(f"{name}: {'images-only' if images_only else 'labeled'} dataset")
+    if images_only:
+        if verify:
+            verify_images_only_dataset(name)
+        ImagesOnlyFingerprintExtractor(name, num_processes_fingerprint).run(overwrite_existing=clean)
+    else:
+        if verify:
+            from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
+
+            try:
+                verify_dataset_integrity(raw_folder, num_processes_fingerprint)
+            except (RuntimeError, AssertionError, FileNotFoundError) as e:
+                raise ValueError(f"{name} failed nnU-Net's dataset integrity check: {e}. Fix the files named above "
+                                 f"(labels, shapes, spacings, channels).") from None
+        extract_fingerprint_dataset(dataset_id, num_processes=num_processes_fingerprint,
+                                    check_dataset_integrity=False, clean=clean, verbose=False,
+                                    show_progress_bar=progress)
+
+    pre_folder = join(os.environ["nnUNet_preprocessed"], name)
+    plans_file = join(pre_folder, SWIN_PLANS_IDENTIFIER + ".json")
+    previous_plans = open(plans_file).read() if os.path.isfile(plans_file) else None
+    data_folder = None
+    try:
+        plans, identifier = plan_experiment_dataset(
+            dataset_id, partial(SwinExperimentPlanner, encoder=encoder), gpu_memory_target_in_gb=gpu_memory_target)
+        data_identifier = plans["configurations"][CONFIGURATION]["data_identifier"]
+        if preprocess:
+            cases = sorted(get_filenames_of_train_images_and_targets(raw_folder, dataset_json))
+            if not data_identifier.startswith(identifier + "_") and \
+                    preprocessed_data_complete(name, data_identifier, cases):
+                print(f"{data_identifier} is complete: nothing to preprocess.")
+            else:
+                data_folder = join(pre_folder, data_identifier)
+                if images_only:
+                    preprocess_images_only(name, identifier, CONFIGURATION, num_processes)
+                else:
+                    preprocess_dataset(dataset_id, identifier, [CONFIGURATION], [num_processes],
+                                       show_progress_bar=progress)
+                data_folder = None
+    except BaseException:
+        # leave nothing half-written: restore the previous plans, drop a partly written data folder
+        if previous_plans is None:
+            if os.path.isfile(plans_file):
+                os.remove(plans_file)
+        else:
+            with open(plans_file, "w") as f:
+                f.write(previous_plans)
+        if data_folder is not None and os.path.isdir(data_folder):
+            shutil.rmtree(data_folder)
+        raise
+    return plans_file
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    bad = [c for c in args.c if c != CONFIGURATION]
+    if bad:
+        print(f"error: configuration(s) {', '.join(bad)} do not exist in Swin plans: only {CONFIGURATION} is planned "
+              f"(Swin needs 3D patches). Use -c {CONFIGURATION}.", file=sys.stderr)
+        return 2
+    try:
+        for d in args.d:
+            path = plan_and_preprocess(d, args.encoder, args.np, args.npfp, args.verify_dataset_integrity,
+                                       args.clean, args.gpu_memory_target, not args.no_pp, not args.no_pbar)
+            print(f"Swin plans: {path}")
+    except (ValueError, OSError, AssertionError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""What nnssl stores in nnU-Net plans (contract in CONTRACTS.md) and how the trainers read it.
+
+Top level: ``"nnssl_plans": true`` (marks a Swin plans file). Inside ``configurations.<config>``:
+``"nnssl_encoder"`` (EncoderConfig.to_dict() without in_channels) and, in ``nnUNetSwinPlans__<name>`` only,
+``"nnssl_pretrained": {"checkpoint": abs path, "method": str, "name": str}``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from nnssl.encoders.swin import EncoderConfig, check_swin_input_size
+
+PLANS_MARKER = "nnssl_plans"
+ENCODER_KEY = "nnssl_encoder"
+PRETRAINED_KEY = "nnssl_pretrained"
+SWIN_PLANS = "nnUNetSwinPlans"
+
+
+class NotSwinPlansError(ValueError):
+    """A plans file without the nnssl marker was given to a Swin trainer."""
+
+
+def require_swin_plans(plans: dict, configuration: str | None = None) -> None:
+    """Raise NotSwinPlansError unless `plans` were written by nnssl's planner (and hold `configuration`)."""
+    name = plans.get("plans_name", "?")
+    if plans.get(PLANS_MARKER) is not True:
+        raise NotSwinPlansError(
+            f"plans '{name}' are not a Swin plans file (no \"{PLANS_MARKER}\": true): the Swin trainers need "
+            f"patch sizes divisible by 32 and an encoder config. Run nnssl_plan_and_preprocess -d DATASET and "
+            f"train with -p {SWIN_PLANS} (or -p {SWIN_PLANS}__<name> after nnssl_attach).")
+    if configuration is not None and configuration not in plans.get("configurations", {}):
+        raise NotSwinPlansError(
+            f"plans '{name}' have no configuration '{configuration}'; Swin plans hold "
+            f"{', '.join(plans.get('configurations', {})) or 'nothing'} (use 3d_fullres).")
+
+
+def encoder_config(configuration: dict, in_channels: int) -> EncoderConfig:
+    """EncoderConfig from a plans configuration dict (defaults = paper's base encoder when the key is absent)."""
+    enc = dict(configuration.get(ENCODER_KEY) or {})
+    enc.pop("in_channels", None)
+    try:
+        cfg = EncoderConfig.from_dict({**enc, "in_channels": int(in_channels)})
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"invalid \"{ENCODER_KEY}\" in the plans: {e}. Re-run nnssl_plan_and_preprocess or "
+                         f"nnssl_attach.") from None
+    patch = configuration.get("patch_size")
+    if patch is not None:
+        try:
+            check_swin_input_size(patch)
+        except ValueError as e:
+            raise ValueError(f"the plans' patch_size {patch} does not suit Swin: {e}. Edit patch_size in the plans "
+                             f"or re-run nnssl_plan_and_preprocess.") from None
+        if all(int(p) == 32 for p in patch):
+            raise ValueError(f"the plans' patch_size {patch} leaves SwinUNETR's bottleneck (patch / 32) a single "
+                             f"voxel, which its instance norm cannot train on: make one axis 64.")
+    return cfg
+
+
+def pretrained_entry(configuration: dict) -> dict[str, Any] | None:
+    return configuration.get(PRETRAINED_KEY)

@@ -1,0 +1,238 @@
+"""nnU-Net trainers for SwinUNETR fine-tuning: from scratch, from a pretrained encoder, few-shot and short variants.
+
+The thin module trainers/nnssl_swin_trainers.py re-exports every class here, so nnU-Net finds them through
+``nnUNet_extTrainer``. Variants follow nnU-Net's convention (one class per experiment, named for what it changes) and
+are generated below without repeating the constructor: ``Swin(Scratch|SSL)Trainer[_<k>shot][_<n>epochs]``.
+
+Optimisation (SwinUNETR fine-tuning recipe of Tang et al., CVPR 2022 / Hatamizadeh et al. 2022, as in MONAI's
+research-contributions ``SwinUNETR/BTCV/main.py`` defaults: ``--optim_name adamw --optim_lr 1e-4 --reg_weight 1e-5
+--lrschedule warmup_cosine --warmup_epochs 50 --max_epochs 5000``):
+
+* AdamW, learning rate 1e-4, weight decay 1e-5;
+* linear warmup over the first 1% of all iterations (50 of 5000 epochs in that recipe), then cosine decay to 0,
+  updated every iteration (so 1- and 2-epoch runs still warm up and decay);
+* nnU-Net's loss (Dice + CE), gradient clipping (12), data augmentation, sampling and 250 iterations per epoch are kept.
+
+Test/demo knobs (environment variables, logged and stored in debug.json when used; never set them for real runs):
+``NNSSL_ITERATIONS_PER_EPOCH``, ``NNSSL_VAL_ITERATIONS_PER_EPOCH`` (positive ints) and ``NNSSL_DISABLE_MIRRORING=1``
+(no mirror augmentation and no mirroring at validation/inference of this model).
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+from torch import nn
+from torch._dynamo import OptimizedModule
+
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
+
+from nnssl.finetune.fewshot import select_fewshot, subset_seed, write_subset_record, SUBSET_FILE
+from nnssl.finetune.network import build_network_from_configuration
+from nnssl.finetune.plans import require_swin_plans
+from nnssl.finetune.pretrained import load_pretrained_encoder, pretrained_checkpoint_path
+from nnssl.finetune.schedule import warmup_cosine_lr
+
+#: shot regimes and short schedules that get their own class
+SHOTS = (5, 10)
+EPOCHS = (1, 2, 5, 10, 20, 50, 100, 250, 500)
+
+ENV_ITERS = "NNSSL_ITERATIONS_PER_EPOCH"
+ENV_VAL_ITERS = "NNSSL_VAL_ITERATIONS_PER_EPOCH"
+ENV_NO_MIRROR = "NNSSL_DISABLE_MIRRORING"
+
+
+def _positive_int_env(name: str) -> Optional[int]:
+    value = os.environ.get(name)
+    if value in (None, ""):
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(f"{name}={value!r} must be a positive integer (or unset for nnU-Net's default)")
+    return n
+
+
+class WarmupCosineScheduler:
+    """Per-iteration warmup + cosine learning rate, driven by nnU-Net's per-epoch ``step(epoch)`` call and by
+    ``set_iteration(global_iteration)`` from train_step."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, base_lr: float, total_iterations: int,
+                 warmup_iterations: int) -> None:
+        self.optimizer, self.base_lr = optimizer, base_lr
+        self.total, self.warmup = total_iterations, warmup_iterations
+        self.iterations_per_epoch = 1
+
+    def lr_at(self, iteration: int) -> float:
+        return warmup_cosine_lr(iteration, self.total, self.warmup, self.base_lr)
+
+    def set_iteration(self, iteration: int) -> None:
+        lr = self.lr_at(iteration)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def step(self, epoch: Optional[int] = None) -> None:
+        self.set_iteration((epoch or 0) * self.iterations_per_epoch)
+
+    def state_dict(self) -> dict:
+        return {"base_lr": self.base_lr, "total": self.total, "warmup": self.warmup}
+
+
+class SwinScratchTrainer(nnUNetTrainer):
+    """SwinUNETR (MONAI; encoder from the plans' "nnssl_encoder") trained from random initialisation.
+
+    No deep supervision (SwinUNETR has a single output), AdamW + warmup/cosine (module docstring).
+    """
+
+    #: set by the generated variants
+    num_shots: Optional[int] = None
+    fixed_num_epochs: Optional[int] = None
+    warmup_fraction: float = 0.01
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device('cuda')):
+        require_swin_plans(plans, configuration)
+        self._check_before_init(plans, configuration)
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.enable_deep_supervision = False
+        self.initial_lr = 1e-4
+        self.weight_decay = 1e-5
+        if self.fixed_num_epochs is not None:
+            self.num_epochs = self.fixed_num_epochs
+        self._iteration_in_epoch = 0
+        self.nnssl_knobs = {}
+        iters, val_iters = _positive_int_env(ENV_ITERS), _positive_int_env(ENV_VAL_ITERS)
+        if iters is not None:
+            self.num_iterations_per_epoch = iters
+            self.nnssl_knobs[ENV_ITERS] = iters
+        if val_iters is not None:
+            self.num_val_iterations_per_epoch = val_iters
+            self.nnssl_knobs[ENV_VAL_ITERS] = val_iters
+        self.disable_mirroring = os.environ.get(ENV_NO_MIRROR, "").lower() in ("1", "true", "yes")
+        if self.disable_mirroring:
+            self.nnssl_knobs[ENV_NO_MIRROR] = True
+        if self.nnssl_knobs:
+            self.print_to_log_file(f"nnssl: test/demo knobs active: {self.nnssl_knobs}")
+
+    def _check_before_init(self, plans: dict, configuration: str) -> None:
+        """Hook for checks that must fail before nnU-Net creates the output folder."""
+
+    @staticmethod
+    def build_network_architecture(plans_manager: PlansManager,
+                                   configuration_manager: ConfigurationManager,
+                                   num_input_channels: int,
+                                   num_output_channels: int,
+                                   enable_deep_supervision: bool = True) -> nn.Module:
+        """SwinUNETR from the plans only (also used by nnUNetv2_predict; independent of any checkpoint).
+        enable_deep_supervision is ignored: SwinUNETR has one full-resolution output."""
+        require_swin_plans(plans_manager.plans)
+        return build_network_from_configuration(configuration_manager.configuration, num_input_channels,
+                                                num_output_channels)
+
+    def set_deep_supervision_enabled(self, enabled: bool) -> None:
+        """Nothing to switch: SwinUNETR has no deep-supervision outputs (nnU-Net calls this with True after
+        validation; the loss is never wrapped because enable_deep_supervision is False)."""
+
+    def _do_i_compile(self) -> bool:
+        """torch.compile only on request (nnUNet_compile=1): nnU-Net compiles by default on CUDA, but SwinUNETR's
+        window padding and shifted-window masks have not been validated under compile here."""
+        if os.environ.get("nnUNet_compile", "").lower() not in ("true", "1", "t"):
+            return False
+        return super()._do_i_compile()
+
+    def _unwrapped_network(self) -> nn.Module:
+        mod = self.network.module if self.is_ddp else self.network
+        return mod._orig_mod if isinstance(mod, OptimizedModule) else mod
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(self.network.parameters(), lr=self.initial_lr, weight_decay=self.weight_decay)
+        total = max(1, self.num_epochs * self.num_iterations_per_epoch)
+        warmup = min(total, max(1, round(self.warmup_fraction * total)))
+        scheduler = WarmupCosineScheduler(optimizer, self.initial_lr, total, warmup)
+        scheduler.iterations_per_epoch = self.num_iterations_per_epoch
+        return optimizer, scheduler
+
+    def on_train_epoch_start(self):
+        self._iteration_in_epoch = 0
+        super().on_train_epoch_start()
+
+    def train_step(self, batch: dict) -> dict:
+        self.lr_scheduler.set_iteration(self.current_epoch * self.num_iterations_per_epoch + self._iteration_in_epoch)
+        self._iteration_in_epoch += 1
+        return super().train_step(batch)
+
+    def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        rotation, dummy_2d, initial_patch_size, mirror_axes = \
+            super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
+        if self.disable_mirroring:
+            mirror_axes = None
+            self.inference_allowed_mirroring_axes = None
+        return rotation, dummy_2d, initial_patch_size, mirror_axes
+
+    def initialize(self):
+        super().initialize()
+        self.logger.update_config({"nnssl": {"trainer": self.__class__.__name__, "num_shots": self.num_shots,
+                                             "num_epochs": self.num_epochs, "warmup_fraction": self.warmup_fraction,
+                                             "knobs": self.nnssl_knobs}})
+
+    def do_split(self):
+        tr_keys, val_keys = super().do_split()
+        if self.num_shots is None:
+            return tr_keys, val_keys
+        dataset = self.plans_manager.dataset_name
+        subset = select_fewshot(tr_keys, self.num_shots, dataset, self.fold)
+        if self.local_rank == 0:
+            write_subset_record(self.output_folder, {
+                "dataset": dataset, "fold": self.fold, "shots": self.num_shots,
+                "seed": subset_seed(dataset, self.fold),
+                "rule": "sorted fold training cases, permuted with seed(dataset, fold); first k (nested, "
+                        "method-independent)",
+                "train_subset": subset, "fold_train_cases": sorted(map(str, tr_keys)),
+                "num_validation_cases": len(val_keys), "trainer": self.__class__.__name__})
+        self.print_to_log_file(f"nnssl: {self.num_shots}-shot subset of {len(tr_keys)} training cases: {subset} "
+                               f"(recorded in {SUBSET_FILE}); validating on all {len(val_keys)} validation cases")
+        return subset, val_keys
+
+
+class SwinSSLTrainer(SwinScratchTrainer):
+    """SwinScratchTrainer whose encoder starts from the pretraining checkpoint attached to the plans.
+
+    ``nnssl_attach -d D --checkpoint CKPT --name NAME`` writes plans ``nnUNetSwinPlans__NAME``; initialize() loads the
+    encoder (all ``swinViT.*`` tensors, failing on any missing or mismatched one), logs "loaded N/N encoder tensors",
+    adapts the patch embedding to another number of input channels and warns when the normalisation differs.
+    """
+
+    def _check_before_init(self, plans: dict, configuration: str) -> None:
+        # fail with the how-to-attach message before nnU-Net creates any output folder
+        pretrained_checkpoint_path(plans["configurations"][configuration], plans.get("dataset_name", "DATASET"),
+                                   plans.get("plans_name", "?"))
+
+    def initialize(self):
+        super().initialize()
+        self.pretrained_report = load_pretrained_encoder(
+            self._unwrapped_network(), self.configuration_manager.configuration, self.plans_manager.dataset_name,
+            self.plans_manager.plans_name, self.num_input_channels, log=self.print_to_log_file)
+
+
+def _variant(base: type, shots: Optional[int], epochs: Optional[int]) -> type:
+    name = base.__name__ + (f"_{shots}shot" if shots else "") + (f"_{epochs}epochs" if epochs else "")
+    what = ", ".join(filter(None, [f"{shots}-shot subset of the fold's training cases" if shots else "",
+                                   f"{epochs} epochs" if epochs else ""]))
+    return type(name, (base,), {"num_shots": shots, "fixed_num_epochs": epochs, "__module__": __name__,
+                                "__qualname__": name, "__doc__": f"{base.__name__} with {what}."})
+
+
+TRAINER_CLASSES: dict[str, type] = {c.__name__: c for c in (SwinScratchTrainer, SwinSSLTrainer)}
+for _base in (SwinScratchTrainer, SwinSSLTrainer):
+    for _shots in (None, *SHOTS):
+        for _epochs in (None, *EPOCHS):
+            if _shots is None and _epochs is None:
+                continue
+            _cls = _variant(_base, _shots, _epochs)
+            TRAINER_CLASSES[_cls.__name__] = _cls
+globals().update(TRAINER_CLASSES)
+__all__ = sorted(TRAINER_CLASSES) + ["TRAINER_CLASSES"]

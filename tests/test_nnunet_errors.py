@@ -1,0 +1,261 @@
+"""Bad input around the nnU-Net integration: each error names the problem and the fix; nothing half-written."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from datasets import make_dataset
+from nnssl.cli.attach import main as attach_main
+from nnssl.cli.info import main as info_main
+from nnssl.cli.plan_and_preprocess import main as plan_main, plan_and_preprocess
+from nnssl.finetune.environment import trainers_path
+
+
+@pytest.fixture()
+def env(tmp_path, monkeypatch):
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        (tmp_path / name).mkdir()
+        monkeypatch.setenv(name, str(tmp_path / name))
+    monkeypatch.setenv("nnUNet_extTrainer", trainers_path())
+    return {k: tmp_path / k for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
+
+
+def _plan_error(capsys, *argv: str) -> str:
+    assert plan_main(["-np", "1", "-npfp", "1", *argv]) == 2
+    return capsys.readouterr().err
+
+
+def test_unknown_dataset_id(env, capsys):
+    make_dataset(env["nnUNet_raw"], 531, num_cases=1, shape=(8, 8, 8))
+    err = _plan_error(capsys, "-d", "999")
+    assert "unknown dataset id 999" in err and "Dataset531_Spheres" in err
+
+
+def test_missing_env_var(env, capsys, monkeypatch):
+    monkeypatch.delenv("nnUNet_raw")
+    err = _plan_error(capsys, "-d", "531")
+    assert "nnUNet_raw is not set" in err and "export nnUNet_raw=" in err
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda f: (f / "dataset.json").write_text("{not json"), "not valid JSON"),
+    (lambda f: _edit_json(f, lambda d: d.pop("file_ending")), "lacks file_ending"),
+    (lambda f: _edit_json(f, lambda d: d.update(numTraining=7)), "numTraining=7"),
+    (lambda f: _edit_json(f, lambda d: d.update(labels={"tumour": 1})), "background"),
+    (lambda f: [p.unlink() for p in (f / "labelsTr").iterdir()] and (f / "labelsTr").rmdir(), "images_only"),
+    (lambda f: (f / "dataset.json").unlink(), "dataset.json is missing"),
+])
+def test_dataset_json_and_layout_errors(env, capsys, edit, message):
+    folder = make_dataset(env["nnUNet_raw"], 532, num_cases=2, shape=(8, 8, 8))
+    edit(folder)
+    err = _plan_error(capsys, "-d", "532")
+    assert message in err
+    # nothing written for the dataset
+    assert not (env["nnUNet_preprocessed"] / folder.name).exists()
+
+
+def _edit_json(folder: Path, fn) -> None:
+    d = json.loads((folder / "dataset.json").read_text())
+    fn(d)
+    (folder / "dataset.json").write_text(json.dumps(d))
+
+
+def test_integrity_check_names_bad_label_file(env, capsys):
+    import numpy as np
+    import SimpleITK as sitk
+
+    folder = make_dataset(env["nnUNet_raw"], 535, num_cases=2, shape=(8, 8, 8))
+    bad = folder / "labelsTr" / "case_001.nii.gz"
+    img = sitk.GetImageFromArray(np.full((8, 8, 8), 7, dtype=np.uint8))   # label 7 is not in dataset.json
+    sitk.WriteImage(img, str(bad))
+    err = _plan_error(capsys, "-d", "535", "--verify_dataset_integrity")
+    assert "failed nnU-Net's dataset integrity check" in err
+    assert not (env["nnUNet_preprocessed"] / folder.name / "nnUNetSwinPlans.json").exists()
+
+
+def test_other_configuration_and_encoder_refused(env, capsys):
+    make_dataset(env["nnUNet_raw"], 533, num_cases=1, shape=(8, 8, 8))
+    assert "only 3d_fullres" in _plan_error(capsys, "-d", "533", "-c", "2d")
+    assert "unknown encoder preset 'huge'" in _plan_error(capsys, "-d", "533", "--encoder", "huge")
+
+
+def test_failed_preprocessing_leaves_nothing_half_written(env, monkeypatch):
+    folder = make_dataset(env["nnUNet_raw"], 534, num_cases=2, shape=(20, 20, 20))
+    pre = env["nnUNet_preprocessed"] / folder.name
+    pre.mkdir()
+    # an existing fingerprint is reused (nnU-Net's semantics without --clean): no fingerprinting here
+    (pre / "dataset_fingerprint.json").write_text(json.dumps({
+        "spacings": [[1.0, 1.0, 1.0]] * 2, "shapes_after_crop": [[20, 20, 20]] * 2,
+        "foreground_intensity_properties_per_channel": {"0": {
+            "mean": 0.0, "median": 0.0, "std": 100.0, "min": -200.0, "max": 200.0, "percentile_99_5": 150.0,
+            "percentile_00_5": -150.0}},
+        "median_relative_size_after_cropping": 1.0}))
+
+    import nnunetv2.experiment_planning.plan_and_preprocess_api as api
+
+    def crash(dataset_id, plans_identifier, configurations, num_processes, **kw):
+        data = pre / f"{plans_identifier}_3d_fullres"
+        data.mkdir()
+        (data / "case_000.b2nd").write_bytes(b"partial")
+        raise RuntimeError("simulated crash during preprocessing")
+
+    monkeypatch.setattr(api, "preprocess_dataset", crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        plan_and_preprocess(534, encoder="tiny", num_processes=1, num_processes_fingerprint=1, progress=False)
+    assert not (pre / "nnUNetSwinPlans.json").exists()
+    assert not (pre / "nnUNetSwinPlans_3d_fullres").exists()
+    # a previous plans file is restored, not lost
+    (pre / "nnUNetSwinPlans.json").write_text('{"previous": true}')
+    with pytest.raises(RuntimeError):
+        plan_and_preprocess(534, encoder="tiny", num_processes=1, num_processes_fingerprint=1, progress=False)
+    assert json.loads((pre / "nnUNetSwinPlans.json").read_text()) == {"previous": True}
+
+
+def _swin_plans(dataset: str = "Dataset540_X", patch=(64, 64, 64), **conf_extra) -> dict:
+    conf = {"data_identifier": "nnUNetSwinPlans_3d_fullres", "preprocessor_name": "DefaultPreprocessor",
+            "batch_size": 2, "patch_size": list(patch), "median_image_size_in_voxels": [64, 64, 64],
+            "spacing": [1.0, 1.0, 1.0], "normalization_schemes": ["CTNormalization"], "use_mask_for_norm": [False],
+            "resampling_fn_data": "resample_data_or_seg_to_shape", "resampling_fn_seg": "resample_data_or_seg_to_shape",
+            "resampling_fn_data_kwargs": {}, "resampling_fn_seg_kwargs": {},
+            "resampling_fn_probabilities": "resample_data_or_seg_to_shape", "resampling_fn_probabilities_kwargs": {},
+            "architecture": {"network_class_name": "monai.networks.nets.SwinUNETR", "arch_kwargs": {},
+                             "_kw_requires_import": []},
+            "batch_dice": False,
+            "nnssl_encoder": {"feature_size": 12, "depths": [2, 2, 2, 2], "num_heads": [3, 6, 12, 24],
+                              "window_size": 4, "patch_size": 2, "drop_path_rate": 0.0, "use_v2": False,
+                              "use_checkpoint": False}, **conf_extra}
+    return {"dataset_name": dataset, "plans_name": "nnUNetSwinPlans", "original_median_spacing_after_transp": [1, 1, 1],
+            "original_median_shape_after_transp": [64, 64, 64], "image_reader_writer": "SimpleITKIO",
+            "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2], "configurations": {"3d_fullres": conf},
+            "experiment_planner_used": "SwinExperimentPlanner", "label_manager": "LabelManager",
+            "foreground_intensity_properties_per_channel": {"0": {}}, "nnssl_plans": True}
+
+
+DATASET_JSON = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "a": 1}, "numTraining": 2,
+                "file_ending": ".nii.gz"}
+
+
+def test_trainer_refuses_non_swin_plans(env):
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    from nnssl.finetune.plans import NotSwinPlansError
+    from nnssl.finetune.trainers import SwinScratchTrainer
+
+    plans = _swin_plans()
+    del plans["nnssl_plans"]
+    plans["plans_name"] = "nnUNetPlans"
+    with pytest.raises(NotSwinPlansError, match="not a Swin plans file.*nnssl_plan_and_preprocess"):
+        SwinScratchTrainer({**plans, "continue_training": False}, "3d_fullres", 0, DATASET_JSON,
+                           torch.device("cpu"))
+    pm = PlansManager(plans)
+    with pytest.raises(NotSwinPlansError):
+        SwinScratchTrainer.build_network_architecture(pm, pm.get_configuration("3d_fullres"), 1, 2, False)
+    with pytest.raises(NotSwinPlansError, match="no configuration '2d'"):
+        SwinScratchTrainer({**_swin_plans(), "continue_training": False}, "2d", 0, DATASET_JSON, torch.device("cpu"))
+    assert not any(env["nnUNet_results"].iterdir())          # no output folder left behind
+
+
+@pytest.mark.parametrize("patch,match", [((40, 64, 64), r"axis 0 has size 40 \(use 32 or 64\)"),
+                                         ((32, 32, 32), "bottleneck")])
+def test_patch_size_swin_cannot_take(patch, match):
+    from nnssl.finetune.network import build_network_from_configuration
+
+    conf = _swin_plans(patch=patch)["configurations"]["3d_fullres"]
+    with pytest.raises(ValueError, match=match):
+        build_network_from_configuration(conf, 1, 2)
+
+
+def test_ssl_trainer_without_checkpoint_says_how_to_attach(env, tmp_path):
+    from nnssl.finetune.pretrained import NoCheckpointAttachedError
+    from nnssl.finetune.trainers import SwinSSLTrainer
+
+    with pytest.raises(NoCheckpointAttachedError, match="nnssl_attach -d Dataset540_X --checkpoint"):
+        SwinSSLTrainer({**_swin_plans(), "continue_training": False}, "3d_fullres", 0, DATASET_JSON,
+                       torch.device("cpu"))
+    gone = _swin_plans(nnssl_pretrained={"checkpoint": str(tmp_path / "gone.pt"), "method": "smit", "name": "smit"})
+    with pytest.raises(FileNotFoundError, match="does not exist: .*gone.pt"):
+        SwinSSLTrainer({**gone, "continue_training": False}, "3d_fullres", 0, DATASET_JSON, torch.device("cpu"))
+    assert not any(env["nnUNet_results"].iterdir())
+
+
+def test_info_reports_missing_and_wrong_ext_trainer(env, capsys, monkeypatch, tmp_path):
+    assert info_main([]) == 0
+    out = capsys.readouterr().out
+    assert f"export nnUNet_extTrainer={trainers_path()}" in out and "All set" in out
+    monkeypatch.delenv("nnUNet_extTrainer")
+    assert info_main([]) == 1
+    err = capsys.readouterr().err
+    assert "nnUNet_extTrainer is not set" in err and f"export nnUNet_extTrainer={trainers_path()}" in err
+    monkeypatch.setenv("nnUNet_extTrainer", str(tmp_path))
+    assert info_main([]) == 1
+    assert "does not include nnssl's trainers folder" in capsys.readouterr().err
+    monkeypatch.delenv("nnUNet_results")
+    assert info_main([]) == 1
+    assert "nnUNet_results is not set" in capsys.readouterr().err
+    assert info_main(["--export"]) == 0
+    assert capsys.readouterr().out.strip() == f"export nnUNet_extTrainer={trainers_path()}"
+
+
+def test_nnunet_lookup_fails_without_env_var(monkeypatch):
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    monkeypatch.delenv("nnUNet_extTrainer", raising=False)
+    with pytest.raises(RuntimeError, match="nnUNet_extTrainer"):
+        recursive_find_trainer_class_by_name("SwinScratchTrainer")
+
+
+@pytest.fixture()
+def planned(env):
+    """A Swin plans file for Dataset540_X and a valid tiny checkpoint."""
+    from nnssl.checkpoint import save_checkpoint
+    from nnssl.encoders.swin import EncoderConfig, SwinEncoder
+
+    pre = env["nnUNet_preprocessed"] / "Dataset540_X"
+    pre.mkdir()
+    (pre / "nnUNetSwinPlans.json").write_text(json.dumps(_swin_plans()))
+    cfg = EncoderConfig.preset("tiny")
+    ckpt = env["nnUNet_results"].parent / "dino.pt"
+    save_checkpoint(ckpt, {"method": "dino", "encoder_config": cfg.to_dict(),
+                           "encoder": SwinEncoder(cfg).swin_state_dict()})
+    return pre, ckpt
+
+
+def _attach_error(capsys, *argv) -> str:
+    assert attach_main(list(argv)) == 2
+    return capsys.readouterr().err
+
+
+def test_attach_errors(planned, capsys, tmp_path):
+    pre, ckpt = planned
+    assert attach_main(["-d", "540", "--checkpoint", str(ckpt)]) == 0          # name defaults to the method
+    assert json.loads((pre / "nnUNetSwinPlans__dino.json").read_text())["plans_name"] == "nnUNetSwinPlans__dino"
+    assert "exists; pass --overwrite" in _attach_error(capsys, "-d", "540", "--checkpoint", str(ckpt))
+    assert "--name 'a__b'" in _attach_error(capsys, "-d", "540", "--checkpoint", str(ckpt), "--name", "a__b")
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {}}, foreign)
+    assert "not an nnssl checkpoint" in _attach_error(capsys, "-d", "540", "--checkpoint", str(foreign))
+    assert "does not exist" in _attach_error(capsys, "-d", "540", "--checkpoint", str(tmp_path / "none.pt"))
+    assert "nnssl_plan_and_preprocess -d 541" in _attach_error(capsys, "-d", "541", "--checkpoint", str(ckpt))
+    # plans whose patch size Swin cannot take
+    plans = json.loads((pre / "nnUNetSwinPlans.json").read_text())
+    plans["configurations"]["3d_fullres"]["patch_size"] = [48, 64, 64]
+    (pre / "nnUNetSwinPlans.json").write_text(json.dumps(plans))
+    assert "axis 0 has size 48" in _attach_error(capsys, "-d", "540", "--checkpoint", str(ckpt), "--name", "x")
+    # not a Swin plans file
+    del plans["nnssl_plans"]
+    (pre / "nnUNetSwinPlans.json").write_text(json.dumps(plans))
+    assert "not a Swin plans file" in _attach_error(capsys, "-d", "540", "--checkpoint", str(ckpt), "--name", "y")
+    assert not (pre / "nnUNetSwinPlans__x.json").exists() and not (pre / "nnUNetSwinPlans__y.json").exists()
+
+
+def test_test_knobs_validated(monkeypatch):
+    from nnssl.finetune.trainers import ENV_ITERS, _positive_int_env
+
+    monkeypatch.setenv(ENV_ITERS, "abc")
+    with pytest.raises(ValueError, match="NNSSL_ITERATIONS_PER_EPOCH='abc' must be a positive integer"):
+        _positive_int_env(ENV_ITERS)
+    monkeypatch.setenv(ENV_ITERS, "7")
+    assert _positive_int_env(ENV_ITERS) == 7
