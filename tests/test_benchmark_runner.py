@@ -130,3 +130,22 @@ def test_demo_options_are_valid_method_options():
     for method, options in spec.pretraining.options.items():
         cfg = config_from_overrides(get_task_class(method).Config, {k: str(v) for k, v in options.items()})
         assert cfg.out_dim == 4096
+
+
+def test_spec_refuses_budgets_without_a_trainer():
+    with pytest.raises(SpecError, match="no trainer variant for 7 epochs"):
+        spec_from_dict({**SPEC, "downstream": {"datasets": [1], "epochs": 7}})
+    with pytest.raises(SpecError, match="no trainer for 3 cases"):
+        spec_from_dict({**SPEC, "downstream": {"datasets": [1], "shots": ["3"]}})
+
+
+def test_preprocessing_counts_as_done_only_after_it_succeeded(tmp_path):
+    paths = Paths.under(tmp_path)
+    job = next(j for j in build_jobs(spec_from_dict(SPEC), paths, tmp_path / "r") if j.stage == "preprocess")
+    for d in ("Dataset900_A", "Dataset901_B"):
+        (paths.preprocessed / d).mkdir(parents=True)
+        (paths.preprocessed / d / "nnUNetSwinPlans.json").write_text("{}")
+    assert not job.is_done()  # plans exist, but the command never finished
+    job.command = ["true"]
+    assert run_jobs([job], paths, tmp_path / "logs", progress=False) == 0
+    assert job.is_done()

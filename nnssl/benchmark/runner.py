@@ -61,8 +61,12 @@ class Job:
     resume_marker: Path | None = None
     resume_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    #: written by the runner after the command succeeded, for commands whose own outputs appear before they finish
+    stamp: Path | None = None
 
     def is_done(self) -> bool:
+        if self.stamp is not None and not self.stamp.exists():
+            return False
         if self.done_marker is None:
             return False
         markers = self.done_marker if isinstance(self.done_marker, list) else [self.done_marker]
@@ -129,12 +133,14 @@ def build_jobs(spec: BenchmarkSpec, paths: Paths, report_dir: Path) -> list[Job]
                             done_marker=paths.raw / _dataset_glob(paths.raw, d) / "dataset.json"))
     needed = sorted(set(_ids(pre.datasets)) | set(_ids(down.datasets)), key=str) if spec.pretrained_methods \
         else sorted(set(_ids(down.datasets)), key=str)
-    # One command for all datasets: nnU-Net's worker start-up is paid once.
+    # One command for all datasets: nnU-Net's worker start-up is paid once. The plans file appears before the
+    # preprocessed data are complete, so the runner's stamp marks success.
     jobs.append(Job(
         "preprocess", "preprocess",
         ["nnssl_plan_and_preprocess", "-d", *needed, "--encoder", pre.encoder, *nproc],
         done_marker=[paths.preprocessed / _dataset_glob(paths.preprocessed, d) / "nnUNetSwinPlans.json"
                      for d in needed],
+        stamp=paths.preprocessed / f".nnssl_preprocessed_{pre.encoder}_{'-'.join(needed)}",
     ))
     crop = [str(c) for c in (pre.crop if isinstance(pre.crop, list) else [pre.crop])]
     for m in spec.pretrained_methods:
@@ -213,6 +219,8 @@ def run_jobs(jobs: list[Job], paths: Paths, log_dir: Path, progress: bool = True
             log.write("$ " + " ".join(shlex.quote(c) for c in command) + "\n")
             log.flush()
             rc = subprocess.run(command, env={**env, **job.env}, stdout=log, stderr=subprocess.STDOUT).returncode
+        if rc == 0 and job.stamp is not None:
+            job.stamp.write_text(" ".join(command) + "\n")
         if rc != 0:
             failures += 1
             tail = log_file.read_text().splitlines()[-15:]

@@ -83,6 +83,14 @@ class BenchmarkSpec:
             raise SpecError(f"device must be cpu or cuda, got {self.device!r}")
         if not self.downstream.datasets:
             raise SpecError("downstream.datasets is empty: name the target datasets to fine-tune on")
+        from nnssl.finetune.trainers import EPOCHS, SHOTS
+
+        for s in self.downstream.shots:
+            if s != "all" and int(s) not in SHOTS:
+                raise SpecError(f"downstream.shots: no trainer for {s} cases; the few-shot trainers exist for {SHOTS}")
+        if self.downstream.epochs is not None and self.downstream.epochs not in EPOCHS:
+            raise SpecError(f"downstream.epochs: no trainer variant for {self.downstream.epochs} epochs; choose one of "
+                            f"{EPOCHS} or omit it for nnU-Net's full schedule")
         for key in ("epochs", "iterations_per_epoch", "val_iterations_per_epoch"):
             value = getattr(self.downstream, key)
             if value is not None and (not isinstance(value, int) or value < 1):
