@@ -650,7 +650,7 @@ def imported_payload(encoder: dict[str, Tensor], report: ConversionReport, in_pa
     assert report.config is not None
     in_path = Path(in_path).resolve()
     return {
-        "method": method or f"imported:{report.source_format}",
+        "method": method or f"imported-{report.source_format}",
         "encoder_config": report.config.to_dict(),
         "encoder": encoder,
         "task_state": {},

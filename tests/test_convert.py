@@ -143,7 +143,7 @@ def test_monai_swinunetr_import_keeps_features(tmp_path, wrap):
         expected = net.swinViT(x, normalize=True)
     assert_same_features(nnssl_features(tmp_path / "out.pt", x), expected)
     ckpt = load_checkpoint(tmp_path / "out.pt")
-    assert ckpt["method"] == "imported:monai-swinunetr"
+    assert ckpt["method"] == "imported-monai-swinunetr"
     assert ckpt["provenance"]["imported_from"]["file"] == str(src.resolve())
     # The fine-tuning network (SwinUNETR built from the stored config) takes it with no missing tensor.
     target = build_swinunetr(EncoderConfig.from_dict(ckpt["encoder_config"]), out_channels=2)

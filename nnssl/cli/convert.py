@@ -38,8 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="format of OUT: nnssl (checkpoint for nnssl_attach; default) or monai (swinViT.* state dict "
                         "for monai.networks.nets.SwinUNETR)")
     p.add_argument("--method", default=None,
-                   help="method name stored in the nnssl checkpoint (default: imported:<format>, e.g. "
-                        "imported:swinunetr-ssl); nnssl_attach uses it as the default --name when it consists of "
+                   help="method name stored in the nnssl checkpoint (default: imported-<format>, e.g. "
+                        "imported-swinunetr-ssl); nnssl_attach uses it as the default --name when it consists of "
                         "letters, digits, '-' and '_'")
     p.add_argument("--expect-preset", default=None, choices=list(PRESETS),
                    help="fail unless the tensors describe this encoder preset (in_channels excepted); the error names "
