@@ -1,0 +1,110 @@
+"""SwinUNETR's pretraining recipe (Tang et al., "Self-supervised pre-training of Swin transformers for 3D medical
+image analysis", CVPR 2022, https://arxiv.org/abs/2111.14791; code: Project-MONAI/research-contributions,
+SwinUNETR/Pretrain).
+
+Each crop x gives two views: x_v = cutout(rot_v(x)) for v = 1, 2, where rot_v is one of 4 rotations (0/90/180/270
+degrees about axis 0, ``nnssl.rotations.ROTATIONS_4``) and cutout replaces random boxes by noise or by another
+sample's voxels. Three heads on the last Swin stage s (2B, 16F, D/32, H/32, W/32) of both views:
+
+* rotation: global token -> Linear(16F, 4) -> cross-entropy against the rotation label;
+* contrastive: global token -> Linear(16F, 512) -> NT-Xent (tau 0.5) between the two views of each crop;
+* inpainting: s -> ``InpaintingDecoder`` -> (2B, C, D, H, W) -> L1 against the rotated, uncut rot_v(x).
+
+loss = 1 * rotation + 1 * contrastive + 1 * inpainting (the paper's weights).
+
+Shapes: make_views: crops (B, C, D, H, W) -> {"image": (2B, C, D, H, W) cut-out views, "target": (2B, C, D, H, W)
+rotated uncut views, "mask": (2B, 1, D, H, W) bool cut-out voxels, "rotation": (2B,) long in [0, 4)}; rows b and
+B + b are the two views of crop b.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+import torch.nn.functional as F
+
+from nnssl.encoders.swin import SwinEncoder
+from nnssl.heads import global_token
+from nnssl.losses.infonce import nt_xent
+from nnssl.losses.reconstruction import masked_l1
+from nnssl.rotations import ROTATIONS_4, balanced_labels, rotate_batch
+from nnssl.tasks._inpainting import InpaintingDecoder, cutout
+from nnssl.tasks.base import PretextTask
+
+_REGIONS = ("cutout", "volume")
+
+
+@dataclass
+class SwinUNETRConfig:
+    #: Loss weights (alpha1, alpha2, alpha3 = 1, 1, 1 in the paper and code).
+    rotation_weight: float = 1.0
+    contrastive_weight: float = 1.0
+    inpainting_weight: float = 1.0
+    #: NT-Xent temperature of the authors' ``Contrast`` loss.
+    temperature: float = 0.5
+    #: Output width of the contrastive head (Linear(768, 512) in the authors' code).
+    contrastive_dim: int = 512
+    #: Cut-out generator (authors' ``patch_rand_drop``): up to 30 % of the voxels, boxes of 5 %-25 % per axis.
+    max_drop: float = 0.3
+    max_block: float = 0.25
+    min_block: float = 0.05
+    #: Where the L1 is taken: "cutout" (masked-volume inpainting: only replaced voxels) or "volume" (the authors'
+    #: code takes nn.L1Loss over the whole reconstructed volume).
+    inpaint_region: str = "cutout"
+
+
+class SwinUNETRPretraining(PretextTask):
+    """Rotation (4 classes) + contrastive (NT-Xent) + inpainting (L1) on one Swin encoder, weights 1/1/1."""
+
+    name: ClassVar[str] = "swinunetr"
+    family: ClassVar[str] = "hybrid"
+    paper: ClassVar[str] = ("Tang et al., Self-Supervised Pre-Training of Swin Transformers for 3D Medical Image "
+                            "Analysis, CVPR 2022")
+    Config: ClassVar[type] = SwinUNETRConfig
+    table = ROTATIONS_4
+
+    def __init__(self, encoder: SwinEncoder, cfg: SwinUNETRConfig | None = None) -> None:
+        super().__init__(encoder, cfg)
+        if self.cfg.inpaint_region not in _REGIONS:
+            raise ValueError(f"inpaint_region must be one of {_REGIONS}, got {self.cfg.inpaint_region!r}")
+        dim = encoder.out_channels[-1]
+        # The authors read token 0 (rotation) and token 1 (contrastive) of the last stage; we pool all tokens,
+        # which works for every crop size (a 32^3 crop has a single last-stage token).
+        self.rotation_head = nn.Linear(dim, len(self.table))
+        self.contrastive_head = nn.Linear(dim, self.cfg.contrastive_dim)
+        self.decoder = InpaintingDecoder(dim, encoder.cfg.in_channels)
+
+    def make_views(self, crops: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
+        b = crops.shape[0]
+        if b < 2:
+            raise ValueError("the SwinUNETR recipe needs a batch of at least 2 crops (contrastive negatives)")
+        if all(s <= 32 for s in crops.shape[2:]):
+            # The decoder's first InstanceNorm runs on the last Swin stage (D/32 ...): one voxel cannot be normalised.
+            raise ValueError(f"crop {tuple(crops.shape[2:])} leaves a single last-stage token; the inpainting "
+                             "decoder needs at least 64 voxels along one axis (the paper uses 96^3 crops)")
+        if crops.shape[3] != crops.shape[4]:
+            raise ValueError(f"the rotations turn the (H, W) plane: crops need H == W, got {tuple(crops.shape[2:])}")
+        labels = torch.cat([balanced_labels(b, len(self.table), generator) for _ in range(2)])
+        target = rotate_batch(torch.cat([crops, crops]), labels, self.table).contiguous()
+        image, mask = cutout(target, generator, self.cfg.max_drop, self.cfg.max_block, self.cfg.min_block)
+        return {"image": image, "target": target, "mask": mask, "rotation": labels}
+
+    def forward(self, views: dict[str, Tensor], step: int) -> dict[str, Tensor]:
+        image, target = views["image"], views["target"]
+        b = image.shape[0] // 2
+        deepest = self.student(image)[-1]
+        pooled = global_token(deepest)
+        rot = F.cross_entropy(self.rotation_head(pooled), views["rotation"].long())
+        z = self.contrastive_head(pooled)
+        con = nt_xent(z[:b], z[b:], temperature=self.cfg.temperature)
+        recon = self.decoder(deepest)
+        if self.cfg.inpaint_region == "cutout":
+            rec = masked_l1(recon, target, views["mask"])
+        else:
+            rec = F.l1_loss(recon, target)
+        c = self.cfg
+        loss = c.rotation_weight * rot + c.contrastive_weight * con + c.inpainting_weight * rec
+        return {"loss": loss, "loss/rotation": rot.detach(), "loss/contrastive": con.detach(),
+                "loss/inpainting": rec.detach()}
