@@ -17,7 +17,7 @@ import torch
 
 from nnssl.analysis import cka as cka_lib
 from nnssl.checkpoint import CheckpointError, encoder_config_of, load_checkpoint, load_encoder_into
-from nnssl.data.preprocessed import RandomCropDataset, find_source
+from nnssl.data.preprocessed import RandomCropDataset, RoundRobinCropDataset, find_source
 from nnssl.encoders.swin import EncoderConfig, SwinEncoder
 
 STAGES = ["patch_embed", "stage1", "stage2", "stage3", "stage4"]
@@ -112,16 +112,18 @@ def feature_reuse_for_fold(pretrained: str | os.PathLike, dataset: str, trainer:
                            configuration: str = "3d_fullres", n_images: int = 16, batch_size: int = 4,
                            device: str = "cpu", seed: int = 0, pooling: str = "flatten") -> tuple[FeatureReuse, dict[str, Any]]:
     source = find_source(dataset, plans, configuration)
-    val = validation_cases(source.folder.parent, fold)
-    if val:
-        source.identifiers = [i for i in source.identifiers if i in set(val)] or source.identifiers
+    val = set(validation_cases(source.folder.parent, fold) or [])
+    # The fold's validation cases were not trained on; with fewer than 4 of them (the unbiased estimator's minimum
+    # of distinct images) all cases are used.
+    if len(val & set(source.identifiers)) >= 4:
+        source.identifiers = [i for i in source.identifiers if i in val]
     folder = fold_folder(source.dataset_name, trainer, plans, configuration, fold)
     plans_json = json.loads((folder.parent / "plans.json").read_text())
     patch = plans_json["configurations"][configuration]["patch_size"]
-    crops = RandomCropDataset([source], patch, seed=seed)
+    crops = RoundRobinCropDataset([source], patch, seed=seed)
     a = pretrained_encoder(pretrained, source.num_channels)
     b = finetuned_encoder(folder, configuration, source.num_channels)
     result = measure_feature_reuse(a, b, crops, n_images, batch_size, device, pooling)
     meta = {"dataset_name": source.dataset_name, "trainer": trainer, "plans": plans, "fold": str(fold),
-            "patch_size": patch, "validation_cases": result.cases, "checkpoint": str(pretrained)}
+            "patch_size": patch, "cases": result.cases, "checkpoint": str(pretrained)}
     return result, meta

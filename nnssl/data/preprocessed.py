@@ -195,9 +195,12 @@ class RandomCropDataset(Dataset):
             self._thresholds[case] = float(lo + 0.1 * (hi - lo))
         return self._thresholds[case]
 
+    def _choose_case(self, index: int, rng: np.random.Generator) -> int:
+        return int(rng.integers(len(self.cases)))
+
     def __getitem__(self, index: int) -> torch.Tensor:
         rng = np.random.default_rng([self.seed, int(index)])
-        case = int(rng.integers(len(self.cases)))
+        case = self._choose_case(index, rng)
         image = load_image(*self.cases[case])
         shape = image.shape[1:]
         threshold = self._background_threshold(case, image)
@@ -218,6 +221,13 @@ class RandomCropDataset(Dataset):
         if best.shape[0] != self.num_channels:
             raise DataError(f"case {self.cases[case][1]} has {best.shape[0]} channels, expected {self.num_channels}")
         return torch.from_numpy(np.ascontiguousarray(best))
+
+
+class RoundRobinCropDataset(RandomCropDataset):
+    """Crop ``k`` comes from case ``k mod n_cases``: every case is used before any repeats (evaluation sets)."""
+
+    def _choose_case(self, index: int, rng: np.random.Generator) -> int:
+        return int(index) % len(self.cases)
 
 
 class StepSampler(Sampler[int]):
