@@ -172,11 +172,15 @@ def _measure(method: str | None, encoder_name: str, crop: int, batch: int, args:
 
 
 def count_flops_meta(method: str | None, encoder_name: str, crop: int, batch: int,
-                     overrides: dict[str, str]) -> tuple[float, float]:
-    """FLOPs of one forward + backward on the meta device (no memory, no time) and trainable parameters.
+                     overrides: dict[str, str]) -> tuple[float, float, float]:
+    """FLOPs of one forward + backward on the meta device (no memory, no time), trainable parameters, and an
+    estimate of the training memory in bytes.
 
     The model is built on the CPU, moved to the meta device, and the views (built on the CPU) follow it; the
-    optimiser step is not counted. Returns (FLOPs, trainable parameters).
+    optimiser step is not counted. The memory estimate (fp32, no AMP) adds the bytes of every tensor autograd saves
+    for backward during the forward (an upper bound: tensors saved by several operations count each time) to
+    16 bytes per trainable parameter (weight, gradient, two AdamW moments) and 4 bytes per frozen one (teachers).
+    Returns (FLOPs, trainable parameters, estimated bytes).
     """
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -199,31 +203,40 @@ def count_flops_meta(method: str | None, encoder_name: str, crop: int, batch: in
 
         def run() -> None:
             model(meta_views, 0)["loss"].backward()
+    saved = [0]
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved[0] += t.numel() * t.element_size()
+        return t
+
     counter = FlopCounterMode(display=False)
-    with counter:
+    with counter, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         run()
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return float(counter.get_total_flops()), float(params)
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    memory = saved[0] + 16 * params + 4 * frozen
+    return float(counter.get_total_flops()), float(params), float(memory)
 
 
 def flops_only(methods: list[str], encoders: list[str], crops: list[int], args: argparse.Namespace,
                overrides: dict[str, str]) -> None:
     """Print FLOPs per step and their ratio to the bare encoder for every configuration (meta device)."""
     header = ["method", "encoder", "crop", "batch", "GFLOP/step (fwd+bwd)", "x bare enc", "trainable M params",
-              "note"]
+              "est. GiB (fp32)", "note"]
     table = []
+    gib = 2.0**30
     for enc in encoders:
         for crop in crops:
-            bare, bare_params = count_flops_meta(None, enc, crop, args.batch, overrides)
+            bare, bare_params, bare_mem = count_flops_meta(None, enc, crop, args.batch, overrides)
             table.append(["(bare encoder)", enc, str(crop), str(args.batch), f"{bare / 1e9:.1f}", "1.00",
-                          f"{bare_params / 1e6:.1f}", ""])
+                          f"{bare_params / 1e6:.1f}", f"{bare_mem / gib:.1f}", ""])
             for method in methods:
                 try:
-                    flops, params = count_flops_meta(method, enc, crop, args.batch, overrides)
+                    flops, params, mem = count_flops_meta(method, enc, crop, args.batch, overrides)
                     table.append([method, enc, str(crop), str(args.batch), f"{flops / 1e9:.1f}",
-                                  f"{flops / bare:.2f}", f"{params / 1e6:.1f}", ""])
+                                  f"{flops / bare:.2f}", f"{params / 1e6:.1f}", f"{mem / gib:.1f}", ""])
                 except Exception as exc:  # e.g. a crop too small for the method
-                    table.append([method, enc, str(crop), str(args.batch), "-", "-", "-",
+                    table.append([method, enc, str(crop), str(args.batch), "-", "-", "-", "-",
                                   f"{type(exc).__name__}: {exc}".splitlines()[0][:160]])
                 print(f"# counted {method} {enc} {crop}^3", file=sys.stderr, flush=True)
     widths = [max(len(h), *(len(r[i]) for r in table)) for i, h in enumerate(header)]

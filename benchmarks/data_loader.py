@@ -1,0 +1,99 @@
+"""Does the pretraining data loader keep the device busy? Samples/s of the crop loader against a step's consumption.
+
+    python benchmarks/data_loader.py -d 900 --crop 96 --batch 2 --workers 0,1,2,4 --method smit --encoder base \
+        --device cuda
+
+For each worker count it times ``--batches`` batches of ``nnssl.data.preprocessed.RandomCropDataset`` (reading
+nnU-Net's blosc2 cases, cropping, re-drawing crops of background) through a DataLoader, and prints samples/s next to
+the samples/s one training step of ``--method`` consumes (measured on ``--device`` with the same crop and batch). A
+loader slower than the step leaves the device waiting: raise ``--num-workers`` of nnssl_pretrain.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+
+import torch
+from torch.utils.data import DataLoader
+
+
+def loader_rate(dataset, batch: int, workers: int, batches: int) -> float:
+    """Samples per second over ``batches`` batches after one warm-up batch (worker start-up excluded)."""
+    from nnssl.data.preprocessed import StepSampler
+
+    loader = DataLoader(dataset, batch_size=batch, sampler=StepSampler(0, batches + 1, batch),
+                        num_workers=workers, prefetch_factor=4 if workers else None)
+    it = iter(loader)
+    next(it)
+    start = time.perf_counter()
+    n = sum(b.shape[0] for b in it)
+    return n / (time.perf_counter() - start)
+
+
+def step_rate(method: str, encoder: str, crop: int, batch: int, device: str, steps: int) -> float:
+    """Samples per second one training step of the method consumes (median step time)."""
+    from nnssl.training.optim import make_optimizer
+    from nnssl.encoders.swin import EncoderConfig, SwinEncoder
+    from nnssl.tasks import get_task_class
+
+    cls = get_task_class(method)
+    task = cls(SwinEncoder(EncoderConfig.preset(encoder)), cls.Config()).to(device)
+    task.setup(steps + 2)
+    task.train()
+    opt = make_optimizer(task, 1e-4)
+    crops = torch.randn(batch, 1, crop, crop, crop)
+    times = []
+    for step in range(steps + 1):
+        views = {k: v.to(device) for k, v in task.make_views(crops, torch.Generator().manual_seed(step)).items()}
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        opt.zero_grad()
+        task(views, step)["loss"].backward()
+        opt.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return batch / statistics.median(times[1:])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-d", "--datasets", nargs="+", required=True, help="preprocessed dataset ids")
+    p.add_argument("-p", "--plans", default="nnUNetSwinPlans", help="plans identifier (default: %(default)s)")
+    p.add_argument("--crop", type=int, default=96, help="cubic crop size (default: %(default)s)")
+    p.add_argument("--batch", type=int, default=2, help="batch size (default: %(default)s)")
+    p.add_argument("--workers", default="0,1,2", help="comma-separated worker counts (default: %(default)s)")
+    p.add_argument("--batches", type=int, default=20, help="batches timed per worker count (default: %(default)s)")
+    p.add_argument("--method", default="smit", help="method whose step consumption is compared (default: %(default)s)")
+    p.add_argument("--encoder", default="base", help="encoder preset for the step (default: %(default)s)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--steps", type=int, default=3, help="timed training steps (default: %(default)s)")
+    p.add_argument("--no-step", action="store_true", help="only time the loader")
+    args = p.parse_args(argv)
+
+    from nnssl.data.preprocessed import RandomCropDataset, find_sources
+
+    try:
+        dataset = RandomCropDataset(find_sources(args.datasets, args.plans), (args.crop,) * 3)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    consumption = None if args.no_step else step_rate(args.method, args.encoder, args.crop, args.batch, args.device,
+                                                      args.steps)
+    print(f"# crop {args.crop}^3, batch {args.batch}, {len(dataset.cases)} cases; step: "
+          + ("not measured" if consumption is None else
+             f"{args.method}/{args.encoder} on {args.device} consumes {consumption:.2f} samples/s"))
+    print("| workers | loader samples/s | loader / step consumption |")
+    print("|---|---|---|")
+    for workers in (int(w) for w in args.workers.split(",")):
+        rate = loader_rate(dataset, args.batch, workers, args.batches)
+        ratio = "-" if consumption is None else f"{rate / consumption:.1f}x"
+        print(f"| {workers} | {rate:.1f} | {ratio} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
