@@ -165,7 +165,7 @@ def demo_spec(methods: list[str] | None = None) -> BenchmarkSpec:
                                     "ibot": {"out_dim": 4096, "patch_out_dim": 4096, "local_crops_number": 2},
                                     "smit": {"out_dim": 4096, "patch_out_dim": 4096}}},
         "methods": methods or [SCRATCH, "simmim", "dino", "simclr", "rotation"],
-        "downstream": {"datasets": [901, 902], "shots": ["5", "all"], "folds": [0], "epochs": 5,
-                       "iterations_per_epoch": 4, "val_iterations_per_epoch": 2, "mirroring": False,
+        "downstream": {"datasets": [901, 902], "shots": ["5", "all"], "folds": [0], "epochs": 2,
+                       "iterations_per_epoch": 4, "val_iterations_per_epoch": 1, "mirroring": False,
                        "cka_images": 8},
     })
