@@ -28,16 +28,16 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from nnssl.ema import ema_update, make_teacher
+from nnssl.ema import make_teacher
 from nnssl.encoders.swin import SwinEncoder
-from nnssl.heads import DINOHead, cancel_last_layer_gradients, tokens
+from nnssl.heads import DINOHead, tokens
 from nnssl.losses.dino import DINOLoss
 from nnssl.losses.ibot import PatchDistillationLoss
 from nnssl.masking import block_mask, expand_mask
-from nnssl.schedules import at, cosine_schedule, warmup_then_constant
+from nnssl.schedules import at, warmup_then_constant
+from nnssl.tasks._teacher import EMATeacher
 from nnssl.tasks.base import PretextTask
-from nnssl.views import local_crop_size
-from nnssl.views import augment, random_subcrop
+from nnssl.views import augment, local_crop_size, random_subcrop
 
 N_GLOBAL = 2
 
@@ -105,7 +105,7 @@ class IBOTConfig:
             raise ValueError("temperatures must be > 0")
 
 
-class IBOT(PretextTask):
+class IBOT(EMATeacher, PretextTask):
     """iBOT (Zhou et al., ICLR 2022) on the 3D Swin encoder; see the module docstring for shapes."""
 
     name: ClassVar[str] = "ibot"
@@ -133,44 +133,13 @@ class IBOT(PretextTask):
 
     def setup(self, total_steps: int) -> None:
         super().setup(total_steps)
-        self._freeze_last_layer_steps = round(self.cfg.freeze_last_layer_fraction * total_steps)
         c = self.cfg
-        self._momentum = cosine_schedule(c.ema_start, c.ema_end, total_steps)
-        warm = round(c.teacher_temp_warmup_fraction * total_steps)
-        self._teacher_temp = warmup_then_constant(c.teacher_temp_start, c.teacher_temp, total_steps, warm)
-        self._patch_temp = warmup_then_constant(c.teacher_temp_start, c.teacher_patch_temp, total_steps, warm)
-
-    def _check_setup(self) -> None:
-        if self._momentum is None:
-            raise RuntimeError(f"{type(self).__name__}.setup(total_steps) must be called before training")
-
-    def teacher_temperature(self, step: int) -> float:
-        self._check_setup()
-        return at(self._teacher_temp, step)
+        self._patch_temp = warmup_then_constant(c.teacher_temp_start, c.teacher_patch_temp, total_steps,
+                                                self._warmup_steps)
 
     def patch_temperature(self, step: int) -> float:
         self._check_setup()
         return at(self._patch_temp, step)
-
-    def ema_momentum(self, step: int) -> float:
-        self._check_setup()
-        return at(self._momentum, step)
-
-    def train(self, mode: bool = True) -> "IBOT":
-        super().train(mode)
-        self.teacher_encoder.eval()
-        self.teacher_heads.eval()
-        return self
-
-    def before_optimizer_step(self, step: int) -> None:
-        if step < self._freeze_last_layer_steps:
-            cancel_last_layer_gradients(self.heads)
-
-    @torch.no_grad()
-    def on_step_end(self, step: int) -> None:
-        m = self.ema_momentum(step)
-        ema_update(self.teacher_encoder, self.student, m)
-        ema_update(self.teacher_heads, self.heads, m)
 
     def token_grid(self, size: tuple[int, ...]) -> tuple[int, int, int]:
         stride = self.patch * self.token_factor

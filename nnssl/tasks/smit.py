@@ -36,14 +36,15 @@ import torch
 from torch import Tensor, nn
 
 from nnssl.decoders import LightDecoder
-from nnssl.ema import ema_update, make_teacher
+from nnssl.ema import make_teacher
 from nnssl.encoders.swin import SwinEncoder
-from nnssl.heads import DINOHead, cancel_last_layer_gradients, tokens
+from nnssl.heads import DINOHead, tokens
 from nnssl.losses.dino import DINOLoss
 from nnssl.losses.ibot import PatchDistillationLoss
 from nnssl.losses.reconstruction import masked_l1
 from nnssl.masking import downsample_mask, random_cube_mask, upsample_mask
-from nnssl.schedules import at, cosine_schedule, warmup_then_constant
+from nnssl.schedules import at, warmup_then_constant
+from nnssl.tasks._teacher import EMATeacher
 from nnssl.tasks.base import PretextTask
 from nnssl.views import random_subcrop
 
@@ -102,7 +103,7 @@ class SMITConfig:
             raise ValueError(f"view_volume_fraction={self.view_volume_fraction} must satisfy 0 < low <= high <= 1")
 
 
-class SMIT(PretextTask):
+class SMIT(EMATeacher, PretextTask):
     """SMIT (Jiang et al., MICCAI 2022) on the 3D Swin encoder; see the module docstring for shapes."""
 
     name: ClassVar[str] = "smit"
@@ -134,48 +135,16 @@ class SMIT(PretextTask):
     # ---------------------------------------------------------------- schedules and teacher
     def setup(self, total_steps: int) -> None:
         super().setup(total_steps)
-        self._freeze_last_layer_steps = round(self.cfg.freeze_last_layer_fraction * total_steps)
         c = self.cfg
-        self._momentum = cosine_schedule(c.ema_start, c.ema_end, total_steps)
-        warm = round(c.teacher_temp_warmup_fraction * total_steps)
-        self._teacher_temp = warmup_then_constant(c.teacher_temp_start, c.teacher_temp, total_steps, warm)
+        # Patch distillation starts later (SMIT's pred_start_epoch); its temperature warms up from then on.
         delay = min(round(c.patch_temp_delay_fraction * total_steps), total_steps)
-        rest = warmup_then_constant(c.teacher_temp_start, c.teacher_temp, total_steps - delay, warm) \
+        rest = warmup_then_constant(c.teacher_temp_start, c.teacher_temp, total_steps - delay, self._warmup_steps) \
             if total_steps > delay else np.zeros(0)
         self._patch_temp = np.concatenate([np.full(delay, c.teacher_temp_start), rest])
-
-    def _check_setup(self) -> None:
-        if self._momentum is None:
-            raise RuntimeError(f"{type(self).__name__}.setup(total_steps) must be called before training")
-
-    def teacher_temperature(self, step: int) -> float:
-        self._check_setup()
-        return at(self._teacher_temp, step)
 
     def patch_temperature(self, step: int) -> float:
         self._check_setup()
         return at(self._patch_temp, step)
-
-    def ema_momentum(self, step: int) -> float:
-        self._check_setup()
-        return at(self._momentum, step)
-
-    def train(self, mode: bool = True) -> "SMIT":
-        super().train(mode)
-        # The teacher never trains: no dropout / drop-path, whatever the loop asks.
-        self.teacher_encoder.eval()
-        self.teacher_heads.eval()
-        return self
-
-    def before_optimizer_step(self, step: int) -> None:
-        if step < self._freeze_last_layer_steps:
-            cancel_last_layer_gradients(self.heads)
-
-    @torch.no_grad()
-    def on_step_end(self, step: int) -> None:
-        m = self.ema_momentum(step)
-        ema_update(self.teacher_encoder, self.student, m)
-        ema_update(self.teacher_heads, self.heads, m)
 
     # ---------------------------------------------------------------- views and forward
     def make_views(self, crops: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
