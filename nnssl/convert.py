@@ -33,7 +33,6 @@ import dataclasses
 import hashlib
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +43,7 @@ from torch import Tensor, nn
 
 from nnssl.checkpoint import ENCODER_PREFIX, CheckpointError, load_checkpoint, save_checkpoint
 from nnssl.encoders.swin import PRESETS, EncoderConfig, SwinEncoder
+from nnssl.io import atomic_write
 
 SOURCES = ("monai-swinunetr", "swinunetr-ssl", "smit", "nnssl")
 TARGETS = ("nnssl", "monai")
@@ -675,20 +675,7 @@ def imported_payload(encoder: dict[str, Tensor], report: ConversionReport, in_pa
 
 def save_monai_state_dict(path: str | os.PathLike, encoder: dict[str, Tensor]) -> Path:
     """Write ``{"swinViT.*": tensor}`` atomically: ``SwinUNETR.load_state_dict(torch.load(path), strict=False)``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(dict(encoder), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda f: torch.save(dict(encoder), f))
 
 
 def convert_file(in_path: str | os.PathLike, out_path: str | os.PathLike, source: str, to: str = "nnssl",

@@ -20,11 +20,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import numpy as np
+
+from nnssl.io import atomic_write
 
 CKAKind = Literal["linear", "unbiased"]
 Pooling = Literal["mean", "flatten", "grid"]
@@ -387,18 +388,8 @@ def write_cka_json(
     }
     if extra:
         doc["extra"] = extra
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(doc, fh, indent=2, default=str)  # Paths etc. in `extra` become strings
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    # Paths etc. in `extra` become strings
+    return atomic_write(path, lambda f: json.dump(doc, f, indent=2, default=str), binary=False)
 
 
 def read_cka_json(path: str | os.PathLike) -> dict[str, Any]:
