@@ -22,7 +22,7 @@ TESTED_ELSEWHERE = {"checkpoints.md": "tests/test_convert.py"}
 
 
 def bash_blocks(page: str) -> list[str]:
-    return re.findall(r"```bash\n(.*?)```", (DOCS / page).read_text(), flags=re.S)
+    return re.findall(r"^```bash\n(.*?)^```", (DOCS / page).read_text(), flags=re.S | re.M)
 
 
 def run_block(block: str, cwd: Path, env: dict[str, str]) -> None:
@@ -72,5 +72,5 @@ def test_page_commands_run(workspace, page):
 
 
 def test_every_page_with_commands_is_tested():
-    pages = {p.name for p in DOCS.rglob("*.md") if "```bash" in p.read_text()}
+    pages = {p.name for p in DOCS.rglob("*.md") if re.search(r"^```bash$", p.read_text(), flags=re.M)}
     assert pages <= {WALKTHROUGH, *AFTER_WALKTHROUGH, *TESTED_ELSEWHERE}, pages
