@@ -113,9 +113,9 @@ def feature_reuse_for_fold(pretrained: str | os.PathLike, dataset: str, trainer:
                            device: str = "cpu", seed: int = 0, pooling: str = "flatten") -> tuple[FeatureReuse, dict[str, Any]]:
     source = find_source(dataset, plans, configuration)
     val = set(validation_cases(source.folder.parent, fold) or [])
-    # The fold's validation cases were not trained on; with fewer than 4 of them (the unbiased estimator's minimum
-    # of distinct images) all cases are used.
-    if len(val & set(source.identifiers)) >= 4:
+    # The fold's validation cases were not trained on. Repeated images bias CKA upwards (a crop as large as the image
+    # repeats it exactly), so with fewer validation cases than images all cases of the dataset are used.
+    if len(val & set(source.identifiers)) >= n_images:
         source.identifiers = [i for i in source.identifiers if i in val]
     folder = fold_folder(source.dataset_name, trainer, plans, configuration, fold)
     plans_json = json.loads((folder.parent / "plans.json").read_text())
