@@ -32,7 +32,24 @@ def _global_mean(x: Tensor) -> Tensor:
     return total / count
 
 
-class DINOLoss(nn.Module):
+class CenteredDistillationLoss(nn.Module):
+    """Shared set-up of the distillation losses: student temperature and a teacher centre of shape
+    ``center_shape`` (a buffer, so it is checkpointed) with its EMA momentum."""
+
+    def __init__(self, center_shape: tuple[int, ...], student_temp: float, center_momentum: float) -> None:
+        super().__init__()
+        if center_shape[-1] < 1:
+            raise ValueError(f"out_dim must be >= 1, got {center_shape[-1]}")
+        if student_temp <= 0:
+            raise ValueError(f"student_temp must be > 0, got {student_temp}")
+        if not 0.0 <= center_momentum <= 1.0:
+            raise ValueError(f"center_momentum must lie in [0, 1], got {center_momentum}")
+        self.student_temp = float(student_temp)
+        self.center_momentum = float(center_momentum)
+        self.register_buffer("center", torch.zeros(*center_shape))
+
+
+class DINOLoss(CenteredDistillationLoss):
     """Cross-entropy between the centred, sharpened teacher and the student over all view pairs except same-view.
 
     forward(student: sequence of V_s tensors (B, K), teacher: sequence of V_t tensors (B, K), teacher_temp)
@@ -41,16 +58,7 @@ class DINOLoss(nn.Module):
     """
 
     def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9) -> None:
-        super().__init__()
-        if out_dim < 1:
-            raise ValueError(f"out_dim must be >= 1, got {out_dim}")
-        if student_temp <= 0:
-            raise ValueError(f"student_temp must be > 0, got {student_temp}")
-        if not 0.0 <= center_momentum <= 1.0:
-            raise ValueError(f"center_momentum must lie in [0, 1], got {center_momentum}")
-        self.student_temp = float(student_temp)
-        self.center_momentum = float(center_momentum)
-        self.register_buffer("center", torch.zeros(1, out_dim))
+        super().__init__((1, out_dim), student_temp, center_momentum)
 
     def teacher_probs(self, teacher_logits: Tensor, teacher_temp: float) -> Tensor:
         """softmax((g - c) / tau_t) in float32, detached. (B, K) -> (B, K)."""
@@ -90,4 +98,4 @@ class DINOLoss(nn.Module):
         self.center.mul_(self.center_momentum).add_(batch_center, alpha=1.0 - self.center_momentum)
 
 
-__all__ = ["DINOLoss"]
+__all__ = ["CenteredDistillationLoss", "DINOLoss"]

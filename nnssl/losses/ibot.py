@@ -15,27 +15,18 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 import torch.nn.functional as F
 
-from nnssl.losses.dino import _global_mean
+from nnssl.losses.dino import CenteredDistillationLoss, _global_mean
 
 
-class PatchDistillationLoss(nn.Module):
+class PatchDistillationLoss(CenteredDistillationLoss):
     """forward(student: V tensors (B, N, K), teacher: V tensors (B, N, K), masks: V tensors (B, N) bool,
     teacher_temp) -> scalar. View v of the student, teacher and mask must be the same crop."""
 
     def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9) -> None:
-        super().__init__()
-        if out_dim < 1:
-            raise ValueError(f"out_dim must be >= 1, got {out_dim}")
-        if student_temp <= 0:
-            raise ValueError(f"student_temp must be > 0, got {student_temp}")
-        if not 0.0 <= center_momentum <= 1.0:
-            raise ValueError(f"center_momentum must lie in [0, 1], got {center_momentum}")
-        self.student_temp = float(student_temp)
-        self.center_momentum = float(center_momentum)
-        self.register_buffer("center", torch.zeros(1, 1, out_dim))
+        super().__init__((1, 1, out_dim), student_temp, center_momentum)
 
     def forward(self, student: Sequence[Tensor], teacher: Sequence[Tensor], masks: Sequence[Tensor],
                 teacher_temp: float, update_center: bool = True) -> Tensor:
