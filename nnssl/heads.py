@@ -1,7 +1,6 @@
 """Heads written once and shared by the pretext tasks."""
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 import torch.nn.functional as F
 

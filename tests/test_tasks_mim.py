@@ -12,7 +12,6 @@ import torch
 
 from nnssl.decoders import LightDecoder, pixel_shuffle_3d
 from nnssl.encoders.swin import EncoderConfig, SwinEncoder
-from nnssl.heads import tokens
 from nnssl.losses.reconstruction import masked_l1, masked_l2
 from nnssl.masking import upsample_mask
 from nnssl.tasks import get_task_class
