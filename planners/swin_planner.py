@@ -227,7 +227,8 @@ class SwinExperimentPlanner(ExperimentPlanner):
         # write it fresh (atomically) instead.
         import json
         import os
-        import tempfile
+
+        from nnssl.io import atomic_write
 
         from nnunetv2.utilities.json_export import recursive_fix_for_json_export
 
@@ -235,15 +236,7 @@ class SwinExperimentPlanner(ExperimentPlanner):
         folder = join(nnUNet_preprocessed, self.dataset_name)
         os.makedirs(folder, exist_ok=True)
         target = join(folder, self.plans_identifier + ".json")
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(plans, f, indent=4)
-            os.replace(tmp, target)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        atomic_write(target, lambda f: json.dump(plans, f, indent=4), binary=False)
         print(f"Plans were saved to {target}")
 
     #: configuration keys that decide the content of the preprocessed data

@@ -122,6 +122,17 @@ class PairedTest:
     note: str = ""
 
 
+def finite_pairs(a: Any, b: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-case values of two arms as float64, dropping cases with a NaN on either side; ``what`` names the
+    comparison in the error raised when the arms have different numbers of cases."""
+    x = np.asarray(a, dtype=np.float64).ravel()
+    y = np.asarray(b, dtype=np.float64).ravel()
+    if x.shape != y.shape:
+        raise ValueError(f"{what}: got {x.size} and {y.size} values")
+    ok = np.isfinite(x) & np.isfinite(y)
+    return x[ok], y[ok]
+
+
 def paired_wilcoxon(a: Any, b: Any) -> PairedTest:
     """Two-sided paired Wilcoxon signed-rank test (scipy.stats.wilcoxon, zero differences dropped ("wilcox")).
 
@@ -131,12 +142,7 @@ def paired_wilcoxon(a: Any, b: Any) -> PairedTest:
     """
     from scipy.stats import wilcoxon
 
-    x = np.asarray(a, dtype=np.float64).ravel()
-    y = np.asarray(b, dtype=np.float64).ravel()
-    if x.shape != y.shape:
-        raise ValueError(f"paired test needs the same cases on both sides: got {x.size} and {y.size} values")
-    ok = np.isfinite(x) & np.isfinite(y)
-    x, y = x[ok], y[ok]
+    x, y = finite_pairs(a, b, "paired test needs the same cases on both sides")
     n = int(x.size)
     if n == 0:
         return PairedTest(0, 0, math.nan, math.nan, math.nan, "no paired cases")

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from nnssl.analysis.dice_stats import finite_pairs
+
 
 def gap_percent(dice_all: float, dice_k: float) -> float:
     """(dice_all - dice_k) / dice_all * 100; NaN when dice_all is not positive (no reference to lose from)."""
@@ -45,12 +47,7 @@ def paired_gap(dice_all: Any, dice_k: Any, n_boot: int = 10000, seed: int = 0, l
     Cases with NaN on either side are dropped. The bootstrap resamples case indices once for both arms, so the CI
     reflects the paired design. CI bounds are NaN with fewer than 2 cases.
     """
-    a = np.asarray(dice_all, dtype=np.float64).ravel()
-    k = np.asarray(dice_k, dtype=np.float64).ravel()
-    if a.shape != k.shape:
-        raise ValueError(f"paired gap needs the same cases in both regimes: got {a.size} and {k.size} values")
-    ok = np.isfinite(a) & np.isfinite(k)
-    a, k = a[ok], k[ok]
+    a, k = finite_pairs(dice_all, dice_k, "paired gap needs the same cases in both regimes")
     n = int(a.size)
     if n == 0:
         return Gap(math.nan, math.nan, math.nan, math.nan, math.nan, 0)

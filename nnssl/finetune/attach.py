@@ -4,10 +4,10 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from copy import deepcopy
 from pathlib import Path
 
+from nnssl.io import atomic_write
 from nnssl.finetune.plans import ENCODER_KEY, PRETRAINED_KEY, SWIN_PLANS, require_swin_plans
 
 NAME_RE = re.compile(r"^[A-Za-z0-9]+(?:[-_][A-Za-z0-9]+)*$")
@@ -82,13 +82,5 @@ def attach_checkpoint(dataset: str | int, checkpoint: str, name: str | None = No
         print(f"note: the checkpoint's encoder (feature size {encoder['feature_size']}) is larger than the one the "
               f"batch size was planned for ({old_enc.get('feature_size')}); lower batch_size in {target.name} if "
               f"memory runs out")
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(new, f, indent=4)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(target, lambda f: json.dump(new, f, indent=4), binary=False)
     return str(target)
