@@ -40,6 +40,6 @@ setup(
         "tqdm",
         "pyyaml",
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={"test": ["pytest", "import-linter==2.16"]},
     entry_points={"console_scripts": CONSOLE_SCRIPTS},
 )

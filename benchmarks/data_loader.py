@@ -18,6 +18,8 @@ import time
 import torch
 from torch.utils.data import DataLoader
 
+from nnssl.nnunet.naming import SWIN_PLANS
+
 
 def loader_rate(dataset, batch: int, workers: int, batches: int) -> float:
     """Samples per second over ``batches`` batches after one warm-up batch (worker start-up excluded)."""
@@ -62,7 +64,7 @@ def step_rate(method: str, encoder: str, crop: int, batch: int, device: str, ste
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-d", "--datasets", nargs="+", required=True, help="preprocessed dataset ids")
-    p.add_argument("-p", "--plans", default="nnUNetSwinPlans", help="plans identifier (default: %(default)s)")
+    p.add_argument("-p", "--plans", default=SWIN_PLANS, help="plans identifier (default: %(default)s)")
     p.add_argument("--crop", type=int, default=96, help="cubic crop size (default: %(default)s)")
     p.add_argument("--batch", type=int, default=2, help="batch size (default: %(default)s)")
     p.add_argument("--workers", default="0,1,2", help="comma-separated worker counts (default: %(default)s)")

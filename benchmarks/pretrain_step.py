@@ -37,12 +37,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from nnssl.encoders.swin import PRESETS, EncoderConfig, SwinEncoder  # noqa: E402
-from nnssl.tasks import config_from_overrides, get_task_class  # noqa: E402
-
-try:  # the registry's full list, so that methods whose module does not import are reported, not hidden
-    from nnssl.tasks import _REGISTRY as _ALL_METHODS  # noqa: E402
-except ImportError:  # pragma: no cover
-    _ALL_METHODS = {}
+# method_names(): the registry's full list, so that methods whose module does not import are reported, not hidden
+from nnssl.tasks import config_from_overrides, get_task_class, method_names  # noqa: E402
 
 #: Dense peak TFLOP/s (bf16 / tf32-or-fp32) by device-name fragment, for the MFU column.
 PEAK_TFLOPS = {"H200": (989.0, 494.0), "H100": (989.0, 494.0), "A100": (312.0, 156.0), "L40S": (362.0, 183.0),
@@ -361,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     # Import MONAI before forking the measuring children: its import memory must not count as a step's memory.
     import monai.networks.nets.swin_unetr  # noqa: F401
 
-    names = list(_ALL_METHODS) if args.methods == "all" else _parse_list(args.methods, str)
+    names = method_names() if args.methods == "all" else _parse_list(args.methods, str)
     methods, skipped = [], []
     for name in names:
         try:

@@ -19,17 +19,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from nnssl.encoders.swin import EncoderConfig
+from nnssl.encoders.layout import explain_encoder_mismatch
+from nnssl.encoders.swin import ENCODER_PREFIX, EncoderConfig
+from nnssl.errors import CheckpointError
 from nnssl.io import atomic_write
 
 FORMAT = "nnssl"
 FORMAT_VERSION = 1
-ENCODER_PREFIX = "swinViT."
 REQUIRED_KEYS = ("format", "format_version", "method", "encoder_config", "encoder")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used as asked; the message says why and what to do."""
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
@@ -145,8 +142,6 @@ def load_encoder_into(target: nn.Module, ckpt: dict[str, Any], in_channels: int 
         report.loaded.append(key)
     report.unexpected = sorted(set(source) - set(target_state))
     if report.missing or report.shape_mismatch:
-        from nnssl.convert import explain_encoder_mismatch  # reads both architectures from the tensors
-
         problems = report.missing[:5] + report.shape_mismatch[:5]
         raise CheckpointError(
             f"the checkpoint's encoder does not fit the network: {len(report.missing)} missing and "

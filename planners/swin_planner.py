@@ -28,6 +28,9 @@ from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner
 from nnunetv2.paths import nnUNet_preprocessed
 from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
 
+from nnssl.nnunet.naming import DEFAULT_PLANS, SWIN_PLANS
+from nnssl.nnunet.plans import ENCODER_KEY, PLANS_MARKER
+
 #: Swin needs every patch axis divisible by this.
 SWIN_DIVISOR = 32
 #: The paper's crop edge (SwinUNETR, Hatamizadeh et al. 2022; SMIT, Jiang et al. 2022).
@@ -42,8 +45,8 @@ ROUNDING_TOLERANCE = 1.2
 #: Upper bound of the patch volume (nnU-Net's own initial patch volume).
 MAX_PATCH_VOXELS = 256 ** 3
 
-SWIN_PLANS_IDENTIFIER = "nnUNetSwinPlans"
-DEFAULT_PLANS_IDENTIFIER = "nnUNetPlans"
+SWIN_PLANS_IDENTIFIER = SWIN_PLANS
+DEFAULT_PLANS_IDENTIFIER = DEFAULT_PLANS
 
 
 def encoder_cost(encoder: dict[str, Any]) -> float:
@@ -181,7 +184,7 @@ class SwinExperimentPlanner(ExperimentPlanner):
                 "_kw_requires_import": [],
             },
             "batch_dice": False,
-            "nnssl_encoder": deepcopy(self.encoder),
+            ENCODER_KEY: deepcopy(self.encoder),
         }
 
     def plan_experiment(self) -> dict:
@@ -215,7 +218,7 @@ class SwinExperimentPlanner(ExperimentPlanner):
             "label_manager": "LabelManager",
             "foreground_intensity_properties_per_channel":
                 self.dataset_fingerprint["foreground_intensity_properties_per_channel"],
-            "nnssl_plans": True,
+            PLANS_MARKER: True,
         }
         self._maybe_reuse_default_data(plans)
         self.plans = plans

@@ -102,7 +102,7 @@ def nnunet_env(root: str | Path, fast: bool = True) -> dict[str, str]:
     nnssl's trainers on nnUNet_extTrainer, and (fast=True) the documented test knobs of the Swin trainers."""
     import os
 
-    from nnssl.finetune.environment import trainers_path
+    from nnssl.nnunet.environment import trainers_path
 
     root = Path(root)
     env = {}

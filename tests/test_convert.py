@@ -22,15 +22,9 @@ from torch import Tensor, nn
 
 from nnssl.checkpoint import load_checkpoint, load_encoder_into, save_checkpoint
 from nnssl.cli.convert import main as convert_main
-from nnssl.convert import (
-    ArchitectureMismatchError,
-    ConversionError,
-    convert_file,
-    explain_encoder_mismatch,
-    infer_encoder_config,
-    load_source,
-    window_from_bias_table,
-)
+from nnssl.convert import convert_file, load_source
+from nnssl.encoders.layout import explain_encoder_mismatch, infer_encoder_config, window_from_bias_table
+from nnssl.errors import ArchitectureMismatchError, ConversionError
 from nnssl.encoders.swin import EncoderConfig, SwinEncoder, build_swinunetr
 
 torch.set_num_threads(1)

@@ -33,7 +33,7 @@ def run_block(block: str, cwd: Path, env: dict[str, str]) -> None:
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    from nnssl.finetune.environment import trainers_path
+    from nnssl.nnunet.environment import trainers_path
 
     root = tmp_path_factory.mktemp("docs")
     env = {**os.environ,

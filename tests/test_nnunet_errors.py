@@ -11,7 +11,7 @@ from datasets import make_dataset
 from nnssl.cli.attach import main as attach_main
 from nnssl.cli.info import main as info_main
 from nnssl.cli.plan_and_preprocess import main as plan_main, plan_and_preprocess
-from nnssl.finetune.environment import trainers_path
+from nnssl.nnunet.environment import trainers_path
 
 
 @pytest.fixture()
@@ -141,7 +141,7 @@ DATASET_JSON = {"channel_names": {"0": "CT"}, "labels": {"background": 0, "a": 1
 def test_trainer_refuses_non_swin_plans(env):
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-    from nnssl.finetune.plans import NotSwinPlansError
+    from nnssl.nnunet.plans import NotSwinPlansError
     from nnssl.finetune.trainers import SwinScratchTrainer
 
     plans = _swin_plans()

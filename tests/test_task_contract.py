@@ -11,11 +11,11 @@ import torch
 
 from nnssl.checkpoint import load_checkpoint, load_encoder_into
 from nnssl.encoders.swin import build_swinunetr
-from nnssl.tasks import _REGISTRY, get_task_class
+from nnssl.tasks import get_task_class, method_names
 from nnssl.training import loop
 from preprocessed_fixture import write_preprocessed_dataset
 
-METHODS = sorted(_REGISTRY)
+METHODS = sorted(method_names())
 CROP = 64
 
 

@@ -7,9 +7,9 @@ Layout read (nnU-Net v2)::
         checkpoint_final.pth             'logging' dict: per-epoch mean_fg_dice, ema_fg_dice, losses, timestamps
         (checkpoint_latest.pth)          used when the final checkpoint is missing (unfinished training)
 
-Run naming (team convention): trainer ``^Swin(Scratch|SSL)Trainer(_<k>shot)?(_<E>epochs)?$``; plans ``nnUNetSwinPlans``
-(from scratch, method ``scratch``) or ``nnUNetSwinPlans__<method>`` (a pretrained encoder attached). Folders that do not
-match are not read; they are listed in :attr:`ResultsTree.ignored` with the reason.
+Run naming: ``nnssl.nnunet.naming`` (trainer ``Swin(Scratch|SSL)Trainer[_<k>shot[_draw<r>]][_<E>epochs]``, plans
+``nnUNetSwinPlans`` for scratch or ``nnUNetSwinPlans__<method>``). Folders that do not match are not read; they are
+listed in :attr:`ResultsTree.ignored` with the reason.
 """
 from __future__ import annotations
 
@@ -25,64 +25,13 @@ from typing import Any, Iterable
 import numpy as np
 
 from nnssl.analysis.dice_stats import label_keys, modality, structure_groups
+from nnssl.nnunet.datasets import DATASET_RE
+from nnssl.nnunet.naming import SCRATCH, RunName, parse_run_name
 
-TRAINER_RE = re.compile(r"^Swin(Scratch|SSL)Trainer(?:_(\d+)shot)?(?:_(\d+)epochs)?$")
-SWIN_PLANS = "nnUNetSwinPlans"
-SCRATCH = "scratch"
-DATASET_RE = re.compile(r"^Dataset(\d{3})_(.+)$")
 FOLD_RE = re.compile(r"^fold_(\d+|all)$")
 # top-level folders that live in a results folder but are not datasets (CKA results, reports)
 _NON_DATASET_DIRS = {"cka", "report", "nnssl_report"}
 _KNOWN_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".png", ".tif", ".tiff", ".bmp", ".npz", ".b2nd")
-
-
-@dataclass(frozen=True)
-class RunName:
-    """What a model folder name says: trainer, plans, configuration and the derived method / shots / epochs."""
-
-    trainer: str
-    plans: str
-    configuration: str
-    method: str
-    shots: str  # "all" or the number of labelled training cases, e.g. "5"
-    epochs: int | None  # fine-tuning budget from the _<E>epochs suffix, None when absent
-
-
-def parse_run_name(folder_name: str) -> RunName:
-    """Parse ``<Trainer>__<Plans>__<configuration>``; raises ValueError saying why a name does not follow the convention.
-
-    >>> parse_run_name("SwinSSLTrainer_5shot__nnUNetSwinPlans__smit__3d_fullres").method
-    'smit'
-    """
-    parts = folder_name.split("__")
-    if len(parts) < 3:
-        raise ValueError("not a <Trainer>__<Plans>__<configuration> folder")
-    trainer, configuration = parts[0], parts[-1]
-    plans = "__".join(parts[1:-1])
-    m = TRAINER_RE.match(trainer)
-    if m is None:
-        raise ValueError(f"trainer {trainer!r} does not match Swin(Scratch|SSL)Trainer[_<k>shot][_<E>epochs]")
-    kind, shots, epochs = m.group(1), m.group(2), m.group(3)
-    if plans == SWIN_PLANS:
-        if kind != "Scratch":
-            raise ValueError(f"{trainer} with plans {SWIN_PLANS} has no pretrained method; expected {SWIN_PLANS}__<method>")
-        method = SCRATCH
-    elif plans.startswith(SWIN_PLANS + "__") and len(plans) > len(SWIN_PLANS) + 2:
-        if kind == "Scratch":
-            raise ValueError(f"{trainer} (from scratch) with pretraining plans {plans!r} is ambiguous; use {SWIN_PLANS}")
-        method = plans[len(SWIN_PLANS) + 2:]
-    else:
-        raise ValueError(f"plans {plans!r} are neither {SWIN_PLANS} nor {SWIN_PLANS}__<method>")
-    if shots is not None and int(shots) < 1:
-        raise ValueError(f"shot count must be >= 1 in {trainer!r}")
-    return RunName(
-        trainer=trainer,
-        plans=plans,
-        configuration=configuration,
-        method=method,
-        shots="all" if shots is None else str(int(shots)),
-        epochs=None if epochs is None else int(epochs),
-    )
 
 
 @dataclass(frozen=True, order=True)

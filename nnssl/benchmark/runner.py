@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from nnssl.benchmark.spec import SCRATCH, BenchmarkSpec
+from nnssl.benchmark.spec import BenchmarkSpec
+from nnssl.nnunet.naming import CONFIGURATION, SCRATCH, SWIN_PLANS, model_folder_name, plans_name, trainer_name
 
 STAGES = ("phantoms", "preprocess", "pretrain", "attach", "finetune", "cka", "report")
 
@@ -45,7 +46,7 @@ class Paths:
                    workdir / "nnssl_results")
 
     def environment(self) -> dict[str, str]:
-        from nnssl.finetune.environment import trainers_path
+        from nnssl.nnunet.environment import trainers_path
 
         return {"nnUNet_raw": str(self.raw), "nnUNet_preprocessed": str(self.preprocessed),
                 "nnUNet_results": str(self.results), "nnssl_results": str(self.nnssl_results),
@@ -90,19 +91,6 @@ def _exists(marker: Path) -> bool:
     return marker.exists()
 
 
-def trainer_name(method: str, shots: str, epochs: int | None) -> str:
-    base = "SwinScratchTrainer" if method == SCRATCH else "SwinSSLTrainer"
-    if shots != "all":
-        base += f"_{shots}shot"
-    if epochs is not None:
-        base += f"_{epochs}epochs"
-    return base
-
-
-def plans_name(method: str) -> str:
-    return "nnUNetSwinPlans" if method == SCRATCH else f"nnUNetSwinPlans__{method}"
-
-
 def checkpoint_path(spec: BenchmarkSpec, paths: Paths, method: str) -> Path:
     if method in spec.checkpoints:
         return Path(spec.checkpoints[method]).resolve()
@@ -138,7 +126,7 @@ def build_jobs(spec: BenchmarkSpec, paths: Paths, report_dir: Path) -> list[Job]
     jobs.append(Job(
         "preprocess", "preprocess",
         ["nnssl_plan_and_preprocess", "-d", *needed, "--encoder", pre.encoder, *nproc],
-        done_marker=[paths.preprocessed / _dataset_glob(paths.preprocessed, d) / "nnUNetSwinPlans.json"
+        done_marker=[paths.preprocessed / _dataset_glob(paths.preprocessed, d) / f"{SWIN_PLANS}.json"
                      for d in needed],
         stamp=paths.preprocessed / f".nnssl_preprocessed_{pre.encoder}_{'-'.join(needed)}",
     ))
@@ -175,8 +163,8 @@ def build_jobs(spec: BenchmarkSpec, paths: Paths, report_dir: Path) -> list[Job]
                 for fold in down.folds:
                     trainer = trainer_name(m, shots, down.epochs)
                     fold_dir = (paths.results / _dataset_glob(paths.results, d)
-                                / f"{trainer}__{plans_name(m)}__3d_fullres" / f"fold_{fold}")
-                    cmd = ["nnUNetv2_train", d, "3d_fullres", str(fold), "-tr", trainer, "-p", plans_name(m),
+                                / model_folder_name(trainer, plans_name(m)) / f"fold_{fold}")
+                    cmd = ["nnUNetv2_train", d, CONFIGURATION, str(fold), "-tr", trainer, "-p", plans_name(m),
                            "-device", spec.device]
                     jobs.append(Job(f"finetune/{d}/{m}/{shots}/{fold}", "finetune", cmd,
                                     done_marker=fold_dir / "validation" / "summary.json",

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SCRATCH = "scratch"
+from nnssl.nnunet.naming import EPOCHS, SCRATCH, SHOTS
 
 
 class SpecError(ValueError):
@@ -65,16 +65,17 @@ class BenchmarkSpec:
     phantoms: dict[str, Any] | None = None  # generate phantom datasets first (the demo)
 
     def validate(self) -> "BenchmarkSpec":
-        from nnssl.tasks import _REGISTRY
+        from nnssl.tasks import method_names
 
-        known = set(_REGISTRY) | {SCRATCH} | set(self.checkpoints)
+        registry = set(method_names())
+        known = registry | {SCRATCH} | set(self.checkpoints)
         for m in self.methods:
             if m not in known:
                 close = difflib.get_close_matches(m, known, 1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise SpecError(f"methods: unknown method {m!r}{hint}; known: {', '.join(sorted(known))}")
         for name, path in self.checkpoints.items():
-            if name in _REGISTRY:
+            if name in registry:
                 raise SpecError(f"checkpoints: {name!r} clashes with a method name; give the checkpoint another name")
         for s in self.downstream.shots:
             if s != "all" and not (str(s).isdigit() and int(s) > 0):
@@ -83,8 +84,6 @@ class BenchmarkSpec:
             raise SpecError(f"device must be cpu or cuda, got {self.device!r}")
         if not self.downstream.datasets:
             raise SpecError("downstream.datasets is empty: name the target datasets to fine-tune on")
-        from nnssl.finetune.trainers import EPOCHS, SHOTS
-
         for s in self.downstream.shots:
             if s != "all" and int(s) not in SHOTS:
                 raise SpecError(f"downstream.shots: no trainer for {s} cases; the few-shot trainers exist for {SHOTS}")

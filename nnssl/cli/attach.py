@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from nnssl.nnunet.naming import SWIN_PLANS
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -17,7 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "nnssl_convert)")
     p.add_argument("--name", default=None, help="suffix of the plans identifier (default: the checkpoint's method, "
                                                 "e.g. smit -> nnUNetSwinPlans__smit)")
-    p.add_argument("-p", default="nnUNetSwinPlans", help="Swin plans to copy (default nnUNetSwinPlans)")
+    p.add_argument("-p", default=SWIN_PLANS, help="Swin plans to copy (default: %(default)s)")
     p.add_argument("-c", default="3d_fullres", help="configuration (default 3d_fullres)")
     p.add_argument("--overwrite", action="store_true", help="replace existing plans of the same name")
     return p

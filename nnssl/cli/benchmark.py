@@ -38,15 +38,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from nnssl.benchmark.runner import Paths, build_jobs, export_jobs, run_jobs
-    from nnssl.benchmark.spec import SCRATCH, demo_spec, load_spec
-    from nnssl.tasks import _REGISTRY
+    from nnssl.benchmark.spec import demo_spec, load_spec
+    from nnssl.nnunet.naming import SCRATCH
+    from nnssl.tasks import method_names
 
     try:
         if args.demo == bool(args.spec):
             return fail("give either a SPEC file or --demo")
         methods = None
         if args.methods:
-            methods = [SCRATCH, *_REGISTRY] if args.methods == ["all"] else args.methods
+            methods = [SCRATCH, *method_names()] if args.methods == ["all"] else args.methods
         spec = demo_spec(methods) if args.demo else load_spec(args.spec)
         if methods and not args.demo:
             spec.methods = methods

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         from nnssl.analysis.cka import write_cka_json
-        from nnssl.analysis.feature_reuse import STAGES, feature_reuse_for_fold
+        from nnssl.finetune.feature_reuse import STAGES, feature_reuse_for_fold
 
         result, meta = feature_reuse_for_fold(args.pretrained, args.dataset, args.trainer, args.plans, args.fold,
                                               args.configuration, args.images, args.batch, args.device, args.seed,

@@ -18,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import nnssl
-    from nnssl.finetune.environment import NNUNET_ENV_VARS, env_problems, export_line
+    from nnssl.nnunet.environment import NNUNET_ENV_VARS, env_problems, export_line
 
     if args.export:
         print(export_line())

@@ -48,8 +48,8 @@ def plan_and_preprocess(dataset_id: int, encoder: str = "base", num_processes: i
     from batchgenerators.utilities.file_and_folder_operations import join
 
     from nnssl.encoders.swin import PRESETS
-    from nnssl.finetune.environment import require_env
-    from nnssl.finetune.raw_dataset import load_dataset_json, resolve_dataset_name
+    from nnssl.nnunet.environment import require_env
+    from nnssl.nnunet.raw_dataset import load_dataset_json, resolve_dataset_name
 
     require_env(["nnUNet_raw", "nnUNet_preprocessed"])
     if encoder not in PRESETS:

@@ -7,6 +7,7 @@ import os
 import sys
 
 from nnssl.cli.common import fail
+from nnssl.nnunet.naming import SWIN_PLANS
 
 EPILOG = """examples:
   nnssl_pretrain -m smit -d 900 --device cuda
@@ -24,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-m", "--method", help="pretext task, e.g. smit, simmim, dino (see --list)")
     p.add_argument("-d", "--datasets", nargs="+", help="preprocessed dataset ids or names (labels are ignored)")
     p.add_argument("-c", "--configuration", default="3d_fullres", help="nnU-Net configuration to read (default: %(default)s)")
-    p.add_argument("-p", "--plans", default="nnUNetSwinPlans", help="plans identifier of the preprocessed data (default: %(default)s)")
+    p.add_argument("-p", "--plans", default=SWIN_PLANS, help="plans identifier of the preprocessed data (default: %(default)s)")
     p.add_argument("--encoder", default="base", help="encoder preset: tiny (tests), small, base (paper, feature 48), smit (default: %(default)s)")
     p.add_argument("--crop", type=int, nargs="+", default=[96], help="crop size: one value (cube) or three; each divisible by 32 (default: 96)")
     p.add_argument("--batch-size", type=int, default=2, help="crops per step and device (default: %(default)s)")
@@ -53,10 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def list_methods() -> str:
-    from nnssl.tasks import _REGISTRY, get_task_class
+    from nnssl.tasks import get_task_class, method_names
 
     lines = [f"{'method':<10} {'family':<28} paper"]
-    for name in _REGISTRY:
+    for name in method_names():
         try:
             cls = get_task_class(name)
         except ImportError as e:

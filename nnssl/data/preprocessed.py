@@ -10,7 +10,6 @@ uninterrupted run would have seen, with any number of loader workers.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -18,6 +17,9 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
+
+from nnssl.nnunet.datasets import DatasetNotFoundError, dataset_folder, dataset_id
+from nnssl.nnunet.naming import CONFIGURATION, SWIN_PLANS
 
 
 class DataError(ValueError):
@@ -54,40 +56,13 @@ class PreprocessedSource:
         }
 
 
-def _preprocessed_root() -> Path:
-    root = os.environ.get("nnUNet_preprocessed")
-    if not root:
-        raise DataError(
-            "nnUNet_preprocessed is not set: export nnUNet_preprocessed=/path/to/preprocessed "
-            "(the folder nnssl_plan_and_preprocess writes to)"
-        )
-    return Path(root)
-
-
-def _dataset_folder(root: Path, dataset: int | str) -> Path:
-    if isinstance(dataset, str) and dataset.startswith("Dataset"):
-        candidates = [root / dataset]
-    else:
-        try:
-            did = int(dataset)
-        except ValueError:
-            raise DataError(f"{dataset!r} is neither a dataset id (e.g. 501) nor a name (Dataset501_X)") from None
-        candidates = sorted(root.glob(f"Dataset{did:03d}_*"))
-    candidates = [c for c in candidates if c.is_dir()]
-    if not candidates:
-        raise DataError(
-            f"dataset {dataset} is not preprocessed in {root}: run `nnssl_plan_and_preprocess -d {dataset}` first "
-            "(or check nnUNet_preprocessed)"
-        )
-    if len(candidates) > 1:
-        raise DataError(f"dataset id {dataset} is ambiguous in {root}: {[c.name for c in candidates]}")
-    return candidates[0]
-
-
-def find_source(dataset: int | str, plans_identifier: str = "nnUNetSwinPlans",
-                configuration: str = "3d_fullres") -> PreprocessedSource:
+def find_source(dataset: int | str, plans_identifier: str = SWIN_PLANS,
+                configuration: str = CONFIGURATION) -> PreprocessedSource:
     """Locate one preprocessed dataset and its cases; clear errors when plans or data are missing."""
-    folder = _dataset_folder(_preprocessed_root(), dataset)
+    try:
+        folder = dataset_folder(dataset, "nnUNet_preprocessed")
+    except DatasetNotFoundError as e:
+        raise DataError(str(e)) from None
     plans_file = folder / f"{plans_identifier}.json"
     if not plans_file.is_file():
         available = sorted(p.stem for p in folder.glob("*.json") if p.stem not in ("dataset", "dataset_fingerprint",
@@ -120,7 +95,7 @@ def find_source(dataset: int | str, plans_identifier: str = "nnUNetSwinPlans",
     num_channels = len(channel_names) or len(cfg.get("normalization_schemes", [])) or 1
     intensity = plans.get("foreground_intensity_properties_per_channel", {})
     return PreprocessedSource(
-        dataset_id=int(folder.name[7:10]),
+        dataset_id=dataset_id(folder.name),
         dataset_name=folder.name,
         folder=data_folder,
         plans_identifier=plans_identifier,
@@ -134,8 +109,9 @@ def find_source(dataset: int | str, plans_identifier: str = "nnUNetSwinPlans",
     )
 
 
-def find_sources(datasets: Sequence[int | str], plans_identifier: str = "nnUNetSwinPlans",
-                 configuration: str = "3d_fullres") -> list[PreprocessedSource]:
+def find_sources(datasets: Sequence[int | str], plans_identifier: str = SWIN_PLANS,
+                 configuration: str = CONFIGURATION) -> list[PreprocessedSource]:
+    """Every dataset of ``datasets`` (ids or names); DataError when their image channels differ."""
     if not datasets:
         raise DataError("no dataset given: pass one or more ids with -d")
     sources = [find_source(d, plans_identifier, configuration) for d in datasets]

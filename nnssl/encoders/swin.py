@@ -19,6 +19,8 @@ from torch import Tensor, nn
 
 #: Every spatial axis must be divisible by this: the patch embedding (stride 2) and four patch mergings (stride 2).
 SWIN_DIVISOR = 32
+#: Key prefix of the encoder's tensors, as in MONAI's SwinUNETR (``swinViT.*``).
+ENCODER_PREFIX = "swinViT."
 
 
 @dataclass(frozen=True)
@@ -194,7 +196,7 @@ class SwinEncoder(nn.Module):
 
     def swin_state_dict(self) -> dict[str, Tensor]:
         """Encoder weights in SwinUNETR's layout (keys ``swinViT.*``), detached on CPU."""
-        return {k: v.detach().cpu().clone() for k, v in self.state_dict().items() if k.startswith("swinViT.")}
+        return {k: v.detach().cpu().clone() for k, v in self.state_dict().items() if k.startswith(ENCODER_PREFIX)}
 
 
 def build_swinunetr(cfg: EncoderConfig, out_channels: int) -> nn.Module:

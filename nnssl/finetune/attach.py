@@ -2,47 +2,22 @@
 from __future__ import annotations
 
 import json
-import os
-import re
 from copy import deepcopy
 from pathlib import Path
 
 from nnssl.io import atomic_write
-from nnssl.finetune.plans import ENCODER_KEY, PRETRAINED_KEY, SWIN_PLANS, require_swin_plans
-
-NAME_RE = re.compile(r"^[A-Za-z0-9]+(?:[-_][A-Za-z0-9]+)*$")
-
-
-def _dataset_folder(dataset: str | int) -> Path:
-    from nnssl.finetune.environment import require_env
-
-    require_env(["nnUNet_preprocessed"])
-    root = Path(os.environ["nnUNet_preprocessed"])
-    s = str(dataset)
-    if s.startswith("Dataset"):
-        folder = root / s
-        if folder.is_dir():
-            return folder
-        raise ValueError(f"{folder} does not exist: run nnssl_plan_and_preprocess for it first")
-    try:
-        prefix = f"Dataset{int(s):03d}_"
-    except ValueError:
-        raise ValueError(f"-d {dataset!r}: give a dataset id (e.g. 901) or name (Dataset901_Name)") from None
-    matches = sorted(p for p in root.glob(prefix + "*") if p.is_dir())
-    if len(matches) != 1:
-        raise ValueError(f"dataset {dataset}: {'no' if not matches else 'several'} folder(s) {prefix}* in "
-                         f"nnUNet_preprocessed={root}; run nnssl_plan_and_preprocess -d {dataset} first")
-    return matches[0]
-
+from nnssl.nnunet.datasets import dataset_folder
+from nnssl.nnunet.naming import CONFIGURATION, SWIN_PLANS, check_plans_suffix
+from nnssl.nnunet.plans import ENCODER_KEY, PRETRAINED_KEY, require_swin_plans
 
 def attach_checkpoint(dataset: str | int, checkpoint: str, name: str | None = None, plans: str = SWIN_PLANS,
-                      configuration: str = "3d_fullres", overwrite: bool = False) -> str:
+                      configuration: str = CONFIGURATION, overwrite: bool = False) -> str:
     """Write ``<plans>__<name>.json`` next to the Swin plans; returns its path. Raises ValueError/OSError on bad
     input (not a Swin plans file, unreadable checkpoint, encoder that cannot take the plans' patch size, ...)."""
     from nnssl.checkpoint import load_checkpoint
     from nnssl.encoders.swin import EncoderConfig, check_swin_input_size
 
-    folder = _dataset_folder(dataset)
+    folder = dataset_folder(dataset, "nnUNet_preprocessed")
     if "__" in plans:
         raise ValueError(f"-p {plans}: attach to the base Swin plans (e.g. {SWIN_PLANS}), not to attached plans")
     src = folder / f"{plans}.json"
@@ -54,9 +29,7 @@ def attach_checkpoint(dataset: str | int, checkpoint: str, name: str | None = No
     ckpt = load_checkpoint(ckpt_path)
     method = str(ckpt.get("method", ""))
     name = name or method
-    if not name or not NAME_RE.match(name):
-        raise ValueError(f"--name {name!r}: use letters, digits and single '-' or '_' (e.g. smit, dino-small); it "
-                         f"becomes the plans identifier {plans}__<name>")
+    check_plans_suffix(name, what="--name")
     enc = EncoderConfig.from_dict(ckpt["encoder_config"])
     conf = base["configurations"][configuration]
     try:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from torch import nn
 
 from nnssl.encoders.swin import build_swinunetr
-from nnssl.finetune.plans import encoder_config
+from nnssl.nnunet.plans import encoder_config
 
 
 def build_network_from_configuration(configuration: dict, num_input_channels: int,

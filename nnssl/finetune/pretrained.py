@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-from nnssl.finetune.plans import PRETRAINED_KEY, SWIN_PLANS
+from nnssl.nnunet.plans import PRETRAINED_KEY, SWIN_PLANS
 
 
 class NoCheckpointAttachedError(ValueError):

@@ -1,8 +1,10 @@
 """nnU-Net trainers for SwinUNETR fine-tuning: from scratch, from a pretrained encoder, few-shot and short variants.
 
 The thin module trainers/nnssl_swin_trainers.py re-exports every class here, so nnU-Net finds them through
-``nnUNet_extTrainer``. Variants follow nnU-Net's convention (one class per experiment, named for what it changes) and
-are generated below without repeating the constructor: ``Swin(Scratch|SSL)Trainer[_<k>shot][_<n>epochs]``.
+``nnUNet_extTrainer``. Variants follow nnU-Net's convention (one class per experiment, named for what it changes):
+``Swin(Scratch|SSL)Trainer[_<k>shot[_draw<r>]][_<E>epochs]`` (grammar in ``nnssl.nnunet.naming``). They are made on
+first use from their name (``trainer_class``; the module's ``__getattr__`` calls it, so nnU-Net's lookup by name,
+pickling and ``from ... import`` all work) without repeating the constructor.
 
 Optimisation (SwinUNETR fine-tuning recipe of Tang et al., CVPR 2022 / Hatamizadeh et al. 2022, as in MONAI's
 research-contributions ``SwinUNETR/BTCV/main.py`` defaults: ``--optim_name adamw --optim_lr 1e-4 --reg_weight 1e-5
@@ -31,13 +33,10 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
 from nnssl.finetune.fewshot import select_fewshot, subset_seed, write_subset_record, SUBSET_FILE
 from nnssl.finetune.network import build_network_from_configuration
-from nnssl.finetune.plans import require_swin_plans
+from nnssl.nnunet.naming import EPOCHS, SHOTS, TrainerName, parse_trainer_name
+from nnssl.nnunet.plans import require_swin_plans
 from nnssl.finetune.pretrained import load_pretrained_encoder, pretrained_checkpoint_path
 from nnssl.finetune.schedule import warmup_cosine_lr
-
-#: shot regimes and short schedules that get their own class
-SHOTS = (5, 10)
-EPOCHS = (1, 2, 5, 10, 20, 50, 100, 250, 500)
 
 ENV_ITERS = "NNSSL_ITERATIONS_PER_EPOCH"
 ENV_VAL_ITERS = "NNSSL_VAL_ITERATIONS_PER_EPOCH"
@@ -90,6 +89,7 @@ class SwinScratchTrainer(nnUNetTrainer):
 
     #: set by the generated variants
     num_shots: Optional[int] = None
+    shot_draw: int = 0
     fixed_num_epochs: Optional[int] = None
     warmup_fraction: float = 0.01
 
@@ -176,6 +176,7 @@ class SwinScratchTrainer(nnUNetTrainer):
     def initialize(self):
         super().initialize()
         self.logger.update_config({"nnssl": {"trainer": self.__class__.__name__, "num_shots": self.num_shots,
+                                             "shot_draw": self.shot_draw,
                                              "num_epochs": self.num_epochs, "warmup_fraction": self.warmup_fraction,
                                              "knobs": self.nnssl_knobs}})
 
@@ -184,16 +185,17 @@ class SwinScratchTrainer(nnUNetTrainer):
         if self.num_shots is None:
             return tr_keys, val_keys
         dataset = self.plans_manager.dataset_name
-        subset = select_fewshot(tr_keys, self.num_shots, dataset, self.fold)
+        subset = select_fewshot(tr_keys, self.num_shots, dataset, self.fold, self.shot_draw)
         if self.local_rank == 0:
             write_subset_record(self.output_folder, {
-                "dataset": dataset, "fold": self.fold, "shots": self.num_shots,
-                "seed": subset_seed(dataset, self.fold),
-                "rule": "sorted fold training cases, permuted with seed(dataset, fold); first k (nested, "
+                "dataset": dataset, "fold": self.fold, "shots": self.num_shots, "draw": self.shot_draw,
+                "seed": subset_seed(dataset, self.fold, self.shot_draw),
+                "rule": "sorted fold training cases, permuted with seed(dataset, fold, draw); first k (nested, "
                         "method-independent)",
                 "train_subset": subset, "fold_train_cases": sorted(map(str, tr_keys)),
                 "num_validation_cases": len(val_keys), "trainer": self.__class__.__name__})
-        self.print_to_log_file(f"nnssl: {self.num_shots}-shot subset of {len(tr_keys)} training cases: {subset} "
+        draw = f" (draw {self.shot_draw})" if self.shot_draw else ""
+        self.print_to_log_file(f"nnssl: {self.num_shots}-shot subset{draw} of {len(tr_keys)} training cases: {subset} "
                                f"(recorded in {SUBSET_FILE}); validating on all {len(val_keys)} validation cases")
         return subset, val_keys
 
@@ -218,21 +220,41 @@ class SwinSSLTrainer(SwinScratchTrainer):
             self.plans_manager.plans_name, self.num_input_channels, log=self.print_to_log_file)
 
 
-def _variant(base: type, shots: Optional[int], epochs: Optional[int]) -> type:
-    name = base.__name__ + (f"_{shots}shot" if shots else "") + (f"_{epochs}epochs" if epochs else "")
-    what = ", ".join(filter(None, [f"{shots}-shot subset of the fold's training cases" if shots else "",
-                                   f"{epochs} epochs" if epochs else ""]))
-    return type(name, (base,), {"num_shots": shots, "fixed_num_epochs": epochs, "__module__": __name__,
-                                "__qualname__": name, "__doc__": f"{base.__name__} with {what}."})
+_BASES: dict[str, type] = {"Scratch": SwinScratchTrainer, "SSL": SwinSSLTrainer}
+_CLASSES: dict[str, type] = {c.__name__: c for c in _BASES.values()}
 
 
-TRAINER_CLASSES: dict[str, type] = {c.__name__: c for c in (SwinScratchTrainer, SwinSSLTrainer)}
-for _base in (SwinScratchTrainer, SwinSSLTrainer):
-    for _shots in (None, *SHOTS):
-        for _epochs in (None, *EPOCHS):
-            if _shots is None and _epochs is None:
-                continue
-            _cls = _variant(_base, _shots, _epochs)
-            TRAINER_CLASSES[_cls.__name__] = _cls
-globals().update(TRAINER_CLASSES)
-__all__ = sorted(TRAINER_CLASSES) + ["TRAINER_CLASSES"]
+def _make_variant(spec: TrainerName) -> type:
+    base = _BASES[spec.kind]
+    what = ", ".join(filter(None, [
+        f"{spec.shots}-shot subset of the fold's training cases" if spec.shots else "",
+        f"draw {spec.draw}" if spec.draw else "",
+        f"{spec.epochs} epochs" if spec.epochs else ""]))
+    return type(spec.name, (base,), {"num_shots": spec.shots, "shot_draw": spec.draw, "fixed_num_epochs": spec.epochs,
+                                     "__module__": __name__, "__qualname__": spec.name,
+                                     "__doc__": f"{base.__name__} with {what}."})
+
+
+def trainer_class(name: str) -> type:
+    """The trainer class called ``name`` (made once, then cached). Raises AttributeError for other names, so that
+    ``hasattr(module, name)`` (nnU-Net's trainer lookup) is False for them."""
+    if name not in _CLASSES:
+        try:
+            spec = parse_trainer_name(name)
+        except ValueError as e:
+            raise AttributeError(f"module {__name__!r} has no trainer {name!r}: {e}") from None
+        _CLASSES[name] = _make_variant(spec)
+    return _CLASSES[name]
+
+
+def __getattr__(name: str) -> type:
+    if name.startswith("Swin"):
+        return trainer_class(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+#: The classes of the regimes and schedules the naming room lists (draws and others are made on demand).
+TRAINER_CLASSES: dict[str, type] = {
+    TrainerName(kind, shots, 0, epochs).name: trainer_class(TrainerName(kind, shots, 0, epochs).name)
+    for kind in _BASES for shots in (None, *SHOTS) for epochs in (None, *EPOCHS)}
+__all__ = sorted(TRAINER_CLASSES) + ["TRAINER_CLASSES", "trainer_class"]

@@ -21,6 +21,11 @@ _REGISTRY: dict[str, str] = {
 }
 
 
+def method_names() -> list[str]:
+    """Every registered method name (``-m`` key), in registry order, whether or not its module imports."""
+    return list(_REGISTRY)
+
+
 def available_methods() -> list[str]:
     """Names of the methods whose modules import."""
     names = []
@@ -34,6 +39,7 @@ def available_methods() -> list[str]:
 
 
 def get_task_class(name: str) -> type[PretextTask]:
+    """The task class registered as ``name``; ValueError suggesting the closest name for unknown ones."""
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, _REGISTRY, 1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -43,4 +49,4 @@ def get_task_class(name: str) -> type[PretextTask]:
     return getattr(module, class_name)
 
 
-__all__ = ["PretextTask", "available_methods", "config_from_overrides", "get_task_class"]
+__all__ = ["PretextTask", "available_methods", "config_from_overrides", "get_task_class", "method_names"]

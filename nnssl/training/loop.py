@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from nnssl.checkpoint import load_checkpoint, save_checkpoint
 from nnssl.data.preprocessed import PreprocessedSource, RandomCropDataset, StepSampler, find_sources
 from nnssl.encoders.swin import EncoderConfig, SwinEncoder, check_swin_input_size
+from nnssl.nnunet.naming import CONFIGURATION, SWIN_PLANS
 from nnssl.tasks import PretextTask, config_from_overrides, get_task_class
 from nnssl.training.distributed import DistInfo, cleanup_distributed, init_distributed
 from nnssl.training.log import TrainingLog
@@ -42,8 +43,8 @@ class PretrainConfig:
 
     method: str
     datasets: list[str]
-    plans: str = "nnUNetSwinPlans"
-    configuration: str = "3d_fullres"
+    plans: str = SWIN_PLANS
+    configuration: str = CONFIGURATION
     encoder: str = "base"
     crop: tuple[int, int, int] = (96, 96, 96)
     batch_size: int = 2

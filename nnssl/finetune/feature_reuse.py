@@ -18,7 +18,9 @@ import torch
 from nnssl.analysis import cka as cka_lib
 from nnssl.checkpoint import CheckpointError, encoder_config_of, load_checkpoint, load_encoder_into
 from nnssl.data.preprocessed import RandomCropDataset, RoundRobinCropDataset, find_source
-from nnssl.encoders.swin import EncoderConfig, SwinEncoder
+from nnssl.encoders.swin import ENCODER_PREFIX, SwinEncoder
+from nnssl.nnunet.naming import CONFIGURATION, model_folder_name
+from nnssl.nnunet.plans import ENCODER_KEY, encoder_config
 
 STAGES = ["patch_embed", "stage1", "stage2", "stage3", "stage4"]
 
@@ -35,7 +37,7 @@ def fold_folder(dataset_name: str, trainer: str, plans: str, configuration: str,
     results = os.environ.get("nnUNet_results")
     if not results:
         raise ValueError("nnUNet_results is not set: export nnUNet_results=/path/to/results")
-    folder = Path(results) / dataset_name / f"{trainer}__{plans}__{configuration}" / f"fold_{fold}"
+    folder = Path(results) / dataset_name / model_folder_name(trainer, plans, configuration) / f"fold_{fold}"
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} does not exist: fine-tune first (nnUNetv2_train ... -tr {trainer} -p {plans})")
     return folder
@@ -49,20 +51,20 @@ def finetuned_encoder(folder: Path, configuration: str, in_channels: int) -> Swi
     if not ckpt_file.is_file():
         raise FileNotFoundError(f"{folder} holds no checkpoint_final.pth or checkpoint_latest.pth")
     plans = json.loads((folder.parent / "plans.json").read_text())
-    enc_dict = plans["configurations"][configuration].get("nnssl_encoder")
-    if enc_dict is None:
-        raise ValueError(f"{folder.parent / 'plans.json'} has no nnssl_encoder: not a Swin fine-tuning run")
-    cfg = EncoderConfig.from_dict({**enc_dict, "in_channels": in_channels})
+    conf = plans["configurations"][configuration]
+    if conf.get(ENCODER_KEY) is None:
+        raise ValueError(f"{folder.parent / 'plans.json'} has no {ENCODER_KEY}: not a Swin fine-tuning run")
+    cfg = encoder_config({k: v for k, v in conf.items() if k != "patch_size"}, in_channels)
     weights = torch.load(ckpt_file, map_location="cpu", weights_only=False)["network_weights"]
     state = {}
     for key, value in weights.items():
         for prefix in ("_orig_mod.", "module."):
             key = key[len(prefix):] if key.startswith(prefix) else key
-        if key.startswith("swinViT."):
+        if key.startswith(ENCODER_PREFIX):
             state[key] = value
     encoder = SwinEncoder(cfg)
     result = encoder.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if k.startswith("swinViT.")]
+    missing = [k for k in result.missing_keys if k.startswith(ENCODER_PREFIX)]
     if missing:
         raise CheckpointError(f"{ckpt_file} lacks encoder tensors {missing[:5]}: not a SwinUNETR fine-tuning run")
     return encoder.eval()
@@ -109,7 +111,7 @@ def measure_feature_reuse(a: SwinEncoder, b: SwinEncoder, dataset: RandomCropDat
 
 
 def feature_reuse_for_fold(pretrained: str | os.PathLike, dataset: str, trainer: str, plans: str, fold: int | str,
-                           configuration: str = "3d_fullres", n_images: int = 16, batch_size: int = 4,
+                           configuration: str = CONFIGURATION, n_images: int = 16, batch_size: int = 4,
                            device: str = "cpu", seed: int = 0, pooling: str = "flatten") -> tuple[FeatureReuse, dict[str, Any]]:
     source = find_source(dataset, plans, configuration)
     val = set(validation_cases(source.folder.parent, fold) or [])

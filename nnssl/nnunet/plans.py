@@ -1,4 +1,4 @@
-"""What nnssl stores in nnU-Net plans (contract in CONTRACTS.md) and how the trainers read it.
+"""The plans contract: what nnssl stores in nnU-Net plans and how the trainers and planners read it.
 
 Top level: ``"nnssl_plans": true`` (marks a Swin plans file). Inside ``configurations.<config>``:
 ``"nnssl_encoder"`` (EncoderConfig.to_dict() without in_channels) and, in ``nnUNetSwinPlans__<name>`` only,
@@ -9,11 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 from nnssl.encoders.swin import EncoderConfig, check_swin_input_size
+from nnssl.nnunet.naming import SWIN_PLANS
 
+#: Top-level marker of a Swin plans file.
 PLANS_MARKER = "nnssl_plans"
+#: Per configuration: the encoder architecture (EncoderConfig.to_dict() without in_channels).
 ENCODER_KEY = "nnssl_encoder"
+#: Per configuration, in attached plans only: what identifies the pretraining checkpoint.
 PRETRAINED_KEY = "nnssl_pretrained"
-SWIN_PLANS = "nnUNetSwinPlans"
 
 
 class NotSwinPlansError(ValueError):

@@ -2,25 +2,17 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
+
+from nnssl.nnunet.datasets import dataset_folder
 
 REQUIRED_KEYS = ("channel_names", "labels", "numTraining", "file_ending")
 
 
 def resolve_dataset_name(dataset_id: int) -> str:
     """DatasetXXX_Name under $nnUNet_raw for an integer id; ValueError listing what exists when it is unknown."""
-    raw = Path(os.environ["nnUNet_raw"])
-    prefix = f"Dataset{int(dataset_id):03d}_"
-    matches = sorted(p.name for p in raw.iterdir() if p.is_dir() and p.name.startswith(prefix))
-    if not matches:
-        available = sorted(p.name for p in raw.iterdir() if p.is_dir() and re.match(r"Dataset\d{3}_", p.name))
-        raise ValueError(f"unknown dataset id {dataset_id}: no folder {prefix}* in nnUNet_raw={raw}. Available: "
-                         f"{', '.join(available) or 'none'}. Create the dataset (e.g. nnssl_phantoms) or fix -d.")
-    if len(matches) > 1:
-        raise ValueError(f"dataset id {dataset_id} is ambiguous in {raw}: {', '.join(matches)}. Rename or remove one.")
-    return matches[0]
+    return dataset_folder(dataset_id, "nnUNet_raw").name
 
 
 def load_dataset_json(folder: str | Path) -> dict:
