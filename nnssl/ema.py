@@ -17,8 +17,9 @@ def make_teacher(student: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
-    """teacher <- momentum * teacher + (1 - momentum) * student, for every parameter; buffers are copied.
+def ema_update(teacher: nn.Module, student: nn.Module, momentum: float, copy_buffers: bool = True) -> None:
+    """teacher <- momentum * teacher + (1 - momentum) * student, for every parameter; buffers are copied unless
+    ``copy_buffers`` is False (a teacher in train mode keeps the running statistics of its own forward passes).
 
     Both modules must have the same parameter names (the teacher is a copy of the student).
     """
@@ -31,6 +32,8 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
         raise ValueError(f"teacher and student parameters differ, e.g. {missing}")
     for name, t in t_params.items():
         t.mul_(momentum).add_(s_params[name].detach().to(t.dtype), alpha=1.0 - momentum)
+    if not copy_buffers:
+        return
     s_buffers = dict(student.named_buffers())
     for name, b in teacher.named_buffers():
         b.copy_(s_buffers[name])

@@ -1,4 +1,4 @@
-"""Heads written once and shared by the pretext tasks."""
+"""Heads written once and shared by the pretext tasks: token pooling, projection MLPs, the DINO head."""
 from __future__ import annotations
 
 from torch import Tensor, nn
@@ -16,29 +16,35 @@ def tokens(features: Tensor) -> Tensor:
 
 
 class MLP(nn.Module):
-    """Linear layers with optional normalisation and GELU between them (projection / predictor heads).
+    """Linear layers with optional normalisation and an activation between them (projection / predictor heads).
 
-    (B, in_dim) -> (B, out_dim). ``norm``: "bn" (SimCLR, MoCo v3), "ln" or None. ``last_norm`` adds a
-    non-affine BatchNorm after the last layer as MoCo v3's projector does.
+    (B, in_dim) -> (B, out_dim). ``norm``: "bn" (SimCLR, MoCo v3), "ln" or None; ``activation``: "gelu" or "relu"
+    (SimCLR, MoCo v3). ``last_norm`` adds a non-affine BatchNorm after the last layer as MoCo v3's projector and ViT
+    predictor do (facebookresearch/moco-v3 moco/builder.py:47-50); a layer followed by a BatchNorm has no bias (the
+    norm's shift replaces it, moco/builder.py:42).
     """
 
     def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, layers: int = 2, norm: str | None = "bn",
-                 last_norm: bool = False) -> None:
+                 last_norm: bool = False, activation: str = "gelu") -> None:
         super().__init__()
         if layers < 1:
             raise ValueError(f"an MLP needs at least one layer, got {layers}")
         if norm not in ("bn", "ln", None):
             raise ValueError(f"norm must be 'bn', 'ln' or None, got {norm!r}")
+        if activation not in ("gelu", "relu"):
+            raise ValueError(f"activation must be 'gelu' or 'relu', got {activation!r}")
+        act = nn.GELU if activation == "gelu" else nn.ReLU
         dims = [in_dim] + [hidden_dim] * (layers - 1) + [out_dim]
         blocks: list[nn.Module] = []
         for i in range(layers):
-            blocks.append(nn.Linear(dims[i], dims[i + 1], bias=norm is None or i == layers - 1))
-            if i < layers - 1:
+            last = i == layers - 1
+            blocks.append(nn.Linear(dims[i], dims[i + 1], bias=(last and not last_norm) or (not last and norm is None)))
+            if not last:
                 if norm == "bn":
                     blocks.append(nn.BatchNorm1d(dims[i + 1]))
                 elif norm == "ln":
                     blocks.append(nn.LayerNorm(dims[i + 1]))
-                blocks.append(nn.GELU())
+                blocks.append(act())
         if last_norm:
             blocks.append(nn.BatchNorm1d(out_dim, affine=False))
         self.net = nn.Sequential(*blocks)

@@ -8,8 +8,14 @@ that plane), so every transform is an exact permutation of voxels, with an exact
   (https://arxiv.org/abs/2006.03829): identity plus 90, 180, 270 degrees about each of the three axes (10 classes).
   Label 0 = identity; labels 1 + 3a + (k - 1) = k quarter turns about axis a.
 * ``ROTATIONS_4``: Tang et al., "Self-supervised pre-training of Swin transformers for 3D medical image analysis",
-  CVPR 2022 (https://arxiv.org/abs/2111.14791): 0, 90, 180, 270 degrees about one axis. The authors' code rotates
-  each sample (C, D, H, W) with ``rot90(k, (2, 3))``, i.e. in the (H, W) plane = about axis 0; so do we.
+  CVPR 2022 (https://arxiv.org/abs/2111.14791): 0, 90, 180, 270 degrees in the sagittal plane, about the left-right
+  axis. The authors rotate each sample (C, X, Y, Z) with ``x.rot90(k, (2, 3))`` (research-contributions
+  SwinUNETR/Pretrain utils/ops.py:57-61) after ``Orientationd(axcodes="RAS")`` (utils/data_utils.py:76): dims (2, 3)
+  are Y (posterior -> anterior) and Z (inferior -> superior). nnU-Net's array (C, Z, Y, X) of an image whose direction
+  is the identity in ITK's LPS frame has D = Z (inferior -> superior), H = Y reversed (anterior -> posterior) and W = X
+  reversed; conjugating Tang's turn by that reversal of Y gives ``rot90(k, (D, H))``: k quarter turns about W, the
+  plane (D, H), the same rotation of the anatomy for every k (tests/test_rotations.py checks it against Tang's call
+  on the RAS array).
 """
 from __future__ import annotations
 
@@ -72,7 +78,7 @@ def _table_10() -> tuple[Rotation, ...]:
 
 
 ROTATIONS_10: tuple[Rotation, ...] = _table_10()
-ROTATIONS_4: tuple[Rotation, ...] = (Rotation(0, None, 0),) + tuple(Rotation(k, 0, k) for k in (1, 2, 3))
+ROTATIONS_4: tuple[Rotation, ...] = (Rotation(0, None, 0),) + tuple(Rotation(k, 2, k) for k in (1, 2, 3))
 
 
 def label_of(table: tuple[Rotation, ...], axis: int | None, k: int) -> int:

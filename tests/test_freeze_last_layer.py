@@ -13,12 +13,13 @@ from nnssl.tasks import get_task_class
 def test_last_layer_frozen_only_during_the_first_steps(name):
     cls = get_task_class(name)
     defaults = cls.Config()
-    extra = {k: v for k, v in (("patch_out_dim", 64), ("local_crops_number", 2)) if hasattr(defaults, k)}
+    extra = {k: v for k, v in (("patch_out_dim", 64), ("local_crops_number", 2), ("view_size", 32),
+                                ("pred_start_fraction", 0.0)) if hasattr(defaults, k)}
     cfg = cls.Config(out_dim=64, head_hidden_dim=32, freeze_last_layer_fraction=0.5, **extra)
     torch.manual_seed(0)
     task = cls(SwinEncoder(EncoderConfig.preset("tiny")), cfg)
     task.setup(total_steps=4)  # steps 0 and 1 frozen
-    crops = torch.randn(2, 1, 32, 32, 32)
+    crops = torch.randn(2, 1, 64, 64, 64) if name == "ibot" else torch.randn(2, 1, 32, 32, 32)
     last = [p for m in task.heads.modules() if isinstance(m, DINOHead) for p in m.last_layer.parameters()
             if p.requires_grad]
     assert last

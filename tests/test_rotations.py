@@ -85,12 +85,30 @@ def test_labels_match_the_applied_transform():
         assert label_of(ROTATIONS_10, r.axis, r.k) == r.label
 
 
-def test_swinunetr_rotations_turn_the_last_two_axes_like_the_authors_code():
-    x = torch.randn(2, 1, 4, 4, 4)
+def _lps_to_ras(a: torch.Tensor) -> torch.Tensor:
+    """nnU-Net's array (Z, Y, X) of an image with identity direction in ITK's LPS frame -> MONAI's RAS array (X, Y, Z):
+    X and Y reversed (L -> R, P -> A), Z kept (S)."""
+    return a.permute(2, 1, 0).flip(0, 1)
+
+
+def _ras_to_lps(r: torch.Tensor) -> torch.Tensor:
+    return r.flip(0, 1).permute(2, 1, 0)
+
+
+def test_swinunetr_rotations_turn_the_anatomy_as_tangs_code():
+    """Tang et al. rotate each RAS sample (C, X, Y, Z) with x.rot90(k, (2, 3)) (SwinUNETR/Pretrain utils/ops.py:57-61):
+    the same anatomy, read from nnU-Net's (C, Z, Y, X) LPS array, must turn identically for every k."""
+    g = torch.Generator().manual_seed(0)
+    volume = torch.randn(6, 6, 6, generator=g)  # nnU-Net layout (Z, Y, X), distinct values: any mix-up shows
     assert [r.label for r in ROTATIONS_4] == [0, 1, 2, 3]
     for r in ROTATIONS_4:
-        # Tang et al. rotate each sample (C, D, H, W) with rot90(k, (2, 3)).
-        assert torch.equal(r.apply(x[0]), torch.rot90(x[0], r.k, (2, 3)))
+        tang = torch.rot90(_lps_to_ras(volume)[None], r.k, (2, 3))[0]  # Tang's call on (C, X, Y, Z)
+        ours = r.apply(volume[None])[0]
+        assert torch.equal(ours, _ras_to_lps(tang)), f"k={r.k}"
+        assert torch.equal(ours, torch.rot90(volume, r.k, (0, 1)))  # about W, in the (D, H) plane
+    assert all(r.axis in (None, 2) for r in ROTATIONS_4)
+    # the axial turn (about D) the recipe used to apply differs
+    assert not torch.equal(torch.rot90(volume, 1, (1, 2)), ROTATIONS_4[1].apply(volume[None])[0])
 
 
 @pytest.mark.parametrize("batch, classes", [(2, 10), (10, 10), (20, 10), (23, 10), (7, 4)])

@@ -2,7 +2,9 @@
 
 Each method pretrains for one step through the real loop on a tiny preprocessed dataset (tiny encoder, 64^3 crops,
 CPU): the loss is finite, the encoder changes, the checkpoint restores a task that computes the same loss, and the
-encoder loads into the fine-tuning network with every encoder tensor.
+encoder loads into the fine-tuning network with every encoder tensor. One training step gives a non-zero gradient to
+every encoder parameter (the mask token excepted for methods that do not mask), and every method's reference recipe
+is the one its documentation page lists.
 """
 from __future__ import annotations
 
@@ -14,21 +16,10 @@ from nnssl.encoders.swin import build_swinunetr
 from nnssl.tasks import get_task_class, method_names
 from nnssl.training import loop
 from preprocessed_fixture import write_preprocessed_dataset
+from task_helpers import CROPS, build_task, crops_for, small_options
 
 METHODS = sorted(method_names())
 CROP = 64
-
-
-def _small_options(task_cls) -> dict[str, str]:
-    """The paper defaults, with projection sizes shrunk so a CPU test stays fast (as nnssl_pretrain -o would)."""
-    cfg = task_cls.Config()
-    small = {k: 256 for k in ("out_dim", "proj_dim", "head_out_dim", "patch_out_dim", "code_size") if hasattr(cfg, k)}
-    small.update({k: 64 for k in ("hidden_dim", "head_hidden_dim", "proj_hidden_dim", "pred_hidden_dim",
-                                  "decoder_dim", "context_channels", "contrastive_dim") if hasattr(cfg, k)})
-    small.update({k: 2 for k in ("local_crops_number", "decoder_depth") if hasattr(cfg, k)})
-    if hasattr(cfg, "decoder_heads"):
-        small["decoder_heads"] = 4
-    return {k: str(v) for k, v in small.items()}
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +35,7 @@ def test_method_contract(name, dataset, tmp_path, monkeypatch):
     cls = get_task_class(name)
     assert cls.name == name and cls.family and cls.paper
     cfg = loop.PretrainConfig(method=name, datasets=["990"], encoder="tiny", crop=(CROP,) * 3, batch_size=2, steps=1,
-                              lr=1e-3, warmup_steps=0, device="cpu", num_workers=0, task_options=_small_options(cls))
+                              lr=1e-3, warmup_steps=0, device="cpu", num_workers=0, task_options=small_options(name))
     initial = loop.build_task(cfg, in_channels=1).encoder().swin_state_dict()
     final, task = loop._run(cfg, tmp_path / "run", False, False, loop.DistInfo())
     ckpt = load_checkpoint(final)
@@ -74,3 +65,70 @@ def test_method_contract(name, dataset, tmp_path, monkeypatch):
     report = load_encoder_into(net, ckpt)
     assert not report.missing and len(report.loaded) == len(ckpt["encoder"])
     torch.testing.assert_close(net.swinViT.patch_embed.proj.weight, ckpt["encoder"]["swinViT.patch_embed.proj.weight"])
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_one_step_trains_every_encoder_parameter(name):
+    """No stage or block of the encoder is left untrained: every parameter gets a non-zero gradient in one step."""
+    task = build_task(name)
+    task.train()
+    views = task.make_views(crops_for(name), torch.Generator().manual_seed(0))
+    task(views, step=5)["loss"].backward()
+    encoder = task.encoder()
+    params = {n: p for n, p in encoder.named_parameters() if n != "mask_token" or type(task).uses_mask_token}
+    without = [n for n, p in params.items() if p.grad is None or not torch.any(p.grad != 0)]
+    assert not without, f"{name}: {len(without)}/{len(params)} encoder parameters get no gradient, e.g. {without[:5]}"
+    if type(task).uses_mask_token:
+        assert "mask_token" in params
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_crop_check_accepts_the_test_crop_and_refuses_a_non_swin_size(name):
+    task = build_task(name)
+    assert isinstance(task.check_crop(CROPS[name]), list)
+    with pytest.raises(ValueError):
+        task.check_crop((48, 64, 64))
+
+
+DDP_DRIVER = """
+import json, sys, torch
+from pathlib import Path
+from nnssl.training import loop
+from task_helpers import CROPS, small_options
+info = loop.init_distributed("cpu")
+for name in sys.argv[2].split(","):
+    cfg = loop.PretrainConfig(method=name, datasets=["990"], encoder="tiny", crop=CROPS[name], batch_size=2, steps=2,
+                              lr=1e-3, warmup_steps=0, device="cpu", num_workers=0, checkpoint_every=10,
+                              task_options=small_options(name))
+    out = Path(sys.argv[1]) / name
+    final, task = loop._run(cfg, out, False, False, info)
+    torch.save(task.encoder().swin_state_dict(), out / f"rank{info.rank}.pt")
+loop.cleanup_distributed()
+"""
+
+
+def test_every_method_runs_under_ddp_without_unused_parameter_search(dataset, tmp_path):
+    """Two gloo ranks, two steps, DistributedDataParallel with find_unused_parameters=False and no static graph: DDP
+    fails at the second forward if any trainable parameter got no gradient in the first."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests = Path(__file__).parent
+    driver = tmp_path / "driver.py"
+    driver.write_text(DDP_DRIVER)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1", "nnUNet_preprocessed": str(dataset)}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", "29523", str(driver), str(tmp_path / "runs"), ",".join(METHODS)],
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    for name in METHODS:
+        r0 = torch.load(tmp_path / "runs" / name / "rank0.pt")
+        r1 = torch.load(tmp_path / "runs" / name / "rank1.pt")
+        for key in r0:
+            torch.testing.assert_close(r0[key], r1[key], msg=f"{name}: {key}")
+    from nnssl.training import loop
+
+    assert "find_unused_parameters=False" in Path(loop.__file__).read_text()

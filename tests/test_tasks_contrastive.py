@@ -15,8 +15,8 @@ from nnssl.tasks.mae import patchify, unpatchify
 SMALL = {
     "simclr": dict(proj_hidden_dim=64, proj_dim=32),
     "mocov3": dict(hidden_dim=64, proj_dim=32),
-    "cpc": dict(code_size=64, context_channels=32, context_layers=2, stride=32, prediction_steps=1),
-    "rotation": dict(head_hidden_dim=64),
+    "cpc": dict(code_size=64, context_units=32, stride=32, prediction_steps=1),
+    "rotation": dict(head_hidden_dims=(64, 32)),
     "swinunetr": dict(contrastive_dim=32),
     "mae": dict(decoder_dim=48, decoder_depth=2, decoder_heads=4),
 }
@@ -25,7 +25,7 @@ CROPS = {
     "mocov3": (4, 1, 32, 32, 32),
     "cpc": (2, 1, 64, 32, 32),  # a 2 x 1 x 1 grid of 32^3 sub-volumes
     "rotation": (4, 1, 32, 32, 32),
-    "swinunetr": (2, 1, 64, 32, 32),  # the inpainting decoder normalises the last stage: > 1 token
+    "swinunetr": (2, 1, 64, 64, 32),  # D == H (the rotated plane); the decoder's norm needs > 1 last-stage token
     "mae": (2, 1, 32, 32, 32),
 }
 
@@ -94,18 +94,36 @@ def test_loss_falls_on_fixed_data(name, steps):
 
 
 # ---------------------------------------------------------------- MoCo v3
-def test_moco_momentum_branch_gets_no_gradient_and_stays_in_eval():
+def test_moco_momentum_branch_gets_no_gradient_and_runs_in_train_mode():
+    """MoCo v3 runs its momentum branch in train mode (moco-v3 main_moco.py:331-332): BatchNorm on batch statistics."""
     task = build("mocov3")
-    assert not any(p.requires_grad for p in task.momentum_encoder.parameters())
-    assert not any(p.requires_grad for p in task.momentum_projector.parameters())
+    assert not any(p.requires_grad for p in task.teacher.parameters())
     task.train()
     assert task.student.training and task.projector.training
-    assert not task.momentum_encoder.training and not task.momentum_projector.training
+    assert task.teacher["encoder"].training and task.teacher["projector"].training
+    task.eval()
+    assert not task.teacher["projector"].training
+    task.train()
     out = task(task.make_views(crops_for("mocov3"), torch.Generator().manual_seed(0)), 0)
     out["loss"].backward()
-    assert all(p.grad is None for p in task.momentum_encoder.parameters())
-    assert all(p.grad is None for p in task.momentum_projector.parameters())
+    assert all(p.grad is None for p in task.teacher.parameters())
     assert task.projector.net[0].weight.grad is not None
+    # the predictor ends with a non-affine BatchNorm, as MoCo v3's ViT predictor (moco/builder.py:122)
+    assert isinstance(task.predictor.net[-1], torch.nn.BatchNorm1d) and not task.predictor.net[-1].affine
+
+
+def test_moco_momentum_batchnorm_uses_batch_statistics_per_view():
+    task = build("mocov3")
+    views = task.make_views(crops_for("mocov3"), torch.Generator().manual_seed(0))
+    bn = next(m for m in task.teacher["projector"].modules() if isinstance(m, torch.nn.BatchNorm1d))
+    calls = []
+    bn.register_forward_hook(lambda m, args, out: calls.append((args[0].detach().clone(), out.detach().clone())))
+    task(views, 0)
+    b = views["view1"].shape[0]
+    assert [x.shape[0] for x, _ in calls] == [b, b]  # one call per view, each of the batch only
+    for x, y in calls:  # normalised with the statistics of that view's batch, not the running ones
+        expected = (x - x.mean(0)) / torch.sqrt(x.var(0, unbiased=False) + bn.eps) * bn.weight + bn.bias
+        torch.testing.assert_close(y, expected, rtol=1e-4, atol=1e-4)
 
 
 def test_moco_ema_update_equals_the_formula():
@@ -116,74 +134,109 @@ def test_moco_ema_update_equals_the_formula():
     opt.zero_grad()
     out["loss"].backward()
     opt.step()
-    old = {k: v.clone() for k, v in task.momentum_encoder.named_parameters()}
-    old.update({f"proj.{k}": v.clone() for k, v in task.momentum_projector.named_parameters()})
+    old = {k: v.clone() for k, v in task.teacher["encoder"].named_parameters()}
+    old.update({f"proj.{k}": v.clone() for k, v in task.teacher["projector"].named_parameters()})
+    buffers = {k: v.clone() for k, v in task.teacher["projector"].named_buffers()}
     task.on_step_end(3)
     m = 1.0 - 0.5 * (1.0 + math.cos(math.pi * 3 / 10)) * (1.0 - 0.99)
-    assert task.momentum_at(3) == pytest.approx(m)
+    assert task.teacher.momentum(3) == pytest.approx(m)
     moved = 0
-    for name, p in task.momentum_encoder.named_parameters():
+    for name, p in task.teacher["encoder"].named_parameters():
         s = dict(task.student.named_parameters())[name]
         torch.testing.assert_close(p, m * old[name] + (1 - m) * s.detach())
         moved += int(not torch.equal(p, old[name]))
-    for name, p in task.momentum_projector.named_parameters():
+    for name, p in task.teacher["projector"].named_parameters():
         s = dict(task.projector.named_parameters())[name]
         torch.testing.assert_close(p, m * old[f"proj.{name}"] + (1 - m) * s.detach())
     assert moved > 0
+    # parameters only: the momentum branch keeps its own BatchNorm statistics (moco/builder.py:57-61)
+    for name, b in task.teacher["projector"].named_buffers():
+        assert torch.equal(b, buffers[name]), name
 
 
 def test_moco_momentum_schedule_is_indexed_by_global_step():
     task = build("mocov3", total_steps=11)
-    assert task.momentum_at(0) == pytest.approx(0.99)
-    assert task.momentum_at(5) == pytest.approx(0.995)  # half-way on the cosine from 0.99 to 1
-    assert task.momentum_at(10) == pytest.approx(1.0)
-    assert task.momentum_at(50) == pytest.approx(1.0)  # held past the planned end
-    values = [task.momentum_at(s) for s in range(11)]
+    assert task.teacher.momentum(0) == pytest.approx(0.99)
+    assert task.teacher.momentum(5) == pytest.approx(0.995)  # half-way on the cosine from 0.99 to 1
+    assert task.teacher.momentum(10) == pytest.approx(1.0)
+    assert task.teacher.momentum(50) == pytest.approx(1.0)  # held past the planned end
+    values = [task.teacher.momentum(s) for s in range(11)]
     assert values == sorted(values)
     resumed = build("mocov3", total_steps=11)  # a resumed run recomputes the same schedule
-    assert resumed.momentum_at(7) == task.momentum_at(7)
+    assert resumed.teacher.momentum(7) == task.teacher.momentum(7)
 
 
 # ---------------------------------------------------------------- CPC
 def test_cpc_prediction_does_not_see_its_target_subvolume():
     # 64 x 32 x 32 crop, 32^3 sub-volumes with stride 16: rows cover D in [0,32), [16,48), [32,64); row 2 is
-    # predicted from context row 0 (k_min = 2: the first row sharing no voxel with the context).
-    task = build("cpc", stride=16, prediction_steps=1)
-    assert task.min_offset == 2
+    # predicted from the context of anchor row 0 (k_min = 2: the first row sharing no voxel with the context).
+    task = build("cpc", stride=16, prediction_steps=1, volume_crop_fraction=1.0, patch_crop_fraction=1.0,
+                 patch_flip_prob=0.0)
+    assert task.min_offset == 2 and task.anchor_row(3) == 0
     task.eval()
     crops = crops_for("cpc")
-    g = torch.Generator().manual_seed(0)
+
+    def predict(x):
+        z = task.encode(task.make_views(x, torch.Generator().manual_seed(0))["patches"])
+        _, h = task.context(task.context_sequences(z))
+        return z, task.predictors[0](h[-1])
+
     with torch.no_grad():
-        z = task.encode(task.make_views(crops, g)["patches"])
-        pred = task.predict(z)[2]
+        z, pred = predict(crops)
         changed = crops.clone()
         changed[:, :, 32:] = torch.randn(changed[:, :, 32:].shape)  # the whole target sub-volume
-        z2 = task.encode(task.make_views(changed, g)["patches"])
-        pred2 = task.predict(z2)[2]
+        z2, pred2 = predict(changed)
         torch.testing.assert_close(pred2, pred, rtol=0, atol=1e-5)
         assert not torch.allclose(z2[:, :, 2], z[:, :, 2], atol=1e-3)  # the target's own latent did change
         context_changed = crops.clone()
         context_changed[:, :, :16] += 1.0  # voxels only the context row sees
-        pred3 = task.predict(task.encode(task.make_views(context_changed, g)["patches"]))[2]
-        assert not torch.allclose(pred3, pred, atol=1e-4)
+        assert not torch.allclose(predict(context_changed)[1], pred, atol=1e-4)
 
 
-def test_cpc_context_network_is_causal_along_rows():
-    task = build("cpc", prediction_steps=3)  # stride 32: k_min = 1, offsets 1, 2, 3
-    assert task.offsets == [1, 2, 3]
-    task.eval()
-    z = torch.randn(2, 64, 5, 3, 3)
-    with torch.no_grad():
-        base = task.predict(z)
-        for row in range(1, 5):
-            perturbed = z.clone()
-            perturbed[:, :, row] += 5.0
-            preds = task.predict(perturbed)
-            for k, p in preds.items():
-                # predictions from context rows < row must not move, those from rows >= row must
-                torch.testing.assert_close(p[:, :, :row], base[k][:, :, :row], rtol=0, atol=1e-5)
-                if p.shape[2] > row:
-                    assert not torch.allclose(p[:, :, row:], base[k][:, :, row:], atol=1e-4)
+def test_cpc_context_is_taleb_pyramid_of_the_rows_above():
+    """Column (h, w)'s context: the mirrored 3 x 3 neighbourhoods of rows 0..r-1, then its own latent of row r
+    (Taleb's preprocess_cpc.py): rows below r and other columns of row r do not enter it."""
+    task = build("cpc", prediction_steps=2)  # 4 rows: anchor row 1, predictions of rows 2 and 3
+    assert task.anchor_row(4) == 1 and task.offsets == [1, 2]
+    z = torch.randn(1, 64, 4, 3, 3)
+    seq = task.context_sequences(z)
+    assert seq.shape == (9, 10, 64)  # 3 x 3 columns, 9 + 1 terms, Taleb's "terms=10"
+    centre = 1 * 3 + 1  # column (1, 1)
+    torch.testing.assert_close(seq[centre, -1], z[0, :, 1, 1, 1])
+    torch.testing.assert_close(seq[centre, :9], z[0, :, 0].reshape(64, 9).t())  # row 0's 3 x 3 around (1, 1)
+    corner = seq[0]  # column (0, 0): neighbours mirrored at the border (-1 -> 1)
+    torch.testing.assert_close(corner[0], z[0, :, 0, 1, 1])
+    torch.testing.assert_close(corner[4], z[0, :, 0, 0, 0])
+    perturbed = z.clone()
+    perturbed[:, :, 2:] += 5.0
+    perturbed[:, :, 1, 0, 0] += 5.0  # row r of another column
+    torch.testing.assert_close(task.context_sequences(perturbed)[centre], seq[centre])
+
+
+def test_cpc_subvolumes_are_jittered_and_flipped_deterministically():
+    """Each sub-volume: a flip along W with p 0.5, then 7/8 of it kept at a random offset and padded back (Taleb)."""
+    task = build("cpc", volume_crop_fraction=1.0)
+    crops = crops_for("cpc")
+    a = task.make_views(crops, torch.Generator().manual_seed(3))["patches"]
+    b = task.make_views(crops, torch.Generator().manual_seed(3))["patches"]
+    torch.testing.assert_close(a, b)  # the same generator state gives the same views (resume stays exact)
+    background = crops.flatten(1).amin(1)
+    p, keep = 32, 28
+    plain = crops.unfold(2, p, p).unfold(3, p, p).unfold(4, p, p).permute(0, 2, 3, 4, 1, 5, 6, 7)
+    flipped = 0
+    for idx in range(a.shape[0] * a.shape[1]):
+        i, row = divmod(idx, a.shape[1])
+        view, src = a[i, row, 0, 0, 0], plain[i, row, 0, 0, 0]
+        # the frame outside the centred 28^3 block is padding at the crop's background value
+        assert torch.all(view[:2] == background[i]) and torch.all(view[30:] == background[i])
+        inner = view[2:30, 2:30, 2:30]
+        matches = [(fl, o) for fl in (False, True) for o in [(x, y, w) for x in range(5) for y in range(5)
+                                                              for w in range(5)]
+                   if torch.equal(inner, (src.flip(-1) if fl else src)[o[0]:o[0] + keep, o[1]:o[1] + keep,
+                                                                       o[2]:o[2] + keep])]
+        assert matches, f"sub-volume {idx} is not a 7/8 block of its (flipped) source"
+        flipped += int(matches[0][0])
+    assert 0 <= flipped <= a.shape[0] * a.shape[1]
 
 
 def test_cpc_grid_and_config_errors():
@@ -205,11 +258,8 @@ def test_rotation_views_are_balanced_rotations():
     labels = views["label"]
     assert len(set(labels.tolist())) == len(labels)  # 4 samples, 10 classes: all distinct
     for i, lab in enumerate(labels.tolist()):
-        back = task.table[lab].invert(views["image"][i])
-        # intensity jitter is affine per sample: undoing the rotation gives a volume perfectly correlated with
-        # the crop
-        corr = torch.corrcoef(torch.stack([back.flatten(), crops[i].flatten()]))[0, 1]
-        assert corr > 0.95
+        # no other augmentation (Taleb's rotation task has none): undoing the rotation gives the crop back exactly
+        torch.testing.assert_close(task.table[lab].invert(views["image"][i]), crops[i], rtol=0, atol=0)
 
 
 def test_swinunetr_views_cut_out_inside_the_mask_only():
@@ -253,4 +303,26 @@ def test_mae_targets_mask_and_loss_on_masked_units_only():
 def test_contrastive_tasks_refuse_a_batch_of_one(name):
     task = build(name)
     with pytest.raises(ValueError, match="at least 2"):
-        task.make_views(torch.zeros(1, 1, 64, 32, 32), torch.Generator().manual_seed(0))
+        task.make_views(torch.zeros(1, 1, 64, 64, 32), torch.Generator().manual_seed(0))
+
+
+def test_cutout_donors_come_from_the_same_view_batch_never_the_partner_view():
+    """Tang's aug_rand runs on each view's batch (main.py:44-45): a donor is another crop of the same view."""
+    from nnssl.views import cutout
+
+    b = 4
+    rows = 2 * b  # two view groups of four crops; row i has values in [10 i, 10 i + 1)
+    x = torch.stack([10.0 * i + torch.rand(1, 32, 32, 32, generator=torch.Generator().manual_seed(i))
+                     for i in range(rows)])
+    donors = set()
+    for seed in range(12):
+        out, mask = cutout(x, torch.Generator().manual_seed(seed), groups=2)
+        for i in range(rows):
+            sources = set(torch.div(out[i][mask[i].expand_as(out[i])], 10, rounding_mode="floor").long().tolist())
+            donors |= {(i, j) for j in sources if j != i}
+    assert donors, "no box was copied from a donor"
+    for i, j in donors:
+        assert j // b == i // b, f"row {i} received voxels of row {j} from the other view batch"
+        assert j != (i + b) % rows
+    with pytest.raises(ValueError, match="equal groups"):
+        cutout(x[:7], groups=2)

@@ -1,6 +1,8 @@
-"""DINO and iBOT tasks: multi-crop shapes, teacher without gradient, EMA, schedules, masked patch loss, loss falls.
+"""DINO and iBOT tasks: multi-crop shapes, teacher without gradient, EMA, schedules, masked patch loss on the final
+stage, loss falls.
 
-Tiny encoder preset, 32^3 crops (64^3 where local crops must be smaller), batch 2, small heads.
+Tiny encoder preset, 32^3 crops (64^3 where local crops must be smaller or iBOT needs tokens to mask), batch 2,
+small heads.
 """
 from __future__ import annotations
 
@@ -28,6 +30,12 @@ def _crops(size: int = 32, seed: int = 0) -> torch.Tensor:
     return x / x.std()
 
 
+def _cube(size: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.nn.functional.avg_pool3d(torch.randn(2, 1, size, size, size, generator=g), 5, 1, 2)
+    return x / x.std()
+
+
 def _dino(total: int = 10, **overrides) -> DINO:
     torch.manual_seed(0)
     task = DINO(SwinEncoder(EncoderConfig.preset("tiny")), DINOConfig(**{**SMALL, **overrides}))
@@ -38,7 +46,8 @@ def _dino(total: int = 10, **overrides) -> DINO:
 
 def _ibot(total: int = 10, **overrides) -> IBOT:
     torch.manual_seed(0)
-    cfg = IBOTConfig(**{**SMALL, "patch_out_dim": 32, "masked_image_prob": 1.0, **overrides})
+    cfg = IBOTConfig(**{**SMALL, "patch_out_dim": 32, "masked_image_prob": 1.0, "pred_start_fraction": 0.0,
+                        **overrides})
     task = IBOT(SwinEncoder(EncoderConfig.preset("tiny")), cfg)
     task.setup(total)
     task.train()
@@ -52,7 +61,11 @@ def test_registry_and_metadata():
     assert get_task_class("dino") is DINO and get_task_class("ibot") is IBOT
     assert IBOT.uses_mask_token and not DINO.uses_mask_token
     assert DINOConfig().out_dim == 65536 and IBOTConfig().out_dim == 8192  # paper defaults kept
-    assert not _dino().student.mask_token.requires_grad  # DINO never masks: no gradient DDP would wait for
+    from nnssl.training.loop import PretrainConfig, build_task
+
+    cfg = PretrainConfig(method="dino", datasets=["1"], encoder="tiny", crop=(32, 32, 32), device="cpu",
+                         task_options={k: str(v) for k, v in SMALL.items()})
+    assert not build_task(cfg, 1).student.mask_token.requires_grad  # DINO never masks: no gradient DDP would wait for
 
 
 @pytest.mark.parametrize("crop,expected", [(32, 32), (64, 32), (96, 32), (128, 64), (192, 96)])
@@ -67,8 +80,8 @@ def test_multicrop_view_shapes(name):
     assert views["global"].shape == (4, 1, 64, 32, 32)  # 2 global crops x batch 2, full crop size
     assert views["local"].shape == (4, 1, 32, 32, 32)  # 2 local crops x batch 2, half size (min 32)
     if name == "ibot":
-        assert views["masks"].shape == (4, 4, 2, 2) and views["masks"].dtype == torch.bool  # stride-16 token grid
-        assert views["masks"].any()
+        # the final-stage token grid (stride 32), as iBOT's Swin distils its last stage
+        assert views["masks"].shape == (4, 2, 1, 1) and views["masks"].dtype == torch.bool
     out = task(views, 0)
     assert torch.isfinite(out["loss"])
     no_local = BUILDERS[name](local_crops_number=0).make_views(_crops(32), torch.Generator().manual_seed(0))
@@ -79,17 +92,17 @@ def test_multicrop_view_shapes(name):
 def test_teacher_gets_no_gradient_and_stays_in_eval(name):
     task = BUILDERS[name]()
     views = task.make_views(_crops(), torch.Generator().manual_seed(0))
-    before = {k: v.clone() for k, v in task.teacher_encoder.state_dict().items()}
+    before = {k: v.clone() for k, v in task.teacher["encoder"].state_dict().items()}
     opt = torch.optim.AdamW([p for p in task.parameters() if p.requires_grad], lr=1e-3)
     task(views, 0)["loss"].backward()
-    teacher_params = list(task.teacher_encoder.parameters()) + list(task.teacher_heads.parameters())
+    teacher_params = list(task.teacher.parameters())
     assert all(p.grad is None and not p.requires_grad for p in teacher_params)
     assert any(p.grad is not None for p in task.student.parameters())
     opt.step()
-    for k, v in task.teacher_encoder.state_dict().items():
+    for k, v in task.teacher["encoder"].state_dict().items():
         assert torch.equal(v, before[k]), k
     task.train()
-    assert not task.teacher_encoder.training and not task.teacher_heads.training and task.heads.training
+    assert not task.teacher["encoder"].training and not task.teacher["heads"].training and task.heads.training
 
 
 @pytest.mark.parametrize("name", ["dino", "ibot"])
@@ -100,7 +113,7 @@ def test_ema_update_equals_formula(name):
         for p in list(task.student.parameters()) + list(task.heads.parameters()):
             p.add_(0.1 * torch.randn_like(p))
     m = 1.0 - 0.004 * (math.cos(math.pi * step / (total - 1)) + 1.0) / 2.0
-    pairs = [(task.teacher_encoder, task.student), (task.teacher_heads, task.heads)]
+    pairs = [(task.teacher["encoder"], task.student), (task.teacher["heads"], task.heads)]
     before = [({k: v.clone() for k, v in t.named_parameters()}, dict(s.named_parameters())) for t, s in pairs]
     task.on_step_end(step)
     for (t, _), (t_old, s_now) in zip(pairs, before):
@@ -110,12 +123,21 @@ def test_ema_update_equals_formula(name):
 
 @pytest.mark.parametrize("name", ["dino", "ibot"])
 def test_teacher_temperature_schedule(name):
-    task = BUILDERS[name](100)  # warm-up 0.3 * 100 = 30 steps from 0.04 to 0.07
-    assert task.teacher_temperature(0) == pytest.approx(0.04)
-    assert task.teacher_temperature(29) == pytest.approx(0.07)
-    assert task.teacher_temperature(10) == pytest.approx(0.04 + 0.03 * 10 / 29)
-    assert task.teacher_temperature(99) == pytest.approx(0.07)
-    assert task.ema_momentum(0) == pytest.approx(0.996) and task.ema_momentum(99) == pytest.approx(1.0)
+    # warm-up 0.3 * 100 = 30 steps from 0.04 to 0.07
+    task = BUILDERS[name](100, teacher_temp=0.07, teacher_temp_warmup_fraction=0.3)
+    assert task.schedule.teacher_temp(0) == pytest.approx(0.04)
+    assert task.schedule.teacher_temp(29) == pytest.approx(0.07)
+    assert task.schedule.teacher_temp(10) == pytest.approx(0.04 + 0.03 * 10 / 29)
+    assert task.schedule.teacher_temp(99) == pytest.approx(0.07)
+    assert task.teacher.momentum(0) == pytest.approx(0.996) and task.teacher.momentum(99) == pytest.approx(1.0)
+
+
+def test_reference_defaults_of_the_teacher_temperatures():
+    """DINO's code defaults (teacher 0.04, no warm-up) and iBOT's Swin-T command (0.07 after 30 of 300 epochs)."""
+    dino, ibot = _dino(300), _ibot(300, teacher_temp_warmup_fraction=0.1)
+    assert dino.schedule.teacher_temp(0) == pytest.approx(0.04) == dino.schedule.teacher_temp(299)
+    assert ibot.schedule.teacher_temp(0) == pytest.approx(0.04) and ibot.schedule.teacher_temp(30) == pytest.approx(0.07)
+    assert IBOTConfig().teacher_temp_warmup_fraction == pytest.approx(30 / 300)
 
 
 def test_dino_centre_updates_with_teacher_logits():
@@ -124,15 +146,18 @@ def test_dino_centre_updates_with_teacher_logits():
     assert torch.all(task.global_loss.center == 0)
     task(views, 0)
     with torch.no_grad():
-        t = task._logits(task.teacher_encoder, task.teacher_heads, views["global"])
+        from nnssl.distillation import global_logits, normalized_tokens
+
+        heads = task.teacher["heads"]
+        t = global_logits(normalized_tokens(task.teacher["encoder"](views["global"])[-1], heads), heads)
     torch.testing.assert_close(task.global_loss.center, 0.1 * t.mean(0, keepdim=True), rtol=1e-5, atol=1e-7)
     assert "global_loss.center" in task.state_dict()
 
 
 def test_ibot_patch_loss_uses_masked_tokens_only():
-    task = _ibot()
-    views = task.make_views(_crops(), torch.Generator().manual_seed(1))
-    masks = views["masks"].flatten(1)  # (4, 8)
+    task = _ibot(local_crops_number=0)
+    views = task.make_views(_cube(64), torch.Generator().manual_seed(1))
+    masks = views["masks"].flatten(1)  # (4, 8): 2^3 final-stage tokens of a 64^3 crop
     assert masks.any() and (~masks).any()
     state = copy.deepcopy({"g": task.global_loss.state_dict(), "p": task.patch_loss.state_dict()})
     base = task(views, 0)
@@ -190,3 +215,20 @@ def test_loss_falls_on_fixed_data(name):
 def test_ibot_config_rejects_bad_ratio():
     with pytest.raises(ValueError, match="pred_ratio"):
         IBOTConfig(pred_ratio=0.9, pred_ratio_var=0.2)
+
+
+def test_ibot_masks_nothing_before_masked_modelling_starts():
+    """iBOT's Swin command starts masked modelling at epoch 50 of 300: before that every crop is shown whole."""
+    task = _ibot(60, pred_start_fraction=0.5, local_crops_number=0)
+    views = task.make_views(_cube(64), torch.Generator().manual_seed(1))
+    assert views["masks"].any()
+    seen = []
+    handle = task.student.swinViT.patch_embed.register_forward_hook(
+        lambda m, a, out: seen.append(task.student._pending_mask))
+    try:
+        task(views, 29)
+        task(views, 30)
+    finally:
+        handle.remove()
+    assert len(seen) == 2 and not seen[0].any() and seen[1].any()  # the student's calls at steps 29 and 30
+    assert IBOTConfig().pred_start_fraction == pytest.approx(50 / 300)

@@ -1,7 +1,9 @@
 """A minimal pretext task used to test the training loop independently of the real methods.
 
-It reconstructs hidden cubes of the crop from the encoder's first stage (a tiny SimMIM), and keeps an EMA copy of
-its head plus a running buffer so that resume tests cover teacher and loss state.
+It reconstructs hidden cubes of the crop from the encoder's first stage plus a per-crop offset read from the last
+stage (a tiny SimMIM whose gradient reaches every encoder parameter, as DDP without unused-parameter search
+requires), and keeps an EMA copy of its head plus a running buffer so that resume tests cover teacher and loss
+state.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ import torch.nn.functional as F
 
 from nnssl.ema import ema_update, make_teacher
 from nnssl.masking import random_cube_mask, upsample_mask
+from nnssl.recipes import OptimRecipe
 from nnssl.tasks.base import PretextTask
 
 
@@ -28,10 +31,13 @@ class ToyTask(PretextTask):
     paper = "none (loop test)"
     Config = ToyConfig
     uses_mask_token = True
+    recipe = OptimRecipe(base_lr=1e-3, reference_batch=None, warmup_fraction=0.05, weight_decay=0.05, clip_grad=3.0,
+                         source="loop tests")
 
     def __init__(self, encoder, cfg=None):
         super().__init__(encoder, cfg)
         self.head = nn.Conv3d(encoder.cfg.feature_size, 8 * encoder.cfg.in_channels, 1)
+        self.offset = nn.Linear(encoder.out_channels[-1], encoder.cfg.in_channels)
         self.teacher_head = make_teacher(self.head)
         self.register_buffer("running", torch.zeros(1))
 
@@ -40,8 +46,10 @@ class ToyTask(PretextTask):
         return {"image": crops, "mask": random_cube_mask(crops.shape[0], grid, 4, self.cfg.mask_ratio, generator)}
 
     def forward(self, views: dict[str, Tensor], step: int) -> dict[str, Tensor]:
-        feats = self.student(views["image"], views["mask"])[0]
+        all_feats = self.student(views["image"], views["mask"])
+        feats = all_feats[0]
         pred = F.pixel_shuffle_3d(self.head(feats)) if hasattr(F, "pixel_shuffle_3d") else self._shuffle(self.head(feats))
+        pred = pred + self.offset(all_feats[-1].flatten(2).mean(2))[:, :, None, None, None]
         m = upsample_mask(views["mask"], 2)
         loss = ((pred - views["image"]).abs() * m).sum() / m.sum().clamp(min=1)
         self.running.mul_(0.5).add_(loss.detach())

@@ -32,12 +32,16 @@ def build_parser() -> argparse.ArgumentParser:
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--steps", type=int, help="optimiser steps (default: 1000)")
     budget.add_argument("--epochs", type=float, help="passes over the cases; converted to steps with the global batch")
-    p.add_argument("--lr", type=float, default=1e-4, help="peak AdamW learning rate after warm-up (default: %(default)s)")
-    p.add_argument("--min-lr", type=float, default=1e-6, help="final learning rate of the cosine schedule (default: %(default)s)")
-    p.add_argument("--warmup-steps", type=int, default=-1, help="linear warm-up steps (default: 5%% of the steps)")
-    p.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay at the start (default: %(default)s)")
-    p.add_argument("--weight-decay-end", type=float, default=None, help="weight decay at the end, cosine schedule (default: = --weight-decay)")
-    p.add_argument("--clip-grad", type=float, default=3.0, help="gradient-norm clip; 0 disables (default: %(default)s)")
+    opt = p.add_argument_group("optimisation (default: the method's reference recipe at this batch; see --show-config)")
+    opt.add_argument("--lr", type=float, help="peak AdamW learning rate after warm-up (default: the reference's base lr "
+                                              "scaled linearly to the global batch)")
+    opt.add_argument("--min-lr", type=float, help="final learning rate of the cosine schedule")
+    opt.add_argument("--warmup-steps", type=int, help="linear warm-up steps (default: the reference's warm-up share)")
+    opt.add_argument("--weight-decay", type=float, help="AdamW weight decay at the start")
+    opt.add_argument("--weight-decay-end", type=float, help="weight decay at the end of the cosine schedule")
+    opt.add_argument("--clip-grad", type=float, help="gradient-norm clip (global or per parameter, as the method's "
+                                                     "reference); 0 disables")
+    opt.add_argument("--betas", type=float, nargs=2, metavar=("B1", "B2"), help="AdamW betas")
     p.add_argument("--grad-checkpointing", action="store_true", help="trade compute for memory in the Swin blocks")
     p.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA (bf16 where supported, else fp16)")
     p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
@@ -49,21 +53,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="run folder (default: see below)")
     p.add_argument("--resume", action="store_true", help="continue the run in the output folder from checkpoint_latest.pth")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in batch jobs)")
-    p.add_argument("--list", action="store_true", help="list the methods with family and paper, then exit")
+    p.add_argument("--list", action="store_true", help="list the methods with family, paper and reference lr, then exit")
+    p.add_argument("--show-config", action="store_true",
+                   help="print the settings this command would train with (the method's reference recipe resolved at "
+                        "this batch, explicit values applied, every method option), then exit")
     return p
 
 
 def list_methods() -> str:
     from nnssl.tasks import get_task_class, method_names
 
-    lines = [f"{'method':<10} {'family':<28} paper"]
+    lines = [f"{'method':<10} {'family':<24} {'reference lr':<22} paper"]
     for name in method_names():
         try:
             cls = get_task_class(name)
         except ImportError as e:
-            lines.append(f"{name:<10} {'(unavailable)':<28} {e}")
+            lines.append(f"{name:<10} {'(unavailable)':<24} {'':<22} {e}")
             continue
-        lines.append(f"{name:<10} {cls.family:<28} {cls.paper}")
+        r = cls.recipe
+        lr = f"{r.base_lr:g}" + (f" per {r.reference_batch}" if r.reference_batch else " (absolute)")
+        lines.append(f"{name:<10} {cls.family:<24} {lr:<22} {cls.paper}")
+    lines.append("details: nnssl_pretrain -m METHOD --show-config [--batch-size N --steps N ...]")
     return "\n".join(lines)
 
 
@@ -82,8 +92,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         print(list_methods())
         return 0
-    if not args.method or not args.datasets:
+    if not args.method or not (args.datasets or args.show_config):
         return fail("pass a method (-m) and the datasets (-d); `nnssl_pretrain --list` shows the methods")
+    if args.show_config:
+        import torch
+
+        args.datasets = args.datasets or ["DATASET"]
+        if args.device == "cuda" and not torch.cuda.is_available():
+            args.device = "cpu"  # the settings do not depend on the device
     try:
         from nnssl.data.preprocessed import find_sources
         from nnssl.tasks import config_from_overrides, get_task_class
@@ -103,11 +119,16 @@ def main(argv: list[str] | None = None) -> int:
             method=args.method, datasets=args.datasets, plans=args.plans, configuration=args.configuration,
             encoder=args.encoder, crop=tuple(crop), batch_size=args.batch_size, steps=steps or 1000, lr=args.lr,
             min_lr=args.min_lr, warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
-            weight_decay_end=args.weight_decay if args.weight_decay_end is None else args.weight_decay_end,
-            clip_grad=args.clip_grad, grad_checkpointing=args.grad_checkpointing, amp=not args.no_amp,
-            device=args.device, num_workers=args.num_workers, seed=args.seed,
+            weight_decay_end=args.weight_decay_end, clip_grad=args.clip_grad,
+            betas=tuple(args.betas) if args.betas else None, grad_checkpointing=args.grad_checkpointing,
+            amp=not args.no_amp, device=args.device, num_workers=args.num_workers, seed=args.seed,
             checkpoint_every=args.checkpoint_every, task_options=options,
         )
+        if args.show_config:
+            from nnssl.training.loop import describe_run
+
+            print(describe_run(cfg, int(os.environ.get("WORLD_SIZE", "1"))))
+            return 0
         final = run_pretraining(cfg, args.output, resume=args.resume, progress=not args.no_progress)
     except (ValueError, FileNotFoundError, FileExistsError) as e:
         return fail(str(e))

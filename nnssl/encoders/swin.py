@@ -199,6 +199,39 @@ class SwinEncoder(nn.Module):
         return {k: v.detach().cpu().clone() for k, v in self.state_dict().items() if k.startswith(ENCODER_PREFIX)}
 
 
+def encode_by_size(encoder: SwinEncoder, inputs: Sequence[Tensor],
+                   masks: Sequence[Tensor | None] | None = None) -> list[list[Tensor]]:
+    """Encode several batches, one encoder call per distinct spatial size (multi-crop's global and local crops).
+
+    inputs: batches (N_i, C, *size_i); masks: per batch a patch mask (N_i, *size_i / 2) or None (all visible).
+    Returns, per input batch, the encoder's five outputs for that batch (split back from the shared calls). Batches
+    of one size run together so that the encoder sees them as one batch, exactly as separate calls would compute
+    (the Swin encoder normalises per token: samples do not interact).
+    """
+    masks = list(masks) if masks is not None else [None] * len(inputs)
+    if len(masks) != len(inputs):
+        raise ValueError(f"got {len(masks)} masks for {len(inputs)} input batches")
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, x in enumerate(inputs):
+        groups.setdefault(tuple(x.shape[2:]), []).append(i)
+    out: list[list[Tensor] | None] = [None] * len(inputs)
+    for members in groups.values():
+        x = torch.cat([inputs[i] for i in members])
+        if all(masks[i] is None for i in members):
+            mask = None
+        else:
+            grid = tuple(s // encoder.cfg.patch_size for s in inputs[members[0]].shape[2:])
+            mask = torch.cat([masks[i] if masks[i] is not None else
+                              torch.zeros((inputs[i].shape[0], *grid), dtype=torch.bool, device=x.device)
+                              for i in members])
+        feats = encoder(x, mask)
+        sizes = [inputs[i].shape[0] for i in members]
+        parts = [f.split(sizes) for f in feats]
+        for j, i in enumerate(members):
+            out[i] = [p[j] for p in parts]
+    return out  # type: ignore[return-value]
+
+
 def build_swinunetr(cfg: EncoderConfig, out_channels: int) -> nn.Module:
     """MONAI SwinUNETR (Swin encoder + CNN decoder with skips) with this encoder architecture."""
     from monai.networks.nets import SwinUNETR

@@ -15,23 +15,29 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from nnssl.encoders.swin import SwinEncoder
+from nnssl.encoders.swin import SwinEncoder, check_swin_input_size
+from nnssl.recipes import OptimRecipe
 
 
 class PretextTask(nn.Module, ABC):
     """Base class of the pretext tasks.
 
-    Subclasses set ``name`` (the ``-m`` key), ``family``, ``paper`` (citation shown by ``nnssl_pretrain --list``)
-    and ``Config`` (a dataclass whose defaults are the paper's values), and implement ``make_views`` and ``forward``.
-    The student encoder is ``self.student``; what fine-tuning loads is ``self.encoder()``.
+    Subclasses set ``name`` (the ``-m`` key), ``family``, ``paper`` (citation shown by ``nnssl_pretrain --list``),
+    ``Config`` (a dataclass whose defaults are the reference values, validated in ``__post_init__``) and ``recipe``
+    (the reference optimisation settings, ``nnssl.recipes.OptimRecipe``), and implement ``make_views`` and
+    ``forward``. The student encoder is ``self.student``; what fine-tuning loads is ``self.encoder()``.
     """
 
     name: ClassVar[str]
     family: ClassVar[str]
     paper: ClassVar[str]
     Config: ClassVar[type]
+    recipe: ClassVar[OptimRecipe]
     #: True for methods that hide patches behind the encoder's mask token (their checkpoints keep it).
     uses_mask_token: ClassVar[bool] = False
+    #: Contrastive methods: the global batch (crops per optimiser step, all ranks) their page recommends at least;
+    #: the loop warns below it (too few negatives make the task solvable from intensity statistics alone).
+    recommended_batch: ClassVar[int | None] = None
 
     def __init__(self, encoder: SwinEncoder, cfg: Any = None) -> None:
         super().__init__()
@@ -44,6 +50,18 @@ class PretextTask(nn.Module, ABC):
         if total_steps < 1:
             raise ValueError(f"total_steps must be >= 1, got {total_steps}")
         self.total_steps = int(total_steps)
+
+    def check_crop(self, crop: tuple[int, ...]) -> list[str]:
+        """Validate the loader's crop size for this method before training: raise ValueError (naming the smallest
+        size that works) when the method cannot run on it; return warnings for sizes that run but are below what
+        the method's page recommends. Default: Swin's rule (every axis a multiple of 32)."""
+        check_swin_input_size(crop)
+        return []
+
+    def negatives_per_anchor(self, batch: int, world_size: int = 1) -> int | None:
+        """Contrastive methods: negatives each anchor is scored against at ``batch`` crops per rank; None for
+        methods without negatives."""
+        return None
 
     @abstractmethod
     def make_views(self, crops: Tensor, generator: torch.Generator) -> dict[str, Tensor]:

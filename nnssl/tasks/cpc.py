@@ -1,21 +1,24 @@
 """3D contrastive predictive coding (Taleb et al., "3D self-supervised methods for medical imaging", NeurIPS 2020,
-https://arxiv.org/abs/2006.03829; CPC: van den Oord et al. 2018, https://arxiv.org/abs/1807.03748; image CPC with
-overlapping patches and a masked-convolution context network: Henaff et al., ICML 2020).
+https://arxiv.org/abs/2006.03829; reference code HealthML/self-supervised-3d-tasks, cited in
+documentation/methods/cpc.md with file and line; CPC: van den Oord et al. 2018, https://arxiv.org/abs/1807.03748).
 
-The crop is cut into a grid of sub-volumes (default 32^3, the smallest the Swin encoder takes, with stride 32, i.e.
-no overlap, as in Taleb et al.'s 3D code: a 96^3 crop gives a 3 x 3 x 3 grid; ``stride=16`` gives half-overlapping
-sub-volumes as in image CPC, 5 x 5 x 5 for 96^3, at 4.6x the voxels). Each sub-volume is encoded on its own; its
-last-stage tokens are pooled and projected to a latent z (code_size). A context network of causal ("masked") 3D
-convolutions runs over the latent grid: its output c at row r (grid axis 0 = D) sees only rows <= r. From c at row
-r a linear map W_k predicts the latent k rows below, for k = k_min .. k_min + prediction_steps - 1, where
-k_min = ceil(patch / stride) is the first row whose sub-volume shares no voxel with rows <= r (so the prediction
-cannot copy the target's own voxels). InfoNCE scores each prediction against every latent of the batch: the positive
-is the true latent, the negatives are the latents of all other positions and volumes.
+The crop is jittered as a whole (a random ``volume_crop_fraction`` of each axis, padded back) and cut into a grid of
+sub-volumes (default 32^3 with stride 32: a 128^3 crop gives Taleb's 4 x 4 x 4 grid). Each sub-volume is flipped
+along the left-right axis (W) with probability ``patch_flip_prob`` and jittered: a random ``patch_crop_fraction`` of it
+(7/8) is kept and padded back to its size, so that neighbouring sub-volumes share no predictable border (Taleb's
+preprocess_cpc.py). Each sub-volume is encoded on its own; its last-stage tokens are pooled and projected to a
+latent z (code_size). For every column (h, w) of the grid the context is, as Taleb's "pyramid": the 3 x 3
+neighbourhoods (mirrored at the border) of the rows above the anchor row r = gD // 2 - 1 and the sub-volume at
+(r, h, w) itself, aggregated by a GRU (256 units, its last hidden state). From the context a linear map W_k predicts
+the latent k rows below (k = k_min .. k_min + prediction_steps - 1; k_min = ceil(patch / stride) is the first row whose
+sub-volume shares no voxel with the context). InfoNCE scores each prediction against every latent of the batch: the
+positive is the true latent, the negatives are the latents of all other positions and volumes (CPC's loss; the
+reference code trains a binary classifier with one negative, a documented deviation).
 
-Shapes (g = grid size per axis, n = gD * gH * gW, p = patch size):
+Shapes (g = grid size per axis, n = gD * gH * gW, p = patch size, T = 9 r + 1 context terms):
     make_views: crops (B, C, D, H, W) -> {"patches": (B, gD, gH, gW, C, p, p, p)}
-    encode: -> z (B, code, gD, gH, gW); context: -> c (B, context_channels, gD, gH, gW)
-    predict: c -> {k: (B, code, gD - k, gH, gW)} predicting z[:, :, k:]
+    encode: -> z (B, code, gD, gH, gW); context: (B * gH * gW, T, code) -> c (B * gH * gW, units)
+    predictions: {k: (B * gH * gW, code)} of z[:, :, r + k]
 """
 from __future__ import annotations
 
@@ -25,80 +28,73 @@ from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
-import torch.nn.functional as F
 
-from nnssl.encoders.swin import SWIN_DIVISOR, SwinEncoder
+from nnssl.encoders.swin import SWIN_DIVISOR, SwinEncoder, check_swin_input_size
 from nnssl.heads import global_token
 from nnssl.losses.infonce import info_nce
+from nnssl.recipes import OptimRecipe
 from nnssl.tasks.base import PretextTask
+from nnssl.views import random_flip
 
 
 @dataclass
 class CPCConfig:
-    #: Edge of the cubic sub-volumes in voxels (a multiple of 32 for Swin) and the grid stride. 32 / 32 = no overlap,
-    #: as Taleb et al.'s 3D code; 32 / 16 = half overlap as image CPC (van den Oord; Henaff), 3-5x the encoder cost.
+    #: Edge of the cubic sub-volumes in voxels (a multiple of 32 for Swin) and the grid stride (Taleb: 32, no
+    #: overlap; 32 / 16 = half overlap as image CPC, 3-5x the encoder cost).
     patch_size: int = 32
     stride: int = 32
-    #: Latent size: Taleb et al. project the pooled encoder output with Dense(code_size=1024).
+    #: Latent size: Taleb et al. project the encoder output with Dense(code_size=1024).
     code_size: int = 1024
-    #: Context network width and depth (Taleb et al.'s GRU has 256 units; we use causal 3D convolutions).
-    context_channels: int = 256
-    context_layers: int = 3
-    #: Number of rows predicted below each context row, starting at the first non-overlapping one (Taleb et al.
-    #: predict all following rows: 2 for the 3 rows of a 96^3 crop). Predictors for offsets the crop's grid is too
-    #: small for stay unused (they get zero gradient).
+    #: The context network: a GRU with 256 units, its last hidden state (Taleb et al.).
+    context_units: int = 256
+    #: Rows predicted below the anchor row (Taleb: 2, rows 2 and 3 of a 4-row grid).
     prediction_steps: int = 2
+    #: Jitter: the kept fraction of each axis of the whole crop (Taleb: 0.95) and of each sub-volume (7/8), and the
+    #: probability of flipping a sub-volume along the left-right axis (0.5).
+    volume_crop_fraction: float = 0.95
+    patch_crop_fraction: float = 7 / 8
+    patch_flip_prob: float = 0.5
     #: InfoNCE scores: raw dot products z . W_k c as in CPC (normalize=False, temperature 1).
     temperature: float = 1.0
     normalize: bool = False
 
-
-class _CausalConv3d(nn.Module):
-    """3D convolution whose output at grid row r sees input rows r - kernel + 1 .. r only (axis 0 = D).
-
-    (B, C, gD, gH, gW) -> (B, C_out, gD, gH, gW): padding kernel - 1 rows on top and none below along D, the usual
-    symmetric padding along H and W.
-    """
-
-    def __init__(self, cin: int, cout: int, kernel: int = 3) -> None:
-        super().__init__()
-        self.kernel = kernel
-        self.conv = nn.Conv3d(cin, cout, kernel_size=kernel)
-
-    def forward(self, x: Tensor) -> Tensor:
-        k = self.kernel
-        return self.conv(F.pad(x, (k // 2, k // 2, k // 2, k // 2, k - 1, 0)))
+    def __post_init__(self) -> None:
+        if self.patch_size < SWIN_DIVISOR or self.patch_size % SWIN_DIVISOR:
+            raise ValueError(f"patch_size={self.patch_size}: sub-volumes go through Swin, use a multiple of 32")
+        if not 0 < self.stride <= self.patch_size:
+            raise ValueError(f"stride={self.stride} must lie in (0, patch_size={self.patch_size}] (gaps lose voxels)")
+        if min(self.code_size, self.context_units, self.prediction_steps) < 1:
+            raise ValueError("code_size, context_units and prediction_steps must be >= 1")
+        for name in ("volume_crop_fraction", "patch_crop_fraction"):
+            if not 0.0 < getattr(self, name) <= 1.0:
+                raise ValueError(f"{name}={getattr(self, name)} must lie in (0, 1]")
+        if not 0.0 <= self.patch_flip_prob <= 1.0:
+            raise ValueError(f"patch_flip_prob={self.patch_flip_prob} must lie in [0, 1]")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature={self.temperature} must be > 0")
 
 
-class _ChannelNorm(nn.Module):
-    """LayerNorm over channels at each grid position: unlike BatchNorm/GroupNorm it mixes no positions, so it
-    cannot leak information from the rows being predicted into the context."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(channels)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.norm(x.movedim(1, -1)).movedim(-1, 1)
+def _mirror(index: Tensor, size: int) -> Tensor:
+    """Reflect grid indices at the border (-1 -> 1, size -> size - 2), as Taleb's context pyramid."""
+    index = index.abs()
+    index = torch.where(index >= size, 2 * (size - 1) - index, index)
+    return index.clamp(0, size - 1)
 
 
-class CausalContextNetwork(nn.Module):
-    """Residual stack of causal 3D convolutions over the latent grid (PixelCNN-style, as in Henaff et al.).
-
-    (B, code, gD, gH, gW) -> (B, channels, gD, gH, gW); output row r depends on input rows <= r only.
-    """
-
-    def __init__(self, in_channels: int, channels: int, layers: int) -> None:
-        super().__init__()
-        self.inp = nn.Conv3d(in_channels, channels, kernel_size=1)
-        self.norms = nn.ModuleList(_ChannelNorm(channels) for _ in range(layers))
-        self.convs = nn.ModuleList(_CausalConv3d(channels, channels) for _ in range(layers))
-
-    def forward(self, z: Tensor) -> Tensor:
-        h = self.inp(z)
-        for norm, conv in zip(self.norms, self.convs):
-            h = h + conv(F.gelu(norm(h)))
-        return h
+def _jitter(x: Tensor, fraction: float, generator: torch.Generator, fill: Tensor) -> Tensor:
+    """Keep a random ``fraction`` of each spatial axis of x (N, C, a, b, c) and pad it back to its size, the kept
+    block centred; ``fill`` (N,) is the padding value of each sample."""
+    if fraction >= 1.0:
+        return x
+    spatial = x.shape[2:]
+    keep = [max(1, round(s * fraction)) for s in spatial]
+    out = fill.view(-1, *([1] * (x.ndim - 1))).expand_as(x).clone()
+    for i in range(x.shape[0]):
+        starts = [int(torch.randint(0, s - k + 1, (1,), generator=generator)) for s, k in zip(spatial, keep)]
+        block = x[i, :, starts[0]: starts[0] + keep[0], starts[1]: starts[1] + keep[1], starts[2]: starts[2] + keep[2]]
+        o = [(s - k) // 2 for s, k in zip(spatial, keep)]
+        out[i, :, o[0]: o[0] + keep[0], o[1]: o[1] + keep[1], o[2]: o[2] + keep[2]] = block
+    return out
 
 
 class CPC(PretextTask):
@@ -108,24 +104,23 @@ class CPC(PretextTask):
     family: ClassVar[str] = "contrastive"
     paper: ClassVar[str] = "Taleb et al., 3D Self-Supervised Methods for Medical Imaging, NeurIPS 2020"
     Config: ClassVar[type] = CPCConfig
+    #: configs/train/cpc_3d.json: Adam, lr 1e-4, no schedule, no weight decay, no clipping.
+    recipe: ClassVar[OptimRecipe] = OptimRecipe(
+        base_lr=1e-4, reference_batch=None, schedule="constant",
+        source="HealthML/self-supervised-3d-tasks configs/train/cpc_3d.json (Adam, constant lr)")
 
     def __init__(self, encoder: SwinEncoder, cfg: CPCConfig | None = None) -> None:
         super().__init__(encoder, cfg)
         c = self.cfg
-        if c.patch_size < SWIN_DIVISOR or c.patch_size % SWIN_DIVISOR != 0:
-            raise ValueError(f"patch_size={c.patch_size}: sub-volumes go through Swin, use a multiple of 32")
-        if not 0 < c.stride <= c.patch_size:
-            raise ValueError(f"stride={c.stride} must lie in (0, patch_size={c.patch_size}] (gaps lose voxels)")
-        if c.prediction_steps < 1 or c.context_layers < 1:
-            raise ValueError("prediction_steps and context_layers must be >= 1")
         self.min_offset = math.ceil(c.patch_size / c.stride)
         self.offsets = list(range(self.min_offset, self.min_offset + c.prediction_steps))
         self.latent = nn.Linear(encoder.out_channels[-1], c.code_size)
-        self.context = CausalContextNetwork(c.code_size, c.context_channels, c.context_layers)
-        self.predictors = nn.ModuleList(nn.Conv3d(c.context_channels, c.code_size, 1) for _ in self.offsets)
+        self.context = nn.GRU(c.code_size, c.context_units, batch_first=True)
+        self.predictors = nn.ModuleList(nn.Linear(c.context_units, c.code_size) for _ in self.offsets)
 
     def grid_shape(self, spatial: tuple[int, ...]) -> tuple[int, int, int]:
-        """Sub-volumes per axis for a crop of ``spatial`` voxels; ValueError if the grid does not tile it."""
+        """Sub-volumes per axis for a crop of ``spatial`` voxels; ValueError if the grid does not tile it or has too
+        few rows for the predictions."""
         p, s = self.cfg.patch_size, self.cfg.stride
         grid = []
         for axis, size in enumerate(spatial):
@@ -134,21 +129,46 @@ class CPC(PretextTask):
                 raise ValueError(f"crop axis {axis} has {size} voxels: a grid of {p}^3 sub-volumes with stride {s} "
                                  f"needs {p} + {s} * n voxels, e.g. {ok}")
             grid.append((size - p) // s + 1)
-        if grid[0] <= self.min_offset:
-            raise ValueError(
-                f"crop axis 0 gives {grid[0]} rows of sub-volumes but predictions start {self.min_offset} rows below "
-                f"the context: use at least {p + s * self.min_offset} voxels along axis 0"
-            )
+        needed = self._rows_needed()
+        if grid[0] < needed:
+            raise ValueError(f"crop axis 0 gives {grid[0]} rows of sub-volumes; CPC predicts {self.cfg.prediction_steps} "
+                             f"row(s) from {self.min_offset} below the anchor row: use at least "
+                             f"{p + s * (needed - 1)} voxels along axis 0 (128: Taleb's 4 x 4 x 4 grid)")
         return grid[0], grid[1], grid[2]
+
+    def _rows_needed(self) -> int:
+        """Smallest number of grid rows whose anchor row r = rows // 2 - 1 leaves room for every prediction."""
+        rows = 1
+        while max(rows // 2 - 1, 0) + self.offsets[-1] >= rows:
+            rows += 1
+        return rows
+
+    def anchor_row(self, rows: int) -> int:
+        """Taleb's last context row: ``rows / 2 - 1`` (preprocess_cpc.py:266-267)."""
+        return max(rows // 2 - 1, 0)
+
+    def check_crop(self, crop: tuple[int, ...]) -> list[str]:
+        check_swin_input_size(crop)
+        grid = self.grid_shape(tuple(crop))
+        return [] if grid[0] >= 4 else [f"CPC at {tuple(crop)}: {grid[0]} rows of sub-volumes; its page recommends "
+                                        "Taleb's 128^3 crop (a 4 x 4 x 4 grid)"]
 
     def make_views(self, crops: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
         if crops.ndim != 5:
             raise ValueError(f"expected crops (B, C, D, H, W), got {tuple(crops.shape)}")
         self.grid_shape(tuple(crops.shape[2:]))
-        p, s = self.cfg.patch_size, self.cfg.stride
+        c = self.cfg
+        background = crops.flatten(1).amin(dim=1)
+        crops = _jitter(crops, c.volume_crop_fraction, generator, background)
+        p, s = c.patch_size, c.stride
         # unfold -> (B, C, gD, gH, gW, p, p, p) -> (B, gD, gH, gW, C, p, p, p)
-        patches = crops.unfold(2, p, s).unfold(3, p, s).unfold(4, p, s)
-        return {"patches": patches.permute(0, 2, 3, 4, 1, 5, 6, 7).contiguous()}
+        patches = crops.unfold(2, p, s).unfold(3, p, s).unfold(4, p, s).permute(0, 2, 3, 4, 1, 5, 6, 7)
+        grid = patches.shape[:4]
+        flat = patches.reshape(-1, *patches.shape[4:])
+        flat = random_flip(flat, generator, p=c.patch_flip_prob, axes=(2,))
+        fill = background.repeat_interleave(grid[1] * grid[2] * grid[3])
+        flat = _jitter(flat, c.patch_crop_fraction, generator, fill)
+        return {"patches": flat.reshape(*grid, *flat.shape[1:]).contiguous()}
 
     def encode(self, patches: Tensor) -> Tensor:
         """(B, gD, gH, gW, C, p, p, p) -> latents z (B, code, gD, gH, gW); each sub-volume encoded on its own."""
@@ -157,28 +177,30 @@ class CPC(PretextTask):
         z = self.latent(pooled).view(b, gd, gh, gw, -1)
         return z.permute(0, 4, 1, 2, 3)
 
-    def predict(self, z: Tensor) -> dict[int, Tensor]:
-        """Latents (B, code, gD, gH, gW) -> {k: prediction of z[:, :, k:] from context rows :gD-k}."""
-        c = self.context(z)
-        gd = z.shape[2]
-        return {k: head(c[:, :, : gd - k]) for k, head in zip(self.offsets, self.predictors) if k < gd}
+    def context_sequences(self, z: Tensor) -> Tensor:
+        """Latents (B, code, gD, gH, gW) -> per column the context terms (B * gH * gW, 9 r + 1, code): the mirrored
+        3 x 3 neighbourhoods of rows 0 .. r - 1, then the column's own latent of row r."""
+        b, code, gd, gh, gw = z.shape
+        r = self.anchor_row(gd)
+        zr = z.permute(0, 2, 3, 4, 1)  # (B, gD, gH, gW, code)
+        hs, ws = torch.arange(gh, device=z.device), torch.arange(gw, device=z.device)
+        terms = []
+        for row in range(r):
+            for dh in (-1, 0, 1):
+                for dw in (-1, 0, 1):
+                    terms.append(zr[:, row][:, _mirror(hs + dh, gh)][:, :, _mirror(ws + dw, gw)])
+        terms.append(zr[:, r])
+        return torch.stack(terms, dim=3).reshape(b * gh * gw, len(terms), code)
 
     def forward(self, views: dict[str, Tensor], step: int) -> dict[str, Tensor]:
         z = self.encode(views["patches"])
-        preds = self.predict(z)
-        if not preds:
-            raise ValueError(f"the grid has {z.shape[2]} rows: too few to predict any row {self.min_offset} below")
         b, code, gd, gh, gw = z.shape
+        r = self.anchor_row(gd)
+        _, hidden = self.context(self.context_sequences(z))
+        context = hidden[-1]  # (B * gH * gW, units)
         keys = z.permute(0, 2, 3, 4, 1).reshape(-1, code)  # (B * n, code), row-major (b, d, h, w)
         index = torch.arange(keys.shape[0], device=z.device).view(b, gd, gh, gw)
-        queries, positives = [], []
-        for k, pred in preds.items():
-            queries.append(pred.permute(0, 2, 3, 4, 1).reshape(-1, code))
-            positives.append(index[:, k:].reshape(-1))
-        loss = info_nce(torch.cat(queries), keys, torch.cat(positives), temperature=self.cfg.temperature,
-                        normalize=self.cfg.normalize)
-        # Predictors for offsets beyond this grid take part with weight 0, so DDP sees every parameter used.
-        unused = [h.weight.sum() for k, h in zip(self.offsets, self.predictors) if k not in preds]
-        if unused:
-            loss = loss + 0.0 * torch.stack(unused).sum()
+        queries = torch.cat([head(context) for head in self.predictors])
+        positives = torch.cat([index[:, r + k].reshape(-1) for k in self.offsets])
+        loss = info_nce(queries, keys, positives, temperature=self.cfg.temperature, normalize=self.cfg.normalize)
         return {"loss": loss, "loss/infonce": loss.detach()}

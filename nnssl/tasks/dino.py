@@ -1,18 +1,20 @@
 """DINO: self-distillation with no labels.
 
-Caron et al., "Emerging Properties in Self-Supervised Vision Transformers", ICCV 2021 (arXiv:2104.14294).
+Caron et al., "Emerging Properties in Self-Supervised Vision Transformers", ICCV 2021 (arXiv:2104.14294); reference
+code facebookresearch/dino (cited in documentation/methods/dino.md with file and line).
 A student and an EMA teacher (same architecture, no gradient to the teacher) see different crops of a volume. The
 teacher sees the two global crops, the student all crops (two global + several smaller local crops: 3D multi-crop).
 Both map a global token to out_dim logits through the DINO head (MLP, L2-normalised bottleneck, weight-normalised
 last layer). The teacher distribution is centred (running mean of teacher logits, momentum 0.9) and sharpened
-(temperature 0.04 -> 0.07 warm-up), the student uses temperature 0.1, and the loss is the cross-entropy over all
-(teacher view, student view) pairs except same-view (``nnssl.losses.dino.DINOLoss``).
+(teacher temperature), the student uses temperature 0.1, and the loss is the cross-entropy over all (teacher view,
+student view) pairs except same-view (``nnssl.losses.dino.DINOLoss``).
 
-3D multi-crop: global crops have the crop size (voxel fraction ``global_crop_scale`` of the crop, resized), local
-crops half of it per axis rounded down to a multiple of 32 (at least 32, Swin's divisor), voxel fraction
-``local_crop_scale``; flips and intensity jitter/noise stand in for DINO's colour augmentations. Crops of one size
-go through the encoder in one call. The global token is the mean of the last-stage tokens after a LayerNorm (the
-affine final norm a ViT/Swin backbone has and MONAI's normalised outputs lack).
+3D multi-crop (``nnssl.views.multi_crop``): global crops have the crop size (voxel fraction ``global_crop_scale`` of
+the crop, resized), local crops half of it per axis rounded down to a multiple of 32 (at least 32, Swin's divisor);
+flips and the 3D photometric analogue of DINO's colour augmentations (``nnssl.views.Photometric``: blur on global
+crop 1, blur + solarisation on global crop 2, blur p 0.5 on local crops, as main_dino.py:421-456). The global token
+is the mean of the last-stage tokens after a LayerNorm (the affine final norm a ViT/Swin backbone has and MONAI's
+normalised outputs lack).
 
 Shapes (B batch, C channels, crop D x H x W divisible by 32, F feature size, L = local_crops_number, local crop
 d x h x w):
@@ -26,24 +28,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from nnssl.ema import make_teacher
-from nnssl.encoders.swin import SwinEncoder
-from nnssl.heads import DINOHead, tokens
+from nnssl.distillation import DistillationSchedule, HeadSettings, distillation_heads, global_logits, normalized_tokens
+from nnssl.encoders.swin import SwinEncoder, encode_by_size
 from nnssl.losses.dino import DINOLoss
-from nnssl.tasks._teacher import EMATeacher
+from nnssl.recipes import OptimRecipe
 from nnssl.tasks.base import PretextTask
-from nnssl.views import augment, local_crop_size, random_subcrop
+from nnssl.teacher import MomentumTeacher
+from nnssl.views import DINO_GLOBAL_PHOTOMETRIC, DINO_LOCAL_PHOTOMETRIC, local_crop_size, multi_crop
 
 N_GLOBAL = 2
 
 
 @dataclass
 class DINOConfig:
-    """DINO defaults (paper / main_dino.py). out_dim 65536 is the paper's; lower it for small runs and tests."""
+    """DINO defaults: main_dino.py's defaults (the README's vanilla ViT-S/16 run). out_dim 65536 is the paper's;
+    lower it for small runs and tests."""
 
     out_dim: int = 65536
     head_hidden_dim: int = 2048
@@ -52,21 +54,20 @@ class DINOConfig:
     norm_last_layer: bool = True
     student_temp: float = 0.1
     teacher_temp_start: float = 0.04
-    teacher_temp: float = 0.07
-    #: Warm-up of the teacher temperature as a fraction of the run (30 of 100 epochs).
-    teacher_temp_warmup_fraction: float = 0.3
+    teacher_temp: float = 0.04
+    #: Warm-up of the teacher temperature as a fraction of the run (main_dino.py's default: 0 epochs).
+    teacher_temp_warmup_fraction: float = 0.0
     center_momentum: float = 0.9
     ema_start: float = 0.996
     ema_end: float = 1.0
-    freeze_last_layer_fraction: float = 0.01  # DINO/iBOT: last head layer frozen for epoch 1 of 100
+    #: The heads' last layer is frozen during the first epoch of 100.
+    freeze_last_layer_fraction: float = 0.01
     local_crops_number: int = 8
     #: Voxel fractions of the crop covered by global / local crops (DINO's area fractions used as volume fractions).
     global_crop_scale: tuple[float, float] = (0.4, 1.0)
     local_crop_scale: tuple[float, float] = (0.05, 0.4)
-    #: Local crop edge relative to the crop edge (rounded down to a multiple of 32, min 32).
+    #: Local crop edge relative to the crop edge (96 / 224 px in DINO; rounded down to a multiple of 32, min 32).
     local_crop_fraction: float = 0.5
-    #: Std of the Gaussian intensity noise of the augmentation (normalised intensity units).
-    noise_std: float = 0.05
 
     def __post_init__(self) -> None:
         self.global_crop_scale = tuple(float(v) for v in self.global_crop_scale)
@@ -79,68 +80,70 @@ class DINOConfig:
                 raise ValueError(f"{name}={getattr(self, name)} must satisfy 0 < low <= high <= 1")
         if not 0.0 < self.local_crop_fraction <= 1.0:
             raise ValueError(f"local_crop_fraction={self.local_crop_fraction} must lie in (0, 1]")
-        if not 0.0 <= self.teacher_temp_warmup_fraction <= 1.0:
-            raise ValueError(f"teacher_temp_warmup_fraction={self.teacher_temp_warmup_fraction} must lie in [0, 1]")
         if min(self.student_temp, self.teacher_temp_start, self.teacher_temp) <= 0:
             raise ValueError("temperatures must be > 0")
+        if min(self.out_dim, self.head_hidden_dim, self.head_bottleneck_dim, self.head_layers) < 1:
+            raise ValueError("head sizes must be >= 1")
 
 
-class DINO(EMATeacher, PretextTask):
+class DINO(PretextTask):
     """DINO (Caron et al., ICCV 2021) with 3D multi-crop on the Swin encoder; see the module docstring."""
 
     name: ClassVar[str] = "dino"
     family: ClassVar[str] = "self-distillation"
     paper: ClassVar[str] = "Caron et al., Emerging Properties in Self-Supervised Vision Transformers (DINO), ICCV 2021"
     Config: ClassVar[type] = DINOConfig
+    #: main_dino.py: AdamW, lr 5e-4 per 256 images, 10 warm-up epochs of 100, cosine to 1e-6, weight decay
+    #: 0.04 -> 0.4 (cosine), per-parameter gradient clipping at 3.0.
+    recipe: ClassVar[OptimRecipe] = OptimRecipe(
+        base_lr=5e-4, reference_batch=256, min_lr=1e-6, warmup_fraction=0.1, weight_decay=0.04,
+        weight_decay_end=0.4, clip_grad=3.0, clip_mode="per-parameter",
+        source="facebookresearch/dino main_dino.py defaults (vanilla ViT-S/16, 100 epochs)")
 
     def __init__(self, encoder: SwinEncoder, cfg: DINOConfig | None = None) -> None:
         super().__init__(encoder, cfg)
         c = self.cfg
-        # DINO never masks: freeze the unused mask token so that DDP does not wait for its gradient.
-        encoder.mask_token.requires_grad_(False)
-        dim = encoder.out_channels[-1]
-        self.heads = nn.ModuleDict({
-            "norm": nn.LayerNorm(dim, eps=1e-6),
-            "global": DINOHead(dim, c.out_dim, c.head_hidden_dim, c.head_bottleneck_dim, c.head_layers,
-                               c.norm_last_layer),
-        })
+        head = HeadSettings(c.out_dim, c.head_hidden_dim, c.head_bottleneck_dim, c.head_layers, c.norm_last_layer)
+        self.heads = distillation_heads(encoder.out_channels[-1], head)
         self.global_loss = DINOLoss(c.out_dim, c.student_temp, c.center_momentum)
-        self.teacher_encoder = make_teacher(encoder)
-        self.teacher_heads = make_teacher(self.heads)
-        self._momentum: np.ndarray | None = None
+        self.teacher = MomentumTeacher({"encoder": encoder, "heads": self.heads}, c.ema_start, c.ema_end)
+        self.schedule = DistillationSchedule(c.teacher_temp_start, c.teacher_temp, c.teacher_temp_warmup_fraction,
+                                             c.freeze_last_layer_fraction)
 
+    def setup(self, total_steps: int) -> None:
+        super().setup(total_steps)
+        self.teacher.setup(total_steps)
+        self.schedule.setup(total_steps)
+
+    def check_crop(self, crop: tuple[int, ...]) -> list[str]:
+        super().check_crop(crop)
+        small = local_crop_size(crop, self.cfg.local_crop_fraction)
+        if self.cfg.local_crops_number and small == tuple(crop):
+            return [f"DINO's local crops of a {tuple(crop)} crop have the global crops' size (32 is Swin's "
+                    "smallest input): use a crop of at least 64 (96, the paper's ratio 96/224 at 224 px, "
+                    "recommended) for local crops smaller than the global ones"]
+        return []
 
     def make_views(self, crops: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
         c = self.cfg
-        size = tuple(crops.shape[2:])
-        views = {"global": torch.cat([
-            augment(random_subcrop(crops, size, c.global_crop_scale, generator), generator, c.noise_std)
-            for _ in range(N_GLOBAL)])}
-        if c.local_crops_number:
-            small = local_crop_size(size, c.local_crop_fraction)
-            views["local"] = torch.cat([
-                augment(random_subcrop(crops, small, c.local_crop_scale, generator), generator, c.noise_std)
-                for _ in range(c.local_crops_number)])
-        return views
-
-    def _logits(self, encoder: SwinEncoder, heads: nn.ModuleDict, x: Tensor) -> Tensor:
-        """(N_img, C, D, H, W) -> (N_img, out_dim): mean of the normalised last-stage tokens through the head."""
-        tok = heads["norm"](tokens(encoder(x)[-1]))
-        return heads["global"](tok.mean(dim=1))
+        return multi_crop(crops, generator, c.global_crop_scale, DINO_GLOBAL_PHOTOMETRIC, c.local_crops_number,
+                          c.local_crop_fraction, c.local_crop_scale, DINO_LOCAL_PHOTOMETRIC)
 
     def forward(self, views: dict[str, Tensor], step: int) -> dict[str, Tensor]:
-        self._check_setup()
-        g = views["global"]
-        loc = views.get("local")
+        g, loc = views["global"], views.get("local")
         batch = g.shape[0] // N_GLOBAL
-        if loc is not None and loc.shape[2:] == g.shape[2:]:
-            # Local crops of the global size (small inputs): one encoder call for every crop.
-            s_all = self._logits(self.student, self.heads, torch.cat([g, loc]))
-        else:
-            s_all = self._logits(self.student, self.heads, g)
-            if loc is not None:
-                s_all = torch.cat([s_all, self._logits(self.student, self.heads, loc)])
+        inputs = [g] if loc is None else [g, loc]
+        s_all = torch.cat([global_logits(normalized_tokens(f[-1], self.heads), self.heads)
+                           for f in encode_by_size(self.student, inputs)])
         with torch.no_grad():
-            t_global = self._logits(self.teacher_encoder, self.teacher_heads, g)
-        loss = self.global_loss(s_all.split(batch), t_global.split(batch), self.teacher_temperature(step))
+            t_heads = self.teacher["heads"]
+            t_global = global_logits(normalized_tokens(self.teacher["encoder"](g)[-1], t_heads), t_heads)
+        loss = self.global_loss(s_all.split(batch), t_global.split(batch), self.schedule.teacher_temp(step))
         return {"loss": loss, "loss/global": loss.detach()}
+
+    def before_optimizer_step(self, step: int) -> None:
+        self.schedule.freeze(step, self.heads)
+
+    @torch.no_grad()
+    def on_step_end(self, step: int) -> None:
+        self.teacher.update(step, {"encoder": self.student, "heads": self.heads})

@@ -1,20 +1,23 @@
 """iBOT: image BERT pre-training with an online tokenizer.
 
-Zhou et al., "iBOT: Image BERT Pre-Training with Online Tokenizer", ICLR 2022 (arXiv:2111.07832).
+Zhou et al., "iBOT: Image BERT Pre-Training with Online Tokenizer", ICLR 2022 (arXiv:2111.07832); reference code
+bytedance/ibot (cited in documentation/methods/ibot.md with file and line).
 DINO's global self-distillation (``DINOLoss`` over all view pairs except same-view, on the global token) plus masked
 patch-token self-distillation (``PatchDistillationLoss``): the two global crops reach the student with blocks of
-tokens (BEiT-style 3D block masking, prediction ratio 0.3 +- 0.2, half of the images unmasked as in iBOT's released
-commands) replaced by the mask token, the EMA teacher sees them unmasked, and the student's hidden patch tokens
-predict the teacher's patch distributions of the same view. One head serves global and patch tokens by default
-(``shared_head``, as iBOT's ViT-S/B runs); local crops (no mask) enter the global loss only.
+tokens replaced by the mask token (BEiT-style 3D block masking; each global crop independently unmasked or masked with
+a ratio in 0.3 +- 0.2, iBOT's ``--pred_ratio 0 0.3 --pred_ratio_var 0 0.2``), the EMA teacher sees them unmasked, and
+the student's hidden patch tokens predict the teacher's patch distributions of the same view. One head serves global
+and patch tokens (``--shared_head true``); local crops (no mask) enter the global loss only. Masked modelling starts
+after ``pred_start_fraction`` of the run (``--pred_start_epoch 50`` of 300 in the Swin-T command).
 
-Tokens: those of encoder output ``token_stage`` (default 3, stride 16: a 96^3 crop gives 6^3 = 216 tokens, close to
-a ViT's 14^2 = 196) after a LayerNorm; the global token is their mean (iBOT's Swin variant averages the tokens it
-distils). Masks are drawn on that token grid and expanded to the encoder's patch grid for the mask token.
+Tokens: as iBOT's Swin (models/swin_transformer.py:622-645), the final stage's tokens after a LayerNorm are the patch
+tokens and their mean is the class token, so every stage of the encoder is trained. Masks are drawn on that token
+grid (stride 32: a 96^3 crop has 3^3 = 27 tokens) and expanded to the encoder's patch grid for the mask token, as
+iBOT's mask grid for Swin is ``patch_size * 8`` (main_ibot.py:167).
 
-Shapes (B batch, C channels, crop D x H x W divisible by 32, s = 2^(token_stage+1) voxels per token, N = D/s * H/s
-* W/s, L local crops of size d x h x w, c = encoder channels at the stage):
-    make_views: crops (B, C, D, H, W) -> {"global": (2B, C, D, H, W), "masks": (2B, D/s, H/s, W/s) bool,
+Shapes (B batch, C channels, crop D x H x W divisible by 32, N = D/32 * H/32 * W/32 tokens, L local crops of size
+d x h x w, c = 16F channels of the last stage):
+    make_views: crops (B, C, D, H, W) -> {"global": (2B, C, D, H, W), "masks": (2B, D/32, H/32, W/32) bool,
                 "local": (L*B, C, d, h, w)} (view-major; "local" absent when L = 0)
     student/teacher: tokens (N_img, N, c) -> global logits (N_img, out_dim), patch logits (N_img, N, patch_out_dim)
     forward -> {"loss", "loss/global", "loss/patch"}
@@ -24,60 +27,59 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from nnssl.ema import make_teacher
-from nnssl.encoders.swin import SwinEncoder
-from nnssl.heads import DINOHead, tokens
+from nnssl.distillation import DistillationSchedule, HeadSettings, distillation_heads, global_logits, normalized_tokens
+from nnssl.encoders.swin import SWIN_DIVISOR, SwinEncoder, encode_by_size
 from nnssl.losses.dino import DINOLoss
 from nnssl.losses.ibot import PatchDistillationLoss
 from nnssl.masking import block_mask, expand_mask
-from nnssl.schedules import at, warmup_then_constant
-from nnssl.tasks._teacher import EMATeacher
+from nnssl.recipes import OptimRecipe
 from nnssl.tasks.base import PretextTask
-from nnssl.views import augment, local_crop_size, random_subcrop
+from nnssl.teacher import MomentumTeacher
+from nnssl.views import DINO_GLOBAL_PHOTOMETRIC, DINO_LOCAL_PHOTOMETRIC, local_crop_size, multi_crop
 
 N_GLOBAL = 2
 
 
 @dataclass
 class IBOTConfig:
-    """iBOT defaults (paper and released ViT-S/16 command: out 8192, shared head, 10 local crops, ratio 0.3+-0.2)."""
+    """iBOT defaults: the README's Swin-T/14 command (README.md:88-107) over main_ibot.py's defaults."""
 
     out_dim: int = 8192
     patch_out_dim: int = 8192
     head_hidden_dim: int = 2048
     head_bottleneck_dim: int = 256
     head_layers: int = 3
-    norm_last_layer: bool = True
+    norm_last_layer: bool = False
     shared_head: bool = True
     student_temp: float = 0.1
     teacher_temp_start: float = 0.04
     teacher_temp: float = 0.07
     teacher_patch_temp: float = 0.07
-    #: Warm-up of both teacher temperatures as a fraction of the run (30 of 100 epochs).
-    teacher_temp_warmup_fraction: float = 0.3
+    #: Warm-up of both teacher temperatures: 30 epochs of 300.
+    teacher_temp_warmup_fraction: float = 0.1
     center_momentum: float = 0.9
     patch_center_momentum: float = 0.9
     ema_start: float = 0.996
     ema_end: float = 1.0
-    freeze_last_layer_fraction: float = 0.01  # DINO/iBOT: last head layer frozen for epoch 1 of 100
+    #: The heads' last layer is frozen during the first epoch of 300.
+    freeze_last_layer_fraction: float = 1 / 300
     global_weight: float = 1.0
     patch_weight: float = 1.0
-    #: Prediction (mask) ratio of a masked image, drawn uniformly from pred_ratio +- pred_ratio_var per image.
+    #: Prediction (mask) ratio of a masked crop, drawn uniformly from pred_ratio +- pred_ratio_var.
     pred_ratio: float = 0.3
     pred_ratio_var: float = 0.2
-    #: Probability that a global crop is masked at all (iBOT's "--pred_ratio 0 0.3" picks 0 or 0.3 at random).
+    #: Probability that a global crop is masked at all (``--pred_ratio 0 0.3`` picks one of the two per crop).
     masked_image_prob: float = 0.5
     mask_min_aspect: float = 0.3
-    token_stage: int = 3
+    #: No masked modelling during this fraction of the run (``--pred_start_epoch 50`` of 300 for Swin).
+    pred_start_fraction: float = 50 / 300
     local_crops_number: int = 10
-    global_crop_scale: tuple[float, float] = (0.4, 1.0)
-    local_crop_scale: tuple[float, float] = (0.05, 0.4)
+    global_crop_scale: tuple[float, float] = (0.25, 1.0)
+    local_crop_scale: tuple[float, float] = (0.05, 0.25)
     local_crop_fraction: float = 0.5
-    noise_std: float = 0.05
 
     def __post_init__(self) -> None:
         self.global_crop_scale = tuple(float(v) for v in self.global_crop_scale)
@@ -89,23 +91,20 @@ class IBOTConfig:
             raise ValueError(
                 f"pred_ratio +- pred_ratio_var = {self.pred_ratio} +- {self.pred_ratio_var} must stay within [0, 1)"
             )
-        if not 0.0 <= self.masked_image_prob <= 1.0:
-            raise ValueError(f"masked_image_prob={self.masked_image_prob} must lie in [0, 1]")
-        if not 1 <= self.token_stage <= 4:
-            raise ValueError(f"token_stage={self.token_stage} must be 1..4")
+        for name in ("masked_image_prob", "pred_start_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name}={getattr(self, name)} must lie in [0, 1]")
         if self.local_crops_number < 0:
             raise ValueError(f"local_crops_number={self.local_crops_number} must be >= 0")
         for name in ("global_crop_scale", "local_crop_scale"):
             lo, hi = getattr(self, name)
             if not 0.0 < lo <= hi <= 1.0:
                 raise ValueError(f"{name}={getattr(self, name)} must satisfy 0 < low <= high <= 1")
-        if not 0.0 <= self.teacher_temp_warmup_fraction <= 1.0:
-            raise ValueError(f"teacher_temp_warmup_fraction={self.teacher_temp_warmup_fraction} must lie in [0, 1]")
         if min(self.student_temp, self.teacher_temp_start, self.teacher_temp, self.teacher_patch_temp) <= 0:
             raise ValueError("temperatures must be > 0")
 
 
-class IBOT(EMATeacher, PretextTask):
+class IBOT(PretextTask):
     """iBOT (Zhou et al., ICLR 2022) on the 3D Swin encoder; see the module docstring for shapes."""
 
     name: ClassVar[str] = "ibot"
@@ -113,84 +112,89 @@ class IBOT(EMATeacher, PretextTask):
     paper: ClassVar[str] = "Zhou et al., iBOT: Image BERT Pre-Training with Online Tokenizer, ICLR 2022"
     Config: ClassVar[type] = IBOTConfig
     uses_mask_token: ClassVar[bool] = True
+    #: main_ibot.py defaults (the README commands set none of them): AdamW, lr 5e-4 per 256, 10 warm-up epochs (of
+    #: the Swin-T run's 300), cosine to 1e-6, weight decay 0.04 -> 0.4, per-parameter clipping at 3.0.
+    recipe: ClassVar[OptimRecipe] = OptimRecipe(
+        base_lr=5e-4, reference_batch=256, min_lr=1e-6, warmup_fraction=10 / 300, weight_decay=0.04,
+        weight_decay_end=0.4, clip_grad=3.0, clip_mode="per-parameter",
+        source="bytedance/ibot main_ibot.py defaults with the README's Swin-T/14 command (300 epochs)")
 
     def __init__(self, encoder: SwinEncoder, cfg: IBOTConfig | None = None) -> None:
         super().__init__(encoder, cfg)
         c = self.cfg
         self.patch = encoder.cfg.patch_size
-        self.token_factor = 2 ** c.token_stage  # token grid stride relative to the patch grid
-        dim = encoder.out_channels[c.token_stage]
-        global_head = DINOHead(dim, c.out_dim, c.head_hidden_dim, c.head_bottleneck_dim, c.head_layers,
-                               c.norm_last_layer)
-        patch_head = global_head if c.shared_head else DINOHead(
-            dim, c.patch_out_dim, c.head_hidden_dim, c.head_bottleneck_dim, c.head_layers, c.norm_last_layer)
-        self.heads = nn.ModuleDict({"norm": nn.LayerNorm(dim, eps=1e-6), "global": global_head, "patch": patch_head})
+        self.token_factor = SWIN_DIVISOR // self.patch  # final-stage token stride on the patch grid
+        head = HeadSettings(c.out_dim, c.head_hidden_dim, c.head_bottleneck_dim, c.head_layers, c.norm_last_layer)
+        self.heads = distillation_heads(encoder.out_channels[-1], head, c.patch_out_dim, c.shared_head)
         self.global_loss = DINOLoss(c.out_dim, c.student_temp, c.center_momentum)
         self.patch_loss = PatchDistillationLoss(c.patch_out_dim, c.student_temp, c.patch_center_momentum)
-        self.teacher_encoder = make_teacher(encoder)
-        self.teacher_heads = make_teacher(self.heads)
-        self._momentum: np.ndarray | None = None
+        self.teacher = MomentumTeacher({"encoder": encoder, "heads": self.heads}, c.ema_start, c.ema_end)
+        self.schedule = DistillationSchedule(c.teacher_temp_start, c.teacher_temp, c.teacher_temp_warmup_fraction,
+                                             c.freeze_last_layer_fraction, c.teacher_patch_temp,
+                                             c.pred_start_fraction)
+        self._pred_start = 0
 
     def setup(self, total_steps: int) -> None:
         super().setup(total_steps)
-        c = self.cfg
-        self._patch_temp = warmup_then_constant(c.teacher_temp_start, c.teacher_patch_temp, total_steps,
-                                                self._warmup_steps)
+        self.teacher.setup(total_steps)
+        self.schedule.setup(total_steps)
+        self._pred_start = round(self.cfg.pred_start_fraction * total_steps)
 
-    def patch_temperature(self, step: int) -> float:
-        self._check_setup()
-        return at(self._patch_temp, step)
+    def check_crop(self, crop: tuple[int, ...]) -> list[str]:
+        super().check_crop(crop)
+        tokens = [s // SWIN_DIVISOR for s in crop]
+        if tokens[0] * tokens[1] * tokens[2] < 2:
+            raise ValueError(f"iBOT masks final-stage tokens (one per 32^3 voxels): a {tuple(crop)} crop has a single "
+                             "token, nothing to mask and predict. Use a crop of at least 64 (96 recommended: 27 tokens)")
+        warnings = []
+        if min(crop) < 96:
+            warnings.append(f"iBOT at {tuple(crop)}: {tokens[0] * tokens[1] * tokens[2]} final-stage tokens per crop; "
+                            "its page recommends 96^3 crops (27 tokens) or larger")
+        if self.cfg.local_crops_number and local_crop_size(crop, self.cfg.local_crop_fraction) == tuple(crop):
+            warnings.append(f"iBOT's local crops of a {tuple(crop)} crop have the global crops' size")
+        return warnings
 
     def token_grid(self, size: tuple[int, ...]) -> tuple[int, int, int]:
-        stride = self.patch * self.token_factor
-        return tuple(s // stride for s in size)  # type: ignore[return-value]
+        return tuple(s // SWIN_DIVISOR for s in size)  # type: ignore[return-value]
 
     def make_views(self, crops: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
         c = self.cfg
-        size = tuple(crops.shape[2:])
-        g = torch.cat([augment(random_subcrop(crops, size, c.global_crop_scale, generator), generator, c.noise_std)
-                       for _ in range(N_GLOBAL)])
-        n = g.shape[0]
+        views = multi_crop(crops, generator, c.global_crop_scale, DINO_GLOBAL_PHOTOMETRIC, c.local_crops_number,
+                           c.local_crop_fraction, c.local_crop_scale, DINO_LOCAL_PHOTOMETRIC)
+        n = views["global"].shape[0]
         ratios = c.pred_ratio + c.pred_ratio_var * (2.0 * torch.rand(n, generator=generator, dtype=torch.float64) - 1)
         masked = torch.rand(n, generator=generator) < c.masked_image_prob
         ratios = torch.where(masked, ratios, torch.zeros_like(ratios))
-        views = {"global": g, "masks": block_mask(n, self.token_grid(size), ratios, c.mask_min_aspect,
-                                                  generator=generator)}
-        if c.local_crops_number:
-            small = local_crop_size(size, c.local_crop_fraction)
-            views["local"] = torch.cat([
-                augment(random_subcrop(crops, small, c.local_crop_scale, generator), generator, c.noise_std)
-                for _ in range(c.local_crops_number)])
+        views["masks"] = block_mask(n, self.token_grid(tuple(crops.shape[2:])), ratios, c.mask_min_aspect,
+                                    generator=generator)
         return views
 
-    def _tokens(self, feats: list[Tensor], heads: nn.ModuleDict) -> Tensor:
-        """Encoder outputs -> normalised tokens (N_img, N, c) of the distilled stage."""
-        return heads["norm"](tokens(feats[self.cfg.token_stage]))
-
     def forward(self, views: dict[str, Tensor], step: int) -> dict[str, Tensor]:
-        self._check_setup()
         g, masks, loc = views["global"], views["masks"], views.get("local")
+        if step < self._pred_start:  # before masked modelling starts every crop is shown whole (loader.py:33-35)
+            masks = torch.zeros_like(masks)
         batch = g.shape[0] // N_GLOBAL
-        patch_mask = expand_mask(masks, self.token_factor)
-        if loc is not None and loc.shape[2:] == g.shape[2:]:
-            # Same size: one encoder call, the local crops with an all-visible mask.
-            visible = torch.zeros((loc.shape[0], *patch_mask.shape[1:]), dtype=torch.bool, device=patch_mask.device)
-            tok = self._tokens(self.student(torch.cat([g, loc]), torch.cat([patch_mask, visible])), self.heads)
-            s_global = self.heads["global"](tok.mean(dim=1))
-            tok = tok[: g.shape[0]]
-        else:
-            tok = self._tokens(self.student(g, patch_mask), self.heads)
-            s_global = self.heads["global"](tok.mean(dim=1))
-            if loc is not None:
-                l_tok = self._tokens(self.student(loc), self.heads)
-                s_global = torch.cat([s_global, self.heads["global"](l_tok.mean(dim=1))])
+        inputs, input_masks = ([g], [expand_mask(masks, self.token_factor)]) if loc is None else \
+            ([g, loc], [expand_mask(masks, self.token_factor), None])
+        feats = encode_by_size(self.student, inputs, input_masks)
+        tok = normalized_tokens(feats[0][-1], self.heads)
+        s_global = torch.cat([global_logits(tok, self.heads)] + [
+            global_logits(normalized_tokens(f[-1], self.heads), self.heads) for f in feats[1:]])
         s_patch = self.heads["patch"](tok)  # local crops have no patch loss: only the global crops' tokens
         with torch.no_grad():
-            t_tok = self._tokens(self.teacher_encoder(g), self.teacher_heads)
-            t_global, t_patch = self.teacher_heads["global"](t_tok.mean(dim=1)), self.teacher_heads["patch"](t_tok)
-        loss_global = self.global_loss(s_global.split(batch), t_global.split(batch), self.teacher_temperature(step))
+            t_heads = self.teacher["heads"]
+            t_tok = normalized_tokens(self.teacher["encoder"](g)[-1], t_heads)
+            t_global, t_patch = global_logits(t_tok, t_heads), t_heads["patch"](t_tok)
+        loss_global = self.global_loss(s_global.split(batch), t_global.split(batch), self.schedule.teacher_temp(step))
         loss_patch = self.patch_loss(s_patch.split(batch), t_patch.split(batch), masks.flatten(1).split(batch),
-                                     self.patch_temperature(step))
+                                     self.schedule.patch_temp(step))
         c = self.cfg
         loss = c.global_weight * loss_global + c.patch_weight * loss_patch
         return {"loss": loss, "loss/global": loss_global.detach(), "loss/patch": loss_patch.detach()}
+
+    def before_optimizer_step(self, step: int) -> None:
+        self.schedule.freeze(step, self.heads)
+
+    @torch.no_grad()
+    def on_step_end(self, step: int) -> None:
+        self.teacher.update(step, {"encoder": self.student, "heads": self.heads})

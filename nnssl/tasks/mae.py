@@ -24,8 +24,9 @@ from torch import Tensor, nn
 
 from nnssl.encoders.swin import SwinEncoder
 from nnssl.masking import random_cube_mask
+from nnssl.recipes import OptimRecipe
 from nnssl.tasks.base import PretextTask
-from nnssl.views import random_flip
+from nnssl.views import random_flip, random_subcrop
 
 #: mask_patch (voxels) -> index of the encoder output with that stride (outputs have strides 2, 4, 8, 16, 32).
 _STAGE_OF_UNIT = {8: 2, 16: 3, 32: 4}
@@ -43,8 +44,23 @@ class MAEConfig:
     decoder_heads: int = 16
     #: Normalise each target unit by its mean and std (MAE's norm_pix_loss, the better setting in the paper).
     norm_pix_loss: bool = True
-    #: Random flips of the crop (MAE augments with crop + flip only).
+    #: Random flips and the voxel fraction of the random resized sub-volume (MAE augments with RandomResizedCrop
+    #: scale (0.2, 1) and a horizontal flip only, main_pretrain.py:122-127; areas read as volumes).
     flip: bool = True
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+
+    def __post_init__(self) -> None:
+        self.crop_scale = tuple(float(v) for v in self.crop_scale)
+        if not 0.0 < self.mask_ratio < 1.0:
+            raise ValueError(f"mask_ratio must lie in (0, 1), got {self.mask_ratio}")
+        if self.mask_patch not in _STAGE_OF_UNIT:
+            raise ValueError(f"mask_patch={self.mask_patch}: choose one of {sorted(_STAGE_OF_UNIT)} (an encoder stride)")
+        if self.decoder_dim % self.decoder_heads or min(self.decoder_dim, self.decoder_depth, self.decoder_heads) < 1:
+            raise ValueError(f"decoder_dim={self.decoder_dim} must be a positive multiple of decoder_heads="
+                             f"{self.decoder_heads}, decoder_depth >= 1")
+        lo, hi = self.crop_scale
+        if not 0.0 < lo <= hi <= 1.0:
+            raise ValueError(f"crop_scale={self.crop_scale} must satisfy 0 < low <= high <= 1")
 
 
 def patchify(x: Tensor, u: int) -> Tensor:
@@ -136,12 +152,15 @@ class MAE(PretextTask):
     paper: ClassVar[str] = "He et al., Masked Autoencoders Are Scalable Vision Learners, CVPR 2022"
     Config: ClassVar[type] = MAEConfig
     uses_mask_token: ClassVar[bool] = True
+    #: PRETRAIN.md: AdamW betas (0.9, 0.95), blr 1.5e-4 per 256, 40 warm-up epochs of 800, cosine to 0, weight decay
+    #: 0.05, no clipping.
+    recipe: ClassVar[OptimRecipe] = OptimRecipe(
+        base_lr=1.5e-4, reference_batch=256, warmup_fraction=40 / 800, weight_decay=0.05, betas=(0.9, 0.95),
+        source="facebookresearch/mae PRETRAIN.md command (800 epochs)")
 
     def __init__(self, encoder: SwinEncoder, cfg: MAEConfig | None = None) -> None:
         super().__init__(encoder, cfg)
         c = self.cfg
-        if not 0.0 < c.mask_ratio < 1.0:
-            raise ValueError(f"mask_ratio must lie in (0, 1), got {c.mask_ratio}")
         self.decoder = MAEDecoder(encoder.out_channels, encoder.cfg.in_channels, c.mask_patch, c.decoder_dim,
                                   c.decoder_depth, c.decoder_heads)
 
@@ -149,7 +168,8 @@ class MAE(PretextTask):
         u = self.cfg.mask_patch
         if any(s % u for s in crops.shape[2:]):
             raise ValueError(f"crop {tuple(crops.shape[2:])} is not divisible by mask_patch={u}")
-        image = random_flip(crops, generator) if self.cfg.flip else crops
+        image = random_subcrop(crops, tuple(crops.shape[2:]), self.cfg.crop_scale, generator)
+        image = random_flip(image, generator) if self.cfg.flip else image
         grid = tuple(s // 2 for s in crops.shape[2:])  # encoder patch grid (patch size 2)
         mask = random_cube_mask(crops.shape[0], grid, u // 2, self.cfg.mask_ratio, generator)  # type: ignore[arg-type]
         return {"image": image, "mask": mask}

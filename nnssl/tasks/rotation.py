@@ -1,9 +1,11 @@
 """3D rotation prediction (Taleb et al., "3D self-supervised methods for medical imaging", NeurIPS 2020,
-https://arxiv.org/abs/2006.03829; the 2D task is Gidaris et al., ICLR 2018).
+https://arxiv.org/abs/2006.03829; reference code HealthML/self-supervised-3d-tasks, cited in
+documentation/methods/rotation.md with file and line; the 2D task is Gidaris et al., ICLR 2018).
 
 Each crop is rotated by one of 10 right-angle rotations (identity; 90, 180, 270 degrees about each of the three
-axes, ``nnssl.rotations.ROTATIONS_10``), labels balanced over the batch. Encoder -> global token of the last stage
-(B, 16F) -> MLP head -> logits (B, 10); cross-entropy against the label.
+axes, ``nnssl.rotations.ROTATIONS_10``), labels balanced over the batch; no other augmentation, as the reference.
+Encoder -> global token of the last stage (B, 16F) -> Taleb's fully connected head (Dense 2048 ReLU, BatchNorm,
+Dropout 0.5, Dense 1024 ReLU, BatchNorm, Dropout 0.5) -> logits (B, 10); cross-entropy against the label.
 
 Shapes (cubic crops, side S divisible by 32, F = encoder feature size):
     make_views: crops (B, C, S, S, S) -> {"image": (B, C, S, S, S) rotated, "label": (B,) long in [0, 10)}
@@ -15,25 +17,38 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 import torch.nn.functional as F
 
-from nnssl.encoders.swin import SwinEncoder
-from nnssl.heads import MLP, global_token
+from nnssl.encoders.swin import SwinEncoder, check_swin_input_size
+from nnssl.heads import global_token
+from nnssl.recipes import OptimRecipe
 from nnssl.rotations import ROTATIONS_10, balanced_labels, rotate_batch
 from nnssl.tasks.base import PretextTask
-from nnssl.views import intensity_jitter
 
 
 @dataclass
 class RotationConfig:
-    #: Classification head: Taleb et al.'s fully connected top (two hidden layers of 1024, ReLU in their Keras code;
-    #: GELU here, from nnssl.heads.MLP) then the 10-way output layer.
-    head_hidden_dim: int = 1024
-    head_layers: int = 3
-    #: Std of the Gaussian noise of the intensity jitter. No flips: a flip composed with a rotation can equal
-    #: another flip, which would make labels ambiguous.
-    noise_std: float = 0.05
+    #: Taleb et al.'s fully connected top ("big_fully"): hidden widths, dropout after each hidden layer.
+    head_hidden_dims: tuple[int, ...] = (2048, 1024)
+    head_dropout: float = 0.5
+
+    def __post_init__(self) -> None:
+        self.head_hidden_dims = tuple(int(d) for d in self.head_hidden_dims)
+        if not self.head_hidden_dims or min(self.head_hidden_dims) < 1:
+            raise ValueError(f"head_hidden_dims={self.head_hidden_dims} must be positive widths")
+        if not 0.0 <= self.head_dropout < 1.0:
+            raise ValueError(f"head_dropout={self.head_dropout} must lie in [0, 1)")
+
+
+def rotation_head(in_dim: int, hidden: tuple[int, ...], n_classes: int, dropout: float) -> nn.Sequential:
+    """Dense -> ReLU -> BatchNorm -> Dropout per hidden width, then the linear classifier (B, in_dim) -> (B, classes);
+    the order of Taleb's fully_connected.py."""
+    blocks: list[nn.Module] = []
+    for width in hidden:
+        blocks += [nn.Linear(in_dim, width), nn.ReLU(), nn.BatchNorm1d(width), nn.Dropout(dropout)]
+        in_dim = width
+    return nn.Sequential(*blocks, nn.Linear(in_dim, n_classes))
 
 
 class RotationPrediction(PretextTask):
@@ -43,27 +58,37 @@ class RotationPrediction(PretextTask):
     family: ClassVar[str] = "rotation prediction"
     paper: ClassVar[str] = "Taleb et al., 3D Self-Supervised Methods for Medical Imaging, NeurIPS 2020"
     Config: ClassVar[type] = RotationConfig
+    #: configs/train/rotation_3d.json: Adam, lr 1e-4, no schedule, no weight decay, no clipping.
+    recipe: ClassVar[OptimRecipe] = OptimRecipe(
+        base_lr=1e-4, reference_batch=None, schedule="constant",
+        source="HealthML/self-supervised-3d-tasks configs/train/rotation_3d.json (Adam, constant lr)")
     table = ROTATIONS_10
 
     def __init__(self, encoder: SwinEncoder, cfg: RotationConfig | None = None) -> None:
         super().__init__(encoder, cfg)
-        self.head = MLP(encoder.out_channels[-1], self.cfg.head_hidden_dim, len(self.table),
-                        layers=self.cfg.head_layers, norm=None)
+        self.head = rotation_head(encoder.out_channels[-1], self.cfg.head_hidden_dims, len(self.table),
+                                  self.cfg.head_dropout)
+
+    def check_crop(self, crop: tuple[int, ...]) -> list[str]:
+        check_swin_input_size(crop)
+        if len(set(crop)) != 1:
+            raise ValueError(f"3D rotation prediction turns every axis into every other: it needs a cubic crop, got "
+                             f"{tuple(crop)} (e.g. --crop {max(crop)})")
+        return []
 
     def make_views(self, crops: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
         if len(set(crops.shape[2:])) != 1:
             raise ValueError(f"3D rotation prediction turns every axis into every other: it needs cubic crops, got "
                              f"{tuple(crops.shape[2:])} (set a cubic crop size for pretraining)")
+        if crops.shape[0] < 2:
+            raise ValueError("rotation prediction needs a batch of at least 2 crops (its head's BatchNorm)")
         labels = balanced_labels(crops.shape[0], len(self.table), generator)
-        image = rotate_batch(intensity_jitter(crops, generator, noise_std=self.cfg.noise_std), labels, self.table)
-        return {"image": image.contiguous(), "label": labels}
+        return {"image": rotate_batch(crops, labels, self.table).contiguous(), "label": labels}
 
     def logits(self, x: Tensor) -> Tensor:
         """(B, C, D, H, W) -> (B, 10)."""
         return self.head(global_token(self.student(x)[-1]))
 
     def forward(self, views: dict[str, Tensor], step: int) -> dict[str, Tensor]:
-        logits = self.logits(views["image"])
-        labels = views["label"].long()
-        loss = F.cross_entropy(logits, labels)
+        loss = F.cross_entropy(self.logits(views["image"]), views["label"].long())
         return {"loss": loss, "loss/ce": loss.detach()}

@@ -1,8 +1,11 @@
 """SimCLR (Chen, Kornblith, Norouzi, Hinton, "A simple framework for contrastive learning of visual
-representations", ICML 2020, https://arxiv.org/abs/2002.05709), in 3D on the Swin encoder.
+representations", ICML 2020, https://arxiv.org/abs/2002.05709), in 3D on the Swin encoder; reference code
+google-research/simclr (cited in documentation/methods/simclr.md with file and line).
 
-Two augmented views of each crop -> encoder -> global token of the last stage (B, 16F) -> projection head
-(MLP, BN) -> z (B, proj_dim); NT-Xent between the two views, every other view of the batch is a negative.
+Two augmented views of each crop (random resized sub-volume, flips, SimCLR's colour distortion in its 3D form:
+``nnssl.views.SIMCLR_PHOTOMETRIC``) -> encoder -> global token of the last stage (B, 16F) -> projection head (MLP,
+BN, ReLU) -> z (B, proj_dim); NT-Xent between the two views, every other view of the (global) batch is a negative:
+2N - 2 negatives per anchor at N crops, gathered across ranks with gradient as SimCLR's cross-core concatenation.
 
 Shapes (B batch >= 2, C channels, crop D x H x W divisible by 32, F = encoder feature size):
     make_views: crops (B, C, D, H, W) -> {"view1": (B, C, D, H, W), "view2": (B, C, D, H, W)}
@@ -20,24 +23,36 @@ from torch import Tensor
 from nnssl.encoders.swin import SwinEncoder
 from nnssl.heads import MLP, global_token
 from nnssl.losses.infonce import nt_xent
+from nnssl.recipes import OptimRecipe
 from nnssl.tasks.base import PretextTask
-from nnssl.views import augment, random_subcrop
+from nnssl.views import SIMCLR_PHOTOMETRIC, two_views
+
+#: The global batch below which the loop warns (30 negatives per anchor; see documentation/methods/simclr.md).
+RECOMMENDED_BATCH = 16
 
 
 @dataclass
 class SimCLRConfig:
-    #: NT-Xent temperature. 0.5: Tang et al. 2022's 3D contrastive loss (SwinUNETR pretraining code) and SimCLR's
-    #: own CIFAR-10 setting; SimCLR's large-batch ImageNet runs used lower values.
+    #: NT-Xent temperature. 0.5: Tang et al. 2022's 3D contrastive loss and SimCLR's CIFAR-10 setting for small
+    #: batches; SimCLR's ImageNet runs at batch 4096 use 0.1.
     temperature: float = 0.5
-    #: Projection head g(.): SimCLR's 2-layer MLP, hidden width 2048 (ResNet-50's feature width), output 128.
+    #: Projection head g(.): SimCLR v1's 2-layer MLP, hidden width 2048 (ResNet-50's feature width), output 128.
     proj_hidden_dim: int = 2048
     proj_dim: int = 128
     proj_layers: int = 2
-    #: Volume fraction of the random sub-crop of each view (resized back to the crop size). SimCLR's 2D
-    #: random-resized-crop uses area (0.08, 1); 3D volumes are smaller and sparser, so we keep >= 25 % (our choice).
+    #: Volume fraction of each view's random sub-crop (SimCLR's RandomResizedCrop area (0.08, 1) in 2D; 3D crops hold
+    #: less context, so at least a quarter of the voxels is kept; our choice).
     crop_scale: tuple[float, float] = (0.25, 1.0)
-    #: Std of the Gaussian noise of the photometric augmentation (nnU-Net-normalised intensities).
-    noise_std: float = 0.05
+
+    def __post_init__(self) -> None:
+        self.crop_scale = tuple(float(v) for v in self.crop_scale)
+        if not self.temperature > 0:
+            raise ValueError(f"temperature={self.temperature} must be > 0")
+        if min(self.proj_hidden_dim, self.proj_dim, self.proj_layers) < 1:
+            raise ValueError("projection head sizes must be >= 1")
+        lo, hi = self.crop_scale
+        if not 0.0 < lo <= hi <= 1.0:
+            raise ValueError(f"crop_scale={self.crop_scale} must satisfy 0 < low <= high <= 1")
 
 
 class SimCLR(PretextTask):
@@ -48,19 +63,26 @@ class SimCLR(PretextTask):
     paper: ClassVar[str] = ("Chen et al., A Simple Framework for Contrastive Learning of Visual Representations, "
                             "ICML 2020")
     Config: ClassVar[type] = SimCLRConfig
+    recommended_batch: ClassVar[int | None] = RECOMMENDED_BATCH
+    #: SimCLR trains ResNets with LARS (lr 0.3 per 256, weight decay 1e-6, 10 warm-up epochs of 100); for the Swin
+    #: transformer we keep its warm-up share and use AdamW with MoCo v3's transformer settings (lr 1.5e-4 per 256,
+    #: weight decay 0.1): a documented deviation (documentation/methods/simclr.md).
+    recipe: ClassVar[OptimRecipe] = OptimRecipe(
+        base_lr=1.5e-4, reference_batch=256, warmup_fraction=0.1, weight_decay=0.1,
+        source="SimCLR's warm-up with MoCo v3's AdamW transformer recipe (LARS is for ResNets)")
 
     def __init__(self, encoder: SwinEncoder, cfg: SimCLRConfig | None = None) -> None:
         super().__init__(encoder, cfg)
         self.projector = MLP(encoder.out_channels[-1], self.cfg.proj_hidden_dim, self.cfg.proj_dim,
-                             layers=self.cfg.proj_layers, norm="bn")
+                             layers=self.cfg.proj_layers, norm="bn", activation="relu", last_norm=True)
+
+    def negatives_per_anchor(self, batch: int, world_size: int = 1) -> int:
+        return 2 * batch * world_size - 2
 
     def make_views(self, crops: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
         if crops.shape[0] < 2:
             raise ValueError("SimCLR needs a batch of at least 2 crops: the other samples are the negatives")
-        size = tuple(crops.shape[2:])
-        return {f"view{v}": augment(random_subcrop(crops, size, self.cfg.crop_scale, generator), generator,
-                                    noise_std=self.cfg.noise_std)
-                for v in (1, 2)}
+        return two_views(crops, generator, self.cfg.crop_scale, (SIMCLR_PHOTOMETRIC, SIMCLR_PHOTOMETRIC))
 
     def embed(self, x: Tensor) -> Tensor:
         """(B, C, D, H, W) -> projections (B, proj_dim)."""
@@ -68,7 +90,7 @@ class SimCLR(PretextTask):
 
     def forward(self, views: dict[str, Tensor], step: int) -> dict[str, Tensor]:
         b = views["view1"].shape[0]
-        # One encoder pass over both views (LayerNorm only, so samples do not interact; BN in the head sees 2B).
+        # One pass over both views, as SimCLR concatenates them (model.py:53-58): the head's BatchNorm sees 2B.
         z = self.embed(torch.cat([views["view1"], views["view2"]]))
         loss = nt_xent(z[:b], z[b:], temperature=self.cfg.temperature)
         return {"loss": loss, "loss/nt_xent": loss.detach()}

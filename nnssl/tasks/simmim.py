@@ -1,7 +1,9 @@
 """SimMIM: masked image modelling with a mask token and a one-layer decoder.
 
-Xie et al., "SimMIM: A Simple Framework for Masked Image Modeling", CVPR 2022 (arXiv:2111.09886).
-Random cubes of the input are hidden behind the encoder's learned mask token (ratio 0.6 of the cubes), the last
+Xie et al., "SimMIM: A Simple Framework for Masked Image Modeling", CVPR 2022 (arXiv:2111.09886); reference code
+microsoft/SimMIM (cited in documentation/methods/simmim.md with file and line).
+The crop is augmented as SimMIM's images (a random resized sub-volume holding 67-100 % of the voxels, flips); random
+cubes of it are hidden behind the encoder's learned mask token (ratio 0.6 of the cubes), the last
 encoder stage is mapped back to voxels by a 1x1x1 convolution and a pixel shuffle (``LightDecoder``), and the loss is
 the L1 error on the hidden voxels only.
 
@@ -22,8 +24,9 @@ from nnssl.decoders import LightDecoder
 from nnssl.encoders.swin import SwinEncoder
 from nnssl.losses.reconstruction import masked_reconstruction_loss
 from nnssl.masking import random_cube_mask, upsample_mask
+from nnssl.recipes import OptimRecipe
 from nnssl.tasks.base import PretextTask
-from nnssl.views import random_flip
+from nnssl.views import random_flip, random_subcrop
 
 
 @dataclass
@@ -39,8 +42,10 @@ class SimMIMConfig:
     mask_cube_voxels: int = 16
     #: "l1" (paper) or "l2".
     loss: str = "l1"
-    #: Random flips of the crop along each axis (SimMIM's only geometric augmentation besides the crop).
+    #: Random flips of the crop along each axis and the voxel fraction of its random resized sub-volume (SimMIM's
+    #: RandomResizedCrop scale (0.67, 1) and horizontal flip, data/data_simmim.py:50-56; areas read as volumes).
     flip: bool = True
+    crop_scale: tuple[float, float] = (0.67, 1.0)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.mask_ratio < 1.0:
@@ -49,6 +54,10 @@ class SimMIMConfig:
             raise ValueError(f"mask_cube_voxels={self.mask_cube_voxels} must be an even number >= 2 (patch size 2)")
         if self.loss not in ("l1", "l2"):
             raise ValueError(f"loss={self.loss!r} must be 'l1' or 'l2'")
+        self.crop_scale = tuple(float(v) for v in self.crop_scale)
+        lo, hi = self.crop_scale
+        if not 0.0 < lo <= hi <= 1.0:
+            raise ValueError(f"crop_scale={self.crop_scale} must satisfy 0 < low <= high <= 1")
 
 
 class SimMIM(PretextTask):
@@ -59,6 +68,11 @@ class SimMIM(PretextTask):
     paper: ClassVar[str] = "Xie et al., SimMIM: A Simple Framework for Masked Image Modeling, CVPR 2022"
     Config: ClassVar[type] = SimMIMConfig
     uses_mask_token: ClassVar[bool] = True
+    #: The Swin-B 100-epoch config: AdamW, lr 2e-4 per 512 images, 10 warm-up epochs of 100, cosine to 1e-5 (scaled
+    #: like the lr), weight decay 0.05, global gradient-norm clipping at 5.0.
+    recipe: ClassVar[OptimRecipe] = OptimRecipe(
+        base_lr=2e-4, reference_batch=512, min_lr=1e-5, scale_min_lr=True, warmup_fraction=0.1, weight_decay=0.05,
+        clip_grad=5.0, source="microsoft/SimMIM configs/swin_base__100ep (cosine schedule)")
 
     def __init__(self, encoder: SwinEncoder, cfg: SimMIMConfig | None = None) -> None:
         super().__init__(encoder, cfg)
@@ -66,7 +80,8 @@ class SimMIM(PretextTask):
         self.decoder = LightDecoder(encoder.out_channels[-1], encoder.cfg.in_channels, stride=32)
 
     def make_views(self, crops: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
-        image = random_flip(crops, generator) if self.cfg.flip else crops
+        image = random_subcrop(crops, tuple(crops.shape[2:]), self.cfg.crop_scale, generator)
+        image = random_flip(image, generator) if self.cfg.flip else image
         grid = tuple(s // self.patch for s in crops.shape[2:])
         mask = random_cube_mask(crops.shape[0], grid, self.cfg.mask_cube_voxels // self.patch, self.cfg.mask_ratio,
                                 generator)

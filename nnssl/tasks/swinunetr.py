@@ -1,14 +1,18 @@
 """SwinUNETR's pretraining recipe (Tang et al., "Self-supervised pre-training of Swin transformers for 3D medical
 image analysis", CVPR 2022, https://arxiv.org/abs/2111.14791; code: Project-MONAI/research-contributions,
-SwinUNETR/Pretrain).
+SwinUNETR/Pretrain, cited in documentation/methods/swinunetr.md with file and line).
 
 Each crop x gives two views: x_v = cutout(rot_v(x)) for v = 1, 2, where rot_v is one of 4 rotations (0/90/180/270
-degrees about axis 0, ``nnssl.rotations.ROTATIONS_4``) and cutout replaces random boxes by noise or by another
-sample's voxels. Three heads on the last Swin stage s (2B, 16F, D/32, H/32, W/32) of both views:
+degrees in the sagittal plane, about the left-right axis: ``nnssl.rotations.ROTATIONS_4``, Tang's
+``rot90(k, (2, 3))`` on RAS arrays) and cutout replaces random boxes by noise or by the voxels of a donor from the same
+view's batch (never the partner view). Three heads on the last Swin stage s (2B, 16F, D/32, H/32, W/32) of both
+views:
 
 * rotation: global token -> Linear(16F, 4) -> cross-entropy against the rotation label;
-* contrastive: global token -> Linear(16F, 512) -> NT-Xent (tau 0.5) between the two views of each crop;
-* inpainting: s -> ``InpaintingDecoder`` -> (2B, C, D, H, W) -> L1 against the rotated, uncut rot_v(x).
+* contrastive: global token -> Linear(16F, 512) -> NT-Xent (tau 0.5) between the two views of each crop, on this
+  rank's batch (Tang's ``Contrast`` gathers nothing across GPUs);
+* inpainting: s -> ``InpaintingDecoder`` -> (2B, C, D, H, W) -> L1 against the rotated, uncut rot_v(x) over the whole
+  volume (Tang's ``nn.L1Loss``; ``inpaint_region="cutout"`` restricts it to the replaced voxels).
 
 loss = 1 * rotation + 1 * contrastive + 1 * inpainting (the paper's weights).
 
@@ -25,15 +29,17 @@ import torch
 from torch import Tensor, nn
 import torch.nn.functional as F
 
-from nnssl.encoders.swin import SwinEncoder
+from nnssl.decoders import InpaintingDecoder
+from nnssl.encoders.swin import SWIN_DIVISOR, SwinEncoder, check_swin_input_size
 from nnssl.heads import global_token
 from nnssl.losses.infonce import nt_xent
 from nnssl.losses.reconstruction import masked_l1
+from nnssl.recipes import OptimRecipe
 from nnssl.rotations import ROTATIONS_4, balanced_labels, rotate_batch
-from nnssl.tasks._inpainting import InpaintingDecoder, cutout
 from nnssl.tasks.base import PretextTask
+from nnssl.views import cutout
 
-_REGIONS = ("cutout", "volume")
+_REGIONS = ("volume", "cutout")
 
 
 @dataclass
@@ -50,9 +56,18 @@ class SwinUNETRConfig:
     max_drop: float = 0.3
     max_block: float = 0.25
     min_block: float = 0.05
-    #: Where the L1 is taken: "cutout" (masked-volume inpainting: only replaced voxels) or "volume" (the authors'
-    #: code takes nn.L1Loss over the whole reconstructed volume).
-    inpaint_region: str = "cutout"
+    #: Where the L1 is taken: "volume" (the authors' nn.L1Loss over the whole reconstructed volume) or "cutout" (only
+    #: the replaced voxels).
+    inpaint_region: str = "volume"
+
+    def __post_init__(self) -> None:
+        if self.inpaint_region not in _REGIONS:
+            raise ValueError(f"inpaint_region must be one of {_REGIONS}, got {self.inpaint_region!r}")
+        if not self.temperature > 0 or self.contrastive_dim < 1:
+            raise ValueError("need temperature > 0 and contrastive_dim >= 1")
+        if not 0.0 < self.max_drop < 1.0 or not 0.0 < self.min_block <= self.max_block <= 1.0:
+            raise ValueError(f"need 0 < max_drop < 1 and 0 < min_block <= max_block <= 1, got max_drop="
+                             f"{self.max_drop}, min_block={self.min_block}, max_block={self.max_block}")
 
 
 class SwinUNETRPretraining(PretextTask):
@@ -63,12 +78,17 @@ class SwinUNETRPretraining(PretextTask):
     paper: ClassVar[str] = ("Tang et al., Self-Supervised Pre-Training of Swin Transformers for 3D Medical Image "
                             "Analysis, CVPR 2022")
     Config: ClassVar[type] = SwinUNETRConfig
+    recommended_batch: ClassVar[int | None] = 16
+    #: README.md's 8-GPU run: AdamW, lr 6e-6, weight decay 0.1 on every parameter, 500 warm-up steps of 100000
+    #: (--lrdecay: cosine to 0), no clipping under AMP.
+    recipe: ClassVar[OptimRecipe] = OptimRecipe(
+        base_lr=6e-6, reference_batch=None, warmup_fraction=500 / 100_000, weight_decay=0.1,
+        decay_all_parameters=True,
+        source="Project-MONAI/research-contributions SwinUNETR/Pretrain README.md command (8 GPUs, 100k steps)")
     table = ROTATIONS_4
 
     def __init__(self, encoder: SwinEncoder, cfg: SwinUNETRConfig | None = None) -> None:
         super().__init__(encoder, cfg)
-        if self.cfg.inpaint_region not in _REGIONS:
-            raise ValueError(f"inpaint_region must be one of {_REGIONS}, got {self.cfg.inpaint_region!r}")
         dim = encoder.out_channels[-1]
         # The authors read token 0 (rotation) and token 1 (contrastive) of the last stage; we pool all tokens,
         # which works for every crop size (a 32^3 crop has a single last-stage token).
@@ -76,19 +96,28 @@ class SwinUNETRPretraining(PretextTask):
         self.contrastive_head = nn.Linear(dim, self.cfg.contrastive_dim)
         self.decoder = InpaintingDecoder(dim, encoder.cfg.in_channels)
 
+    def negatives_per_anchor(self, batch: int, world_size: int = 1) -> int:
+        return 2 * batch - 2  # this rank's batch only: Tang's loss gathers nothing
+
+    def check_crop(self, crop: tuple[int, ...]) -> list[str]:
+        check_swin_input_size(crop)
+        if crop[0] != crop[1]:
+            raise ValueError(f"the sagittal rotations turn the (D, H) plane into itself: the crop needs D == H, got "
+                             f"{tuple(crop)}")
+        if all(s <= SWIN_DIVISOR for s in crop):
+            raise ValueError(f"crop {tuple(crop)} leaves a single last-stage token; the inpainting decoder needs at "
+                             "least 64 voxels along one axis (the paper uses 96^3 crops)")
+        return []
+
     def make_views(self, crops: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
         b = crops.shape[0]
         if b < 2:
             raise ValueError("the SwinUNETR recipe needs a batch of at least 2 crops (contrastive negatives)")
-        if all(s <= 32 for s in crops.shape[2:]):
-            # The decoder's first InstanceNorm runs on the last Swin stage (D/32 ...): one voxel cannot be normalised.
-            raise ValueError(f"crop {tuple(crops.shape[2:])} leaves a single last-stage token; the inpainting "
-                             "decoder needs at least 64 voxels along one axis (the paper uses 96^3 crops)")
-        if crops.shape[3] != crops.shape[4]:
-            raise ValueError(f"the rotations turn the (H, W) plane: crops need H == W, got {tuple(crops.shape[2:])}")
+        self.check_crop(tuple(crops.shape[2:]))
         labels = torch.cat([balanced_labels(b, len(self.table), generator) for _ in range(2)])
         target = rotate_batch(torch.cat([crops, crops]), labels, self.table).contiguous()
-        image, mask = cutout(target, generator, self.cfg.max_drop, self.cfg.max_block, self.cfg.min_block)
+        c = self.cfg
+        image, mask = cutout(target, generator, c.max_drop, c.max_block, c.min_block, groups=2)
         return {"image": image, "target": target, "mask": mask, "rotation": labels}
 
     def forward(self, views: dict[str, Tensor], step: int) -> dict[str, Tensor]:
@@ -98,12 +127,10 @@ class SwinUNETRPretraining(PretextTask):
         pooled = global_token(deepest)
         rot = F.cross_entropy(self.rotation_head(pooled), views["rotation"].long())
         z = self.contrastive_head(pooled)
-        con = nt_xent(z[:b], z[b:], temperature=self.cfg.temperature)
+        con = nt_xent(z[:b], z[b:], temperature=self.cfg.temperature, gather=False)
         recon = self.decoder(deepest)
-        if self.cfg.inpaint_region == "cutout":
-            rec = masked_l1(recon, target, views["mask"])
-        else:
-            rec = F.l1_loss(recon, target)
+        rec = masked_l1(recon, target, views["mask"]) if self.cfg.inpaint_region == "cutout" \
+            else F.l1_loss(recon, target)
         c = self.cfg
         loss = c.rotation_weight * rot + c.contrastive_weight * con + c.inpainting_weight * rec
         return {"loss": loss, "loss/rotation": rot.detach(), "loss/contrastive": con.detach(),

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,10 +26,11 @@ from nnssl.checkpoint import load_checkpoint, save_checkpoint
 from nnssl.data.preprocessed import PreprocessedSource, RandomCropDataset, StepSampler, find_sources
 from nnssl.encoders.swin import EncoderConfig, SwinEncoder, check_swin_input_size
 from nnssl.nnunet.naming import CONFIGURATION, SWIN_PLANS
+from nnssl.recipes import OptimRecipe, ResolvedOptim
 from nnssl.tasks import PretextTask, config_from_overrides, get_task_class
 from nnssl.training.distributed import DistInfo, cleanup_distributed, init_distributed
 from nnssl.training.log import TrainingLog
-from nnssl.training.optim import make_optimizer, make_schedules
+from nnssl.training.optim import clip_gradients, make_optimizer, make_schedules
 
 #: Settings that may differ between a run and its resumption (they do not change the optimisation).
 RESUME_MUTABLE = {"device", "num_workers", "checkpoint_every", "progress", "amp"}
@@ -49,12 +52,14 @@ class PretrainConfig:
     crop: tuple[int, int, int] = (96, 96, 96)
     batch_size: int = 2
     steps: int = 1000
-    lr: float = 1e-4
-    min_lr: float = 1e-6
-    warmup_steps: int = -1  # -1: 5% of the steps
-    weight_decay: float = 0.05
-    weight_decay_end: float = 0.05
-    clip_grad: float = 3.0
+    # Optimisation: None = the method's reference recipe (nnssl.recipes; `nnssl_pretrain --show-config`).
+    lr: float | None = None
+    min_lr: float | None = None
+    warmup_steps: int | None = None
+    weight_decay: float | None = None
+    weight_decay_end: float | None = None
+    clip_grad: float | None = None
+    betas: tuple[float, float] | None = None
     grad_checkpointing: bool = False
     amp: bool = True
     device: str = "cuda"
@@ -68,22 +73,33 @@ class PretrainConfig:
         self.datasets = [str(d) for d in self.datasets]
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError("steps and batch size must be >= 1")
-        if self.lr <= 0:
-            raise ValueError(f"learning rate must be > 0, got {self.lr}")
+        if self.betas is not None:
+            self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
+        for name, positive in (("lr", True), ("min_lr", False), ("weight_decay", False), ("weight_decay_end", False),
+                               ("clip_grad", False)):
+            value = getattr(self, name)
+            if value is not None and (not math.isfinite(value) or value < 0 or (positive and value == 0)):
+                raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value}")
+        if self.warmup_steps is not None and not 0 <= self.warmup_steps < self.steps:
+            raise ValueError(f"warmup_steps={self.warmup_steps} must lie in [0, steps={self.steps})")
         if self.device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda was asked for but no CUDA device is visible: use --device cpu")
         check_swin_input_size(self.crop)
 
-    @property
-    def resolved_warmup(self) -> int:
-        return self.warmup_steps if self.warmup_steps >= 0 else int(round(0.05 * self.steps))
-
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["crop"] = list(self.crop)
+        if self.betas is not None:
+            d["betas"] = list(self.betas)
         return d
+
+    def resolve_optim(self, recipe: OptimRecipe, world_size: int = 1) -> ResolvedOptim:
+        """The method's recipe at this run's global batch, with the settings given explicitly applied."""
+        return recipe.resolve(self.batch_size * world_size, self.steps, lr=self.lr, min_lr=self.min_lr,
+                              warmup_steps=self.warmup_steps, weight_decay=self.weight_decay,
+                              weight_decay_end=self.weight_decay_end, clip_grad=self.clip_grad, betas=self.betas)
 
 
 def default_output_dir(cfg: PretrainConfig) -> Path:
@@ -108,6 +124,36 @@ def build_task(cfg: PretrainConfig, in_channels: int) -> PretextTask:
     if not task_cls.uses_mask_token:
         task.student.mask_token.requires_grad_(False)  # unused: keep it out of the optimiser and of DDP
     return task
+
+
+def startup_warnings(cfg: PretrainConfig, task: PretextTask, world_size: int = 1) -> list[str]:
+    """What the run should know before it starts: crop sizes below the method's recommendation (sizes it cannot run
+    on raise ValueError) and too few contrastive negatives at this global batch."""
+    warnings = list(task.check_crop(tuple(cfg.crop)))
+    recommended = type(task).recommended_batch
+    global_batch = cfg.batch_size * world_size
+    if recommended and global_batch < recommended:
+        negatives = task.negatives_per_anchor(cfg.batch_size, world_size)
+        warnings.append(
+            f"{cfg.method} scores each anchor against {negatives} negative(s) at a global batch of {global_batch} "
+            f"(--batch-size {cfg.batch_size} x {world_size} process(es)); its page recommends a global batch of at "
+            f"least {recommended}, below which intensity statistics alone can pick the positive. Raise --batch-size "
+            "or train on more GPUs (torchrun), which gathers negatives across ranks")
+    return warnings
+
+
+def describe_run(cfg: PretrainConfig, world_size: int = 1) -> str:
+    """The method's settings for ``--show-config``: its reference recipe resolved at this batch, and its options."""
+    task_cls = get_task_class(cfg.method)
+    task_cfg = config_from_overrides(task_cls.Config, cfg.task_options)
+    optim = cfg.resolve_optim(task_cls.recipe, world_size)
+    lines = [f"{cfg.method}: {task_cls.paper}",
+             f"optimisation at a global batch of {cfg.batch_size * world_size} over {cfg.steps} steps "
+             f"(recipe: {task_cls.recipe.source}; base lr {task_cls.recipe.base_lr:g}"
+             + (f" per {task_cls.recipe.reference_batch} crops)" if task_cls.recipe.reference_batch else ", absolute)"),
+             optim.describe(), "method options (-o KEY=VALUE):"]
+    lines += [f"  {k:<28} {v!r}" for k, v in dataclasses.asdict(task_cfg).items()]
+    return "\n".join(lines)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -168,12 +214,16 @@ def _run(cfg: PretrainConfig, out_dir: Path, resume: bool, progress: bool,
     device = torch.device("cuda", info.local_rank) if cfg.device == "cuda" else torch.device("cpu")
     sources = find_sources(cfg.datasets, cfg.plans, cfg.configuration)
     task = build_task(cfg, sources[0].num_channels)
+    warnings = startup_warnings(cfg, task, info.world_size)
+    if info.is_main:
+        for w in warnings:
+            print(f"warning: {w}", file=sys.stderr, flush=True)
     task.setup(cfg.steps)
     task.to(device)
 
-    optimizer = make_optimizer(task, cfg.lr)
-    schedules = make_schedules(cfg.steps, cfg.lr, cfg.min_lr, cfg.resolved_warmup, cfg.weight_decay,
-                               cfg.weight_decay_end)
+    optim = cfg.resolve_optim(type(task).recipe, info.world_size)
+    optimizer = make_optimizer(task, optim)
+    schedules = make_schedules(cfg.steps, optim)
     use_amp = cfg.amp and device.type == "cuda"
     amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
@@ -199,13 +249,18 @@ def _run(cfg: PretrainConfig, out_dir: Path, resume: bool, progress: bool,
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "config.json").write_text(json.dumps(
             {**cfg.to_dict(), "encoder_config": task.encoder().cfg.to_dict(),
-             "task_config": dataclasses.asdict(task.cfg)}, indent=2, default=str))
+             "task_config": dataclasses.asdict(task.cfg), "optimisation": optim.to_dict(), "warnings": warnings},
+            indent=2, default=str))
 
     model: torch.nn.Module = task
     if info.enabled:
-        # Unused parameters differ by task (e.g. heads used on alternate steps); let DDP find them.
+        if device.type == "cuda":
+            # Batch statistics over all ranks, as MoCo v3 and SimCLR (their BatchNorm heads); gloo/CPU has no SyncBN.
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(task)
+        # Every trainable parameter must get a gradient each step: DDP then fails loudly on an untrained part
+        # instead of searching the graph for unused parameters (which once hid an untrained Swin stage).
         model = torch.nn.parallel.DistributedDataParallel(
-            task, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True)
+            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=False)
 
     dataset = RandomCropDataset(sources, cfg.crop, seed=cfg.seed)
     loader = DataLoader(dataset, batch_size=cfg.batch_size,
@@ -225,6 +280,7 @@ def _run(cfg: PretrainConfig, out_dir: Path, resume: bool, progress: bool,
             "step": step,
             "config": cfg.to_dict(),
             "task_config": dataclasses.asdict(task.cfg),
+            "optimisation": optim.to_dict(),
             "provenance": _provenance(sources),
             "rng": _rng_state(),
         }
@@ -254,11 +310,9 @@ def _run(cfg: PretrainConfig, out_dir: Path, resume: bool, progress: bool,
             )
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
-        grad_norm = None
-        if cfg.clip_grad > 0:
-            scaler.unscale_(optimizer)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(
-                [p for g in optimizer.param_groups for p in g["params"]], cfg.clip_grad))
+        scaler.unscale_(optimizer)
+        grad_norm = float(clip_gradients([p for g in optimizer.param_groups for p in g["params"]], optim.clip_grad,
+                                         optim.clip_mode))
         task.before_optimizer_step(step)
         scaler.step(optimizer)
         scaler.update()

@@ -1,22 +1,27 @@
-"""AdamW with per-step learning-rate and weight-decay schedules (warm-up + cosine, as DINO and SimMIM)."""
+"""AdamW with per-step learning-rate and weight-decay schedules and gradient clipping, driven by a method's resolved
+recipe (``nnssl.recipes.ResolvedOptim``): warm-up + cosine (DINO, SimMIM, MAE, MoCo v3) or a constant rate (Taleb et
+al.'s Adam), weight decay on weight matrices only or on every parameter, global or per-parameter clipping."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
+from nnssl.recipes import ResolvedOptim
 from nnssl.schedules import at, cosine_schedule
 
 
-def parameter_groups(model: nn.Module) -> list[dict]:
-    """Two groups: weights with decay; biases, norms, position-bias tables and tokens without (as Swin/DINO do)."""
+def parameter_groups(model: nn.Module, decay_all: bool = False) -> list[dict]:
+    """Trainable parameters in two groups: weights with decay; biases and one-dimensional parameters (norms, tokens)
+    without, DINO's rule (facebookresearch/dino utils.py:632-643), or all with decay when ``decay_all`` (references
+    that hand ``model.parameters()`` to AdamW)."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        if p.ndim <= 1 or name.endswith(".bias") or "relative_position_bias_table" in name or "token" in name:
+        if not decay_all and (p.ndim <= 1 or name.endswith(".bias")):
             no_decay.append(p)
         else:
             decay.append(p)
@@ -25,6 +30,8 @@ def parameter_groups(model: nn.Module) -> list[dict]:
 
 @dataclass
 class OptimSchedules:
+    """Learning rate and weight decay per global step (arrays of length total_steps)."""
+
     lr: np.ndarray
     weight_decay: np.ndarray
 
@@ -36,17 +43,48 @@ class OptimSchedules:
         return lr, wd
 
 
-def make_schedules(total_steps: int, lr: float, min_lr: float, warmup_steps: int, weight_decay: float,
-                   weight_decay_end: float) -> OptimSchedules:
-    warmup_steps = min(warmup_steps, max(total_steps - 1, 0))
+def make_schedules(total_steps: int, optim: ResolvedOptim) -> OptimSchedules:
+    """Linear warm-up from 0 then a cosine to min_lr (or a constant rate), and the cosine weight-decay schedule."""
+    warmup = min(optim.warmup_steps, max(total_steps - 1, 0))
+    end = optim.lr if optim.schedule == "constant" else optim.min_lr
     return OptimSchedules(
-        lr=cosine_schedule(lr, min_lr, total_steps, warmup_steps=warmup_steps, warmup_start=0.0),
-        weight_decay=cosine_schedule(weight_decay, weight_decay_end, total_steps),
+        lr=cosine_schedule(optim.lr, end, total_steps, warmup_steps=warmup, warmup_start=0.0),
+        weight_decay=cosine_schedule(optim.weight_decay, optim.weight_decay_end, total_steps),
     )
 
 
-def make_optimizer(model: nn.Module, lr: float, betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.AdamW:
-    groups = [g for g in parameter_groups(model) if g["params"]]
+def make_optimizer(model: nn.Module, optim: ResolvedOptim) -> torch.optim.AdamW:
+    groups = [g for g in parameter_groups(model, optim.decay_all_parameters) if g["params"]]
     if not groups:
         raise ValueError("the task has no trainable parameters")
-    return torch.optim.AdamW(groups, lr=lr, betas=betas)
+    return torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas))
+
+
+def clip_gradients(params: list[Tensor], max_norm: float, mode: str = "global") -> Tensor:
+    """Clip gradients in place and return the global gradient norm before clipping (a 0-dim tensor on the device:
+    no host synchronisation).
+
+    ``mode="global"``: scale all gradients together so that their joint norm is at most ``max_norm``
+    (``clip_grad_norm_``). ``mode="per-parameter"``: scale each parameter's gradient on its own to a norm of at most
+    ``max_norm``, as DINO's and iBOT's ``clip_gradients`` (facebookresearch/dino utils.py:132-141). ``max_norm`` 0
+    measures without clipping.
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    norms = torch._foreach_norm(grads)
+    total = torch.linalg.vector_norm(torch.stack(norms))
+    if max_norm <= 0:
+        return total
+    if mode == "global":
+        coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+        torch._foreach_mul_(grads, coef)
+    elif mode == "per-parameter":
+        coefs = [torch.clamp(max_norm / (n + 1e-6), max=1.0) for n in norms]
+        torch._foreach_mul_(grads, coefs)
+    else:
+        raise ValueError(f"clip mode must be 'global' or 'per-parameter', got {mode!r}")
+    return total
+
+
+__all__ = ["OptimSchedules", "clip_gradients", "make_optimizer", "make_schedules", "parameter_groups"]
