@@ -99,6 +99,26 @@ def test_export_writes_slurm_arrays(tmp_path):
     assert "nnUNet_results=" in (tmp_path / "jobs" / "env.sh").read_text()
 
 
+def test_jobs_name_their_prerequisites(tmp_path):
+    spec = spec_from_dict({**SPEC, "phantoms": {"datasets": [900, 901]}, "methods": ["scratch", "smit", "public"],
+                           "checkpoints": {"public": str(tmp_path / "public.pth")}})
+    jobs = build_jobs(spec, Paths.under(tmp_path), tmp_path / "report")
+    after = {j.key: j.after for j in jobs}
+    assert after["phantoms/900"] == [] and after["preprocess"] == ["phantoms/900", "phantoms/901"]
+    assert after["pretrain/smit"] == ["preprocess"] and "pretrain/public" not in after
+    assert after["attach/smit/901"] == ["pretrain/smit"] and after["attach/public/901"] == ["preprocess"]
+    assert after["finetune/901/scratch/5/0"] == ["preprocess"]
+    assert after["finetune/901/smit/all/1"] == ["attach/smit/901"]
+    assert after["cka/901/smit/all/1"] == ["finetune/901/smit/all/1"]
+    report = jobs[-1]
+    assert report.after_any and set(report.after) == set(after) - {"report"}
+    keys = [j.key for j in jobs]
+    assert all(keys.index(k) < keys.index(j.key) for j in jobs for k in j.after)  # the runner's order holds
+    finetunes = [j for j in jobs if j.stage == "finetune"]
+    assert all(j.always_resume and j.resume_args == ["--c"] for j in finetunes)
+    assert {j.method for j in finetunes} == {"scratch", "smit", "public"}
+
+
 def test_cli_dry_run_and_errors(tmp_path, capsys):
     from nnssl.cli.benchmark import main
 

@@ -64,6 +64,16 @@ class Job:
     env: dict[str, str] = field(default_factory=dict)
     #: written by the runner after the command succeeded, for commands whose own outputs appear before they finish
     stamp: Path | None = None
+    #: keys of the jobs that must succeed first (direct prerequisites; theirs are implied). The runner's order already
+    #: respects them; the cluster export turns them into per-job dependencies.
+    after: list[str] = field(default_factory=list)
+    #: start once the prerequisites have ended, whatever their outcome (the report, which lists what failed)
+    after_any: bool = False
+    #: the method a pretrain/attach/finetune/cka job belongs to (the export groups a method's jobs)
+    method: str | None = None
+    #: the resume flags are safe on a fresh start too (nnU-Net's --c trains from scratch when there is no
+    #: checkpoint), so a job that may be re-queued can always pass them
+    always_resume: bool = False
 
     def is_done(self) -> bool:
         if self.stamp is not None and not self.stamp.exists():
@@ -108,6 +118,7 @@ def _dataset_glob(root: Path, dataset: str) -> str:
 def build_jobs(spec: BenchmarkSpec, paths: Paths, report_dir: Path) -> list[Job]:
     """All jobs of the grid in an order that respects their dependencies."""
     jobs: list[Job] = []
+    pretrained_by: dict[str, str] = {}  # method -> key of its pretraining job
     cpu = spec.device == "cpu"
     nproc = ["-np", "1", "-npfp", "1"] if cpu else []
     pre, down = spec.pretraining, spec.downstream
@@ -129,6 +140,7 @@ def build_jobs(spec: BenchmarkSpec, paths: Paths, report_dir: Path) -> list[Job]
         done_marker=[paths.preprocessed / _dataset_glob(paths.preprocessed, d) / f"{SWIN_PLANS}.json"
                      for d in needed],
         stamp=paths.preprocessed / f".nnssl_preprocessed_{pre.encoder}_{'-'.join(needed)}",
+        after=[j.key for j in jobs if j.stage == "phantoms"],
     ))
     crop = [str(c) for c in (pre.crop if isinstance(pre.crop, list) else [pre.crop])]
     for m in spec.pretrained_methods:
@@ -142,13 +154,16 @@ def build_jobs(spec: BenchmarkSpec, paths: Paths, report_dir: Path) -> list[Job]
         for key, value in pre.options.get(m, {}).items():
             cmd += ["-o", f"{key}={value}"]
         jobs.append(Job(f"pretrain/{m}", "pretrain", cmd, done_marker=out / "checkpoint_final.pth",
-                        resume_marker=out / "checkpoint_latest.pth", resume_args=["--resume"]))
+                        resume_marker=out / "checkpoint_latest.pth", resume_args=["--resume"],
+                        after=["preprocess"], method=m))
+        pretrained_by[m] = f"pretrain/{m}"
     for m in spec.pretrained_methods:
         for d in _ids(down.datasets):
             jobs.append(Job(
                 f"attach/{m}/{d}", "attach",
                 ["nnssl_attach", "-d", d, "--checkpoint", str(checkpoint_path(spec, paths, m)), "--name", m],
                 done_marker=paths.preprocessed / _dataset_glob(paths.preprocessed, d) / f"{plans_name(m)}.json",
+                after=[pretrained_by.get(m, "preprocess")], method=m,  # an existing checkpoint needs no pretraining
             ))
     train_env = {"nnUNet_n_proc_DA": "0", "nnUNet_def_n_proc": "1"} if cpu else {}
     if down.iterations_per_epoch:
@@ -169,7 +184,8 @@ def build_jobs(spec: BenchmarkSpec, paths: Paths, report_dir: Path) -> list[Job]
                     jobs.append(Job(f"finetune/{d}/{m}/{shots}/{fold}", "finetune", cmd,
                                     done_marker=fold_dir / "validation" / "summary.json",
                                     resume_marker=fold_dir / "checkpoint_latest.pth", resume_args=["--c"],
-                                    env=train_env))
+                                    env=train_env, method=m, always_resume=True,
+                                    after=["preprocess" if m == SCRATCH else f"attach/{m}/{d}"]))
                     if m != SCRATCH:
                         out = report_dir / "cka" / f"{d}__{m}__{shots}__fold{fold}.json"
                         jobs.append(Job(
@@ -177,10 +193,11 @@ def build_jobs(spec: BenchmarkSpec, paths: Paths, report_dir: Path) -> list[Job]
                             ["nnssl_cka", "--pretrained", str(checkpoint_path(spec, paths, m)), "-d", d,
                              "-tr", trainer, "-p", plans_name(m), "-f", str(fold), "--device", spec.device,
                              "--images", str(down.cka_images), "--out", str(out)],
-                            done_marker=out,
+                            done_marker=out, after=[f"finetune/{d}/{m}/{shots}/{fold}"], method=m,
                         ))
     jobs.append(Job("report", "report", ["nnssl_report", str(paths.results), "--out", str(report_dir),
-                                         "--cka", str(report_dir / "cka")]))
+                                         "--cka", str(report_dir / "cka")],
+                    after=[j.key for j in jobs], after_any=True))
     return jobs
 
 
