@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
 
 from nnssl.benchmark import runner
-from nnssl.benchmark.runner import Job, Paths, build_jobs, export_jobs, run_jobs, trainer_name
+from nnssl.benchmark.runner import Job, Paths, build_jobs, run_jobs, trainer_name
 from nnssl.benchmark.spec import SpecError, demo_spec, load_spec, spec_from_dict
 
 SPEC = {
@@ -83,20 +82,6 @@ def test_runner_stops_at_a_failure_and_points_at_the_log(tmp_path, capsys):
     assert run_jobs(jobs, Paths.under(tmp_path), tmp_path / "logs", progress=False) == 1
     out = capsys.readouterr()
     assert "job x failed (exit 3)" in out.out + out.err and "boom" in (tmp_path / "logs" / "x.log").read_text()
-
-
-def test_export_writes_slurm_arrays(tmp_path):
-    paths = Paths.under(tmp_path)
-    jobs = build_jobs(spec_from_dict(SPEC), paths, tmp_path / "report")
-    export_jobs(jobs, paths, tmp_path / "jobs")
-    finetune = (tmp_path / "jobs" / "finetune.commands").read_text().splitlines()
-    assert len(finetune) == 8 and all(l.split()[2] == "nnUNetv2_train" or "nnUNetv2_train" in l for l in finetune)
-    sbatch = (tmp_path / "jobs" / "finetune.sbatch").read_text()
-    assert "#SBATCH --array=0-7" in sbatch and "source env.sh" in sbatch
-    submit = (tmp_path / "jobs" / "submit.sh").read_text()
-    assert submit.index("pretrain.sbatch") < submit.index("attach.sbatch") < submit.index("finetune.sbatch")
-    assert subprocess.run(["bash", "-n", str(tmp_path / "jobs" / "submit.sh")]).returncode == 0
-    assert "nnUNet_results=" in (tmp_path / "jobs" / "env.sh").read_text()
 
 
 def test_jobs_name_their_prerequisites(tmp_path):

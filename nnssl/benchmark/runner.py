@@ -1,8 +1,9 @@
-"""Turn a benchmark spec into jobs (shell commands with a 'done' marker each), run them or export them.
+"""Turn a benchmark spec into jobs (shell commands with a 'done' marker each) and run them.
 
 Every job is an ordinary nnssl / nnU-Net command, so what the runner does is exactly what a person (or a cluster
 array job) would type. A job whose marker exists is skipped; a fine-tuning or pretraining job that left a
 ``checkpoint_latest.pth`` is resumed (``--c`` / ``--resume``), so an interrupted grid continues where it stopped.
+Each job names the jobs it needs (``Job.after``); nnssl.benchmark.slurm exports the grid as SLURM jobs from them.
 """
 from __future__ import annotations
 
@@ -236,45 +237,3 @@ def run_jobs(jobs: list[Job], paths: Paths, log_dir: Path, progress: bool = True
                 break
     bar.close()
     return failures
-
-
-def export_jobs(jobs: list[Job], paths: Paths, out_dir: Path) -> list[Path]:
-    """Write one command file per stage, a SLURM array script per stage and a submit script chaining them."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    env_file = out_dir / "env.sh"
-    env_file.write_text("# nnU-Net and nnssl folders of this grid; sourced by every job\n" + "".join(
-        f"export {k}={shlex.quote(v)}\n" for k, v in paths.environment().items()))
-    written.append(env_file)
-    submit = ["#!/usr/bin/env bash", "# Submits the stages in order; each stage waits for the previous one.",
-              "set -euo pipefail", 'cd "$(dirname "$0")"', "dep=''"]
-    for stage in STAGES:
-        stage_jobs = [j for j in jobs if j.stage == stage]
-        if not stage_jobs:
-            continue
-        commands = out_dir / f"{stage}.commands"
-        commands.write_text("".join(j.shell() + "\n" for j in stage_jobs))
-        script = out_dir / f"{stage}.sbatch"
-        script.write_text("\n".join([
-            "#!/usr/bin/env bash",
-            f"#SBATCH --job-name=nnssl-{stage}",
-            f"#SBATCH --array=0-{len(stage_jobs) - 1}",
-            "#SBATCH --output=logs/%x-%A_%a.out",
-            "# Add your partition, GPU and time limits here, e.g. #SBATCH --gres=gpu:1",
-            "set -euo pipefail",
-            'cd "$SLURM_SUBMIT_DIR"',
-            "source env.sh",
-            f'line=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {commands.name})',
-            'echo "$line"',
-            'eval "$line"',
-            "",
-        ]))
-        submit.append(f"id=$(sbatch --parsable ${{dep:+--dependency=afterok:$dep}} {script.name})")
-        submit.append('dep="$id"; echo "submitted ' + stage + ' as $id"')
-        written += [commands, script]
-    (out_dir / "logs").mkdir(exist_ok=True)
-    submit_file = out_dir / "submit.sh"
-    submit_file.write_text("\n".join(submit) + "\n")
-    submit_file.chmod(0o755)
-    written.append(submit_file)
-    return written
