@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
 
 from nnssl.benchmark import runner
-from nnssl.benchmark.runner import Job, Paths, build_jobs, export_jobs, run_jobs, trainer_name
+from nnssl.benchmark.runner import Job, Paths, build_jobs, run_jobs, trainer_name
 from nnssl.benchmark.spec import SpecError, demo_spec, load_spec, spec_from_dict
 
 SPEC = {
@@ -85,18 +84,24 @@ def test_runner_stops_at_a_failure_and_points_at_the_log(tmp_path, capsys):
     assert "job x failed (exit 3)" in out.out + out.err and "boom" in (tmp_path / "logs" / "x.log").read_text()
 
 
-def test_export_writes_slurm_arrays(tmp_path):
-    paths = Paths.under(tmp_path)
-    jobs = build_jobs(spec_from_dict(SPEC), paths, tmp_path / "report")
-    export_jobs(jobs, paths, tmp_path / "jobs")
-    finetune = (tmp_path / "jobs" / "finetune.commands").read_text().splitlines()
-    assert len(finetune) == 8 and all(l.split()[2] == "nnUNetv2_train" or "nnUNetv2_train" in l for l in finetune)
-    sbatch = (tmp_path / "jobs" / "finetune.sbatch").read_text()
-    assert "#SBATCH --array=0-7" in sbatch and "source env.sh" in sbatch
-    submit = (tmp_path / "jobs" / "submit.sh").read_text()
-    assert submit.index("pretrain.sbatch") < submit.index("attach.sbatch") < submit.index("finetune.sbatch")
-    assert subprocess.run(["bash", "-n", str(tmp_path / "jobs" / "submit.sh")]).returncode == 0
-    assert "nnUNet_results=" in (tmp_path / "jobs" / "env.sh").read_text()
+def test_jobs_name_their_prerequisites(tmp_path):
+    spec = spec_from_dict({**SPEC, "phantoms": {"datasets": [900, 901]}, "methods": ["scratch", "smit", "public"],
+                           "checkpoints": {"public": str(tmp_path / "public.pth")}})
+    jobs = build_jobs(spec, Paths.under(tmp_path), tmp_path / "report")
+    after = {j.key: j.after for j in jobs}
+    assert after["phantoms/900"] == [] and after["preprocess"] == ["phantoms/900", "phantoms/901"]
+    assert after["pretrain/smit"] == ["preprocess"] and "pretrain/public" not in after
+    assert after["attach/smit/901"] == ["pretrain/smit"] and after["attach/public/901"] == ["preprocess"]
+    assert after["finetune/901/scratch/5/0"] == ["preprocess"]
+    assert after["finetune/901/smit/all/1"] == ["attach/smit/901"]
+    assert after["cka/901/smit/all/1"] == ["finetune/901/smit/all/1"]
+    report = jobs[-1]
+    assert report.after_any and set(report.after) == set(after) - {"report"}
+    keys = [j.key for j in jobs]
+    assert all(keys.index(k) < keys.index(j.key) for j in jobs for k in j.after)  # the runner's order holds
+    finetunes = [j for j in jobs if j.stage == "finetune"]
+    assert all(j.always_resume and j.resume_args == ["--c"] for j in finetunes)
+    assert {j.method for j in finetunes} == {"scratch", "smit", "public"}
 
 
 def test_cli_dry_run_and_errors(tmp_path, capsys):

@@ -1,8 +1,9 @@
-"""Turn a benchmark spec into jobs (shell commands with a 'done' marker each), run them or export them.
+"""Turn a benchmark spec into jobs (shell commands with a 'done' marker each) and run them.
 
 Every job is an ordinary nnssl / nnU-Net command, so what the runner does is exactly what a person (or a cluster
 array job) would type. A job whose marker exists is skipped; a fine-tuning or pretraining job that left a
 ``checkpoint_latest.pth`` is resumed (``--c`` / ``--resume``), so an interrupted grid continues where it stopped.
+Each job names the jobs it needs (``Job.after``); nnssl.benchmark.slurm exports the grid as SLURM jobs from them.
 """
 from __future__ import annotations
 
@@ -64,6 +65,16 @@ class Job:
     env: dict[str, str] = field(default_factory=dict)
     #: written by the runner after the command succeeded, for commands whose own outputs appear before they finish
     stamp: Path | None = None
+    #: keys of the jobs that must succeed first (direct prerequisites; theirs are implied). The runner's order already
+    #: respects them; the cluster export turns them into per-job dependencies.
+    after: list[str] = field(default_factory=list)
+    #: start once the prerequisites have ended, whatever their outcome (the report, which lists what failed)
+    after_any: bool = False
+    #: the method a pretrain/attach/finetune/cka job belongs to (the export groups a method's jobs)
+    method: str | None = None
+    #: the resume flags are safe on a fresh start too (nnU-Net's --c trains from scratch when there is no
+    #: checkpoint), so a job that may be re-queued can always pass them
+    always_resume: bool = False
 
     def is_done(self) -> bool:
         if self.stamp is not None and not self.stamp.exists():
@@ -108,6 +119,7 @@ def _dataset_glob(root: Path, dataset: str) -> str:
 def build_jobs(spec: BenchmarkSpec, paths: Paths, report_dir: Path) -> list[Job]:
     """All jobs of the grid in an order that respects their dependencies."""
     jobs: list[Job] = []
+    pretrained_by: dict[str, str] = {}  # method -> key of its pretraining job
     cpu = spec.device == "cpu"
     nproc = ["-np", "1", "-npfp", "1"] if cpu else []
     pre, down = spec.pretraining, spec.downstream
@@ -129,6 +141,7 @@ def build_jobs(spec: BenchmarkSpec, paths: Paths, report_dir: Path) -> list[Job]
         done_marker=[paths.preprocessed / _dataset_glob(paths.preprocessed, d) / f"{SWIN_PLANS}.json"
                      for d in needed],
         stamp=paths.preprocessed / f".nnssl_preprocessed_{pre.encoder}_{'-'.join(needed)}",
+        after=[j.key for j in jobs if j.stage == "phantoms"],
     ))
     crop = [str(c) for c in (pre.crop if isinstance(pre.crop, list) else [pre.crop])]
     for m in spec.pretrained_methods:
@@ -142,13 +155,16 @@ def build_jobs(spec: BenchmarkSpec, paths: Paths, report_dir: Path) -> list[Job]
         for key, value in pre.options.get(m, {}).items():
             cmd += ["-o", f"{key}={value}"]
         jobs.append(Job(f"pretrain/{m}", "pretrain", cmd, done_marker=out / "checkpoint_final.pth",
-                        resume_marker=out / "checkpoint_latest.pth", resume_args=["--resume"]))
+                        resume_marker=out / "checkpoint_latest.pth", resume_args=["--resume"],
+                        after=["preprocess"], method=m))
+        pretrained_by[m] = f"pretrain/{m}"
     for m in spec.pretrained_methods:
         for d in _ids(down.datasets):
             jobs.append(Job(
                 f"attach/{m}/{d}", "attach",
                 ["nnssl_attach", "-d", d, "--checkpoint", str(checkpoint_path(spec, paths, m)), "--name", m],
                 done_marker=paths.preprocessed / _dataset_glob(paths.preprocessed, d) / f"{plans_name(m)}.json",
+                after=[pretrained_by.get(m, "preprocess")], method=m,  # an existing checkpoint needs no pretraining
             ))
     train_env = {"nnUNet_n_proc_DA": "0", "nnUNet_def_n_proc": "1"} if cpu else {}
     if down.iterations_per_epoch:
@@ -169,7 +185,8 @@ def build_jobs(spec: BenchmarkSpec, paths: Paths, report_dir: Path) -> list[Job]
                     jobs.append(Job(f"finetune/{d}/{m}/{shots}/{fold}", "finetune", cmd,
                                     done_marker=fold_dir / "validation" / "summary.json",
                                     resume_marker=fold_dir / "checkpoint_latest.pth", resume_args=["--c"],
-                                    env=train_env))
+                                    env=train_env, method=m, always_resume=True,
+                                    after=["preprocess" if m == SCRATCH else f"attach/{m}/{d}"]))
                     if m != SCRATCH:
                         out = report_dir / "cka" / f"{d}__{m}__{shots}__fold{fold}.json"
                         jobs.append(Job(
@@ -177,10 +194,11 @@ def build_jobs(spec: BenchmarkSpec, paths: Paths, report_dir: Path) -> list[Job]
                             ["nnssl_cka", "--pretrained", str(checkpoint_path(spec, paths, m)), "-d", d,
                              "-tr", trainer, "-p", plans_name(m), "-f", str(fold), "--device", spec.device,
                              "--images", str(down.cka_images), "--out", str(out)],
-                            done_marker=out,
+                            done_marker=out, after=[f"finetune/{d}/{m}/{shots}/{fold}"], method=m,
                         ))
     jobs.append(Job("report", "report", ["nnssl_report", str(paths.results), "--out", str(report_dir),
-                                         "--cka", str(report_dir / "cka")]))
+                                         "--cka", str(report_dir / "cka")],
+                    after=[j.key for j in jobs], after_any=True))
     return jobs
 
 
@@ -219,45 +237,3 @@ def run_jobs(jobs: list[Job], paths: Paths, log_dir: Path, progress: bool = True
                 break
     bar.close()
     return failures
-
-
-def export_jobs(jobs: list[Job], paths: Paths, out_dir: Path) -> list[Path]:
-    """Write one command file per stage, a SLURM array script per stage and a submit script chaining them."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    env_file = out_dir / "env.sh"
-    env_file.write_text("# nnU-Net and nnssl folders of this grid; sourced by every job\n" + "".join(
-        f"export {k}={shlex.quote(v)}\n" for k, v in paths.environment().items()))
-    written.append(env_file)
-    submit = ["#!/usr/bin/env bash", "# Submits the stages in order; each stage waits for the previous one.",
-              "set -euo pipefail", 'cd "$(dirname "$0")"', "dep=''"]
-    for stage in STAGES:
-        stage_jobs = [j for j in jobs if j.stage == stage]
-        if not stage_jobs:
-            continue
-        commands = out_dir / f"{stage}.commands"
-        commands.write_text("".join(j.shell() + "\n" for j in stage_jobs))
-        script = out_dir / f"{stage}.sbatch"
-        script.write_text("\n".join([
-            "#!/usr/bin/env bash",
-            f"#SBATCH --job-name=nnssl-{stage}",
-            f"#SBATCH --array=0-{len(stage_jobs) - 1}",
-            "#SBATCH --output=logs/%x-%A_%a.out",
-            "# Add your partition, GPU and time limits here, e.g. #SBATCH --gres=gpu:1",
-            "set -euo pipefail",
-            'cd "$SLURM_SUBMIT_DIR"',
-            "source env.sh",
-            f'line=$(sed -n "$((SLURM_ARRAY_TASK_ID + 1))p" {commands.name})',
-            'echo "$line"',
-            'eval "$line"',
-            "",
-        ]))
-        submit.append(f"id=$(sbatch --parsable ${{dep:+--dependency=afterok:$dep}} {script.name})")
-        submit.append('dep="$id"; echo "submitted ' + stage + ' as $id"')
-        written += [commands, script]
-    (out_dir / "logs").mkdir(exist_ok=True)
-    submit_file = out_dir / "submit.sh"
-    submit_file.write_text("\n".join(submit) + "\n")
-    submit_file.chmod(0o755)
-    written.append(submit_file)
-    return written

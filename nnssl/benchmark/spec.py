@@ -9,6 +9,8 @@ A spec is a JSON or YAML file (documented in documentation/benchmark.md):
     methods: [scratch, smit, simmim, dino, ibot, simclr, mocov3, cpc, rotation, swinunetr]
     checkpoints: {swinunetr_public: /path/to/converted.pth}     # optional: reuse existing checkpoints
     downstream: {datasets: [901, 902], shots: [5, 10, all], folds: [0, 1, 2, 3, 4], epochs: 50}
+    slurm: {partition: gpu, gpus_per_job: 4, cpus_per_gpu: 8, nodes: 2,          # optional: cluster resources
+            time: {default: "04:00:00", pretrain: "2-00:00:00"}, mem: 64G}
 
 ``scratch`` is the from-scratch baseline (SwinScratchTrainer): it needs no pretraining.
 """
@@ -17,9 +19,10 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from nnssl.nnunet.naming import EPOCHS, SCRATCH, SHOTS
 
@@ -54,6 +57,95 @@ class DownstreamSpec:
     cka_images: int = 16
 
 
+#: The grid's job stages (the runner's ``STAGES``; a test checks that they agree). ``slurm.time`` and ``slurm.mem``
+#: may be given per stage, under these names or ``default``.
+SLURM_STAGES = ("phantoms", "preprocess", "pretrain", "attach", "finetune", "cka", "report")
+# SLURM's --time forms: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS.
+_SLURM_TIME = re.compile(r"^(\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d+|\d+-\d+:\d{1,2}|\d+-\d+:\d{1,2}:\d{1,2})$")
+_SLURM_MEM = re.compile(r"^\d+[KMGT]?$", re.I)
+
+
+@dataclass
+class SlurmSpec:
+    """Cluster resources of the exported jobs (``--export-jobs``); every field is optional.
+
+    ``gpus_per_job`` and ``nodes`` size a pretraining job (``gpus_per_job`` GPUs on each of ``nodes`` nodes, one
+    torchrun per node); fine-tuning and CKA jobs take one GPU each; the other jobs take none. ``time`` and ``mem`` are
+    one value for every job or a mapping ``{stage: value, default: value}``.
+    """
+
+    partition: str | None = None
+    gpus_per_job: int = 1
+    cpus_per_gpu: int | None = None  # CPUs per GPU of a GPU job; jobs without a GPU get this many
+    time: str | dict[str, str] | None = None
+    mem: str | int | dict[str, str | int] | None = None
+    nodes: int = 1
+    port: int = 29500  # rendezvous port on a multi-node pretraining job's first node
+    extra: list[str] = field(default_factory=list)  # more #SBATCH options for every job, e.g. --account=proj
+
+    def validate(self, device: str) -> "SlurmSpec":
+        for key in ("gpus_per_job", "nodes"):
+            if not _positive_int(getattr(self, key)):
+                raise SpecError(f"slurm.{key} must be a positive integer, got {getattr(self, key)!r}")
+        if self.cpus_per_gpu is not None and not _positive_int(self.cpus_per_gpu):
+            raise SpecError(f"slurm.cpus_per_gpu must be a positive integer, got {self.cpus_per_gpu!r}")
+        if self.nodes > 1 and device != "cuda":
+            raise SpecError(f"slurm.nodes: {self.nodes} nodes need device: cuda (multi-node pretraining is DDP over "
+                            "GPUs); set nodes: 1 for a CPU grid")
+        if not _positive_int(self.port) or not 1024 <= self.port <= 65535:
+            raise SpecError(f"slurm.port must be a TCP port in 1024..65535, got {self.port!r}")
+        if self.partition is not None and not (isinstance(self.partition, str) and re.fullmatch(r"\S+", self.partition)):
+            raise SpecError(f"slurm.partition must be a partition name (see sinfo), got {self.partition!r}")
+        self.time = _per_stage(self.time, "time", _check_time)
+        self.mem = _per_stage(self.mem, "mem", _check_mem)
+        if not isinstance(self.extra, list) or not all(isinstance(o, str) and o.startswith("--") for o in self.extra):
+            raise SpecError(f"slurm.extra must be a list of sbatch options such as --account=proj, got {self.extra!r}")
+        return self
+
+    def limit(self, key: str, stage: str) -> str | None:
+        """The ``time`` or ``mem`` of a stage's jobs: its own entry, else ``default``, else the single value."""
+        value = getattr(self, key)
+        if isinstance(value, dict):
+            return value.get(stage, value.get("default"))
+        return value
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _per_stage(value: Any, key: str, check: Callable[[Any, str], str]) -> Any:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        return check(value, f"slurm.{key}")
+    known = (*SLURM_STAGES, "default")
+    for stage in value:
+        if stage not in known:
+            close = difflib.get_close_matches(str(stage), known, 1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise SpecError(f"slurm.{key}: unknown stage {stage!r}{hint}; known: {', '.join(known)}")
+    return {stage: check(v, f"slurm.{key}.{stage}") for stage, v in value.items()}
+
+
+def _check_time(value: Any, where: str) -> str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        # YAML 1.1 reads an unquoted 12:00:00 as 43200 (base 60), so a number here is ambiguous: refuse it.
+        raise SpecError(f"{where}: got the number {value}; write the time as a quoted string, e.g. \"12:00:00\" "
+                        "(unquoted, YAML reads HH:MM:SS as seconds) or \"90\" for minutes")
+    if not isinstance(value, str) or not _SLURM_TIME.match(value):
+        raise SpecError(f"{where}: {value!r} is not a SLURM time; use minutes, HH:MM:SS or D-HH:MM:SS (2-00:00:00)")
+    return value
+
+
+def _check_mem(value: Any, where: str) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return str(value)  # SLURM's unit: megabytes
+    if not isinstance(value, str) or not _SLURM_MEM.match(value):
+        raise SpecError(f"{where}: {value!r} is not a SLURM memory size; use e.g. 64G or 16000M (per node)")
+    return value
+
+
 @dataclass
 class BenchmarkSpec:
     name: str
@@ -63,6 +155,7 @@ class BenchmarkSpec:
     checkpoints: dict[str, str] = field(default_factory=dict)
     device: str = "cuda"
     phantoms: dict[str, Any] | None = None  # generate phantom datasets first (the demo)
+    slurm: SlurmSpec | None = None  # cluster resources of --export-jobs (None: SlurmSpec's defaults)
 
     def validate(self) -> "BenchmarkSpec":
         from nnssl.tasks import method_names
@@ -96,6 +189,8 @@ class BenchmarkSpec:
                 raise SpecError(f"downstream.{key} must be a positive integer, got {value!r}")
         if self.downstream.cka_images < 4:
             raise SpecError("downstream.cka_images must be >= 4 (the unbiased CKA needs 4 images per batch)")
+        if self.slurm is not None:
+            self.slurm.validate(self.device)
         return self
 
     @property
@@ -127,6 +222,8 @@ def spec_from_dict(data: dict[str, Any]) -> BenchmarkSpec:
             raise SpecError(f"the spec needs a {key!r} entry (see documentation/benchmark.md)")
     data["pretraining"] = _build(PretrainingSpec, data["pretraining"], "pretraining")
     data["downstream"] = _build(DownstreamSpec, data["downstream"], "downstream")
+    if data.get("slurm") is not None:
+        data["slurm"] = _build(SlurmSpec, data["slurm"], "slurm")
     spec = _build(BenchmarkSpec, data, "spec")
     spec.pretraining.datasets = [str(d) for d in spec.pretraining.datasets]
     spec.downstream.datasets = [str(d) for d in spec.downstream.datasets]

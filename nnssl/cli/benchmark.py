@@ -13,7 +13,7 @@ EPILOG = """examples:
   nnssl_benchmark --demo --methods all           the demo with all ten methods
   nnssl_benchmark study.yaml --dry-run           print every command of the grid
   nnssl_benchmark study.yaml                     run it here (finished jobs are skipped, interrupted ones resumed)
-  nnssl_benchmark study.yaml --export-jobs jobs/ write per-stage command lists and SLURM array scripts
+  nnssl_benchmark study.yaml --export-jobs jobs/ write SLURM jobs (per-method pretrain -> attach -> fine-tune) + submit.sh
 The spec format is described in documentation/benchmark.md. Without --workdir the grid uses nnU-Net's folders from
 nnUNet_raw, nnUNet_preprocessed and nnUNet_results (and nnssl_results for pretraining runs).
 """
@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "(the demo defaults to ./nnssl_demo)")
     p.add_argument("--report", help="report folder (default: <results>/nnssl_report/<spec name>)")
     p.add_argument("--dry-run", action="store_true", help="print the commands (marking finished ones) and exit")
-    p.add_argument("--export-jobs", metavar="DIR", help="write the grid as command lists + SLURM array scripts and exit")
+    p.add_argument("--export-jobs", metavar="DIR", help="write the grid as SLURM job scripts with per-job dependencies "
+                                                         "(resources: the spec's slurm section) and exit")
     p.add_argument("--keep-going", action="store_true", help="continue with the next jobs after a failure")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
@@ -37,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from nnssl.benchmark.runner import Paths, build_jobs, export_jobs, run_jobs
+    from nnssl.benchmark.runner import Paths, build_jobs, run_jobs
+    from nnssl.benchmark.slurm import export_jobs
     from nnssl.benchmark.spec import demo_spec, load_spec
     from nnssl.nnunet.naming import SCRATCH
     from nnssl.tasks import method_names
@@ -65,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{state} [{job.stage}] {job.shell()}")
         return 0
     if args.export_jobs:
-        written = export_jobs(jobs, paths, Path(args.export_jobs))
+        written = export_jobs(jobs, paths, Path(args.export_jobs), spec)
         print(f"wrote {len(written)} files to {args.export_jobs}; submit with: bash {Path(args.export_jobs) / 'submit.sh'}")
         return 0
     start = time.perf_counter()
