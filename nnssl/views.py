@@ -132,33 +132,36 @@ class Photometric:
             raise ValueError(f"blur_sigma={self.blur_sigma} must satisfy 0 < low <= high")
 
     def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """(B, C, D, H, W) -> same shape; every draw comes from ``generator``."""
+        """(B, C, D, H, W) -> same shape; every draw comes from ``generator`` (the same number of draws whatever the
+        probabilities, so a view's randomness does not depend on the recipe's other settings)."""
         b = x.shape[0]
-        shape = (b,) + (1,) * (x.ndim - 1)
-        dims = tuple(range(1, x.ndim))
-        out = x.float()
-        jitter = (torch.rand(b, generator=generator) < self.p_jitter).view(shape)
-        mean, std = out.mean(dim=dims, keepdim=True), out.std(dim=dims, keepdim=True).clamp_min(1e-6)
-        bright = _uniform(generator, b, -self.brightness, self.brightness).view(shape).to(out)
-        contrast = _uniform(generator, b, 1.0 - self.contrast, 1.0 + self.contrast).view(shape).to(out)
+        jitter = torch.rand(b, generator=generator) < self.p_jitter
+        bright = _uniform(generator, b, -self.brightness, self.brightness)
+        contrast = _uniform(generator, b, 1.0 - self.contrast, 1.0 + self.contrast)
         log_g = math.log1p(self.gamma)
-        gamma = torch.exp(_uniform(generator, b, -log_g, log_g)).view(shape).to(out)
-        jittered = mean + contrast * (out + bright * std - mean)
-        lo, hi = jittered.amin(dim=dims, keepdim=True), jittered.amax(dim=dims, keepdim=True)
-        span = (hi - lo).clamp_min(1e-6)
-        jittered = lo + span * ((jittered - lo) / span).clamp(0.0, 1.0) ** gamma
-        out = torch.where(jitter, jittered, out)
+        gamma = torch.exp(_uniform(generator, b, -log_g, log_g))
         blur = torch.rand(b, generator=generator) < self.p_blur
         sigmas = _uniform(generator, b, *self.blur_sigma)
-        if bool(blur.any()):
-            out = torch.stack([gaussian_blur(out[i], float(sigmas[i])) if blur[i] else out[i] for i in range(b)])
-        solar = (torch.rand(b, generator=generator) < self.p_solarize).view(shape)
-        if bool(solar.any()):
-            lo, hi = out.amin(dim=dims, keepdim=True), out.amax(dim=dims, keepdim=True)
-            middle = (lo + hi) / 2
-            out = torch.where(solar & (out > middle), lo + hi - out, out)
-        if self.noise_std > 0:
-            out = out + self.noise_std * torch.randn(out.shape, generator=generator).to(out)
+        solar = torch.rand(b, generator=generator) < self.p_solarize
+        noise = torch.randn(x.shape, generator=generator).to(x) if self.noise_std > 0 else None
+        out = x.float().clone()
+        for i in range(b):  # per sample: only the transforms drawn for it are computed
+            v = out[i]
+            if jitter[i]:
+                mean, std = v.mean(), v.std().clamp_min(1e-6)
+                v = mean + float(contrast[i]) * (v + float(bright[i]) * std - mean)
+                if self.gamma > 0:
+                    lo, hi = v.amin(), v.amax()
+                    span = (hi - lo).clamp_min(1e-6)
+                    v = lo + span * ((v - lo) / span).clamp(0.0, 1.0) ** float(gamma[i])
+            if blur[i]:
+                v = gaussian_blur(v, float(sigmas[i]))
+            if solar[i]:
+                lo, hi = v.amin(), v.amax()
+                v = torch.where(v > (lo + hi) / 2, lo + hi - v, v)
+            out[i] = v
+        if noise is not None:
+            out = out + self.noise_std * noise
         return out.to(x.dtype)
 
 

@@ -22,7 +22,7 @@ GRID = {
     "name": "study",
     "device": "cuda",
     "phantoms": {"datasets": [900, 901, 902]},
-    "pretraining": {"datasets": [900], "encoder": "tiny", "crop": 64, "steps": 5},
+    "pretraining": {"datasets": [900], "encoder": "tiny", "crop": 64, "steps": 5, "options": {"smit": {"view_size": 32}}},
     "methods": ["scratch", "smit", "dino", "public"],
     "checkpoints": {"public": "/ckpt/public.pth"},
     "downstream": {"datasets": [901, 902], "shots": ["5", "all"], "folds": [0, 1], "epochs": 2},

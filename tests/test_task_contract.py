@@ -85,9 +85,9 @@ def test_one_step_trains_every_encoder_parameter(name):
 @pytest.mark.parametrize("name", METHODS)
 def test_crop_check_accepts_the_test_crop_and_refuses_a_non_swin_size(name):
     task = build_task(name)
-    assert isinstance(task.check_crop(CROPS[name]), list)
+    assert isinstance(type(task).check_crop(CROPS[name], task.cfg), list)
     with pytest.raises(ValueError):
-        task.check_crop((48, 64, 64))
+        type(task).check_crop((48, 64, 64), task.cfg)
 
 
 DDP_DRIVER = """

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from nnssl.benchmark.spec import BenchmarkSpec
+from nnssl.benchmark.spec import OPTIM_SETTINGS, BenchmarkSpec
 from nnssl.nnunet.naming import CONFIGURATION, SCRATCH, SWIN_PLANS, model_folder_name, plans_name, trainer_name
 
 STAGES = ("phantoms", "preprocess", "pretrain", "attach", "finetune", "cka", "report")
@@ -143,15 +143,20 @@ def build_jobs(spec: BenchmarkSpec, paths: Paths, report_dir: Path) -> list[Job]
         stamp=paths.preprocessed / f".nnssl_preprocessed_{pre.encoder}_{'-'.join(needed)}",
         after=[j.key for j in jobs if j.stage == "phantoms"],
     ))
-    crop = [str(c) for c in (pre.crop if isinstance(pre.crop, list) else [pre.crop])]
     for m in spec.pretrained_methods:
         if m in spec.checkpoints:
             continue
         out = paths.nnssl_results / spec.name / m
-        cmd = ["nnssl_pretrain", "-m", m, "-d", *_ids(pre.datasets), "--encoder", pre.encoder, "--crop", *crop,
-               "--batch-size", str(pre.batch_size), "--steps", str(pre.steps), "--lr", str(pre.lr),
-               "--device", spec.device, "--num-workers", str(pre.num_workers), "--seed", str(pre.seed),
-               "--output", str(out), "--no-progress"]
+        settings = pre.settings(m)
+        cmd = ["nnssl_pretrain", "-m", m, "-d", *_ids(pre.datasets), "--encoder", pre.encoder,
+               "--crop", *[str(c) for c in pre.crop_of(m)], "--batch-size", str(settings["batch_size"]),
+               "--steps", str(settings["steps"]), "--device", spec.device,
+               "--num-workers", str(settings["num_workers"]), "--seed", str(pre.seed), "--output", str(out),
+               "--no-progress"]
+        # Only what the spec sets: everything else is the method's reference recipe.
+        for key in OPTIM_SETTINGS:
+            if settings[key] is not None:
+                cmd += ["--" + key.replace("_", "-"), str(settings[key])]
         for key, value in pre.options.get(m, {}).items():
             cmd += ["-o", f"{key}={value}"]
         jobs.append(Job(f"pretrain/{m}", "pretrain", cmd, done_marker=out / "checkpoint_final.pth",

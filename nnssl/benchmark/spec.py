@@ -4,8 +4,10 @@ A spec is a JSON or YAML file (documented in documentation/benchmark.md):
 
     name: my_study
     device: cuda
-    pretraining: {datasets: [900], encoder: base, crop: 96, batch_size: 2, steps: 20000, lr: 1.0e-4,
-                  num_workers: 4, options: {smit: {mask_ratio: 0.7}}}
+    pretraining: {datasets: [900], encoder: base, crop: 96, batch_size: 2, steps: 20000, num_workers: 4,
+                  options: {smit: {mask_ratio: 0.7}},               # method options (nnssl_pretrain -o)
+                  per_method: {smit: {crop: 128, lr: 6.0e-4}}}      # settings of one method
+    # lr, min_lr, warmup_steps, weight_decay, weight_decay_end, clip_grad: unset = each method's reference recipe
     methods: [scratch, smit, simmim, dino, ibot, simclr, mocov3, cpc, rotation, swinunetr]
     checkpoints: {swinunetr_public: /path/to/converted.pth}     # optional: reuse existing checkpoints
     downstream: {datasets: [901, 902], shots: [5, 10, all], folds: [0, 1, 2, 3, 4], epochs: 50}
@@ -19,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,17 +34,46 @@ class SpecError(ValueError):
     """An invalid benchmark spec; the message names the field and the fix."""
 
 
+#: Pretraining settings a spec may set for all methods or per method (``per_method``).
+PER_METHOD_SETTINGS = ("crop", "batch_size", "steps", "num_workers", "lr", "min_lr", "warmup_steps", "weight_decay",
+                       "weight_decay_end", "clip_grad")
+#: The optimisation settings among them: unset, each method trains with its reference recipe.
+OPTIM_SETTINGS = ("lr", "min_lr", "warmup_steps", "weight_decay", "weight_decay_end", "clip_grad")
+
+
 @dataclass
 class PretrainingSpec:
+    """How the methods are pretrained. Optimisation settings left unset take each method's reference recipe
+    (``nnssl_pretrain -m METHOD --show-config``); ``per_method`` overrides any of PER_METHOD_SETTINGS for one
+    method."""
+
     datasets: list[str]
     encoder: str = "base"
     crop: int | list[int] = 96
     batch_size: int = 2
     steps: int = 1000
-    lr: float = 1e-4
     num_workers: int = 2
     seed: int = 0
+    lr: float | None = None
+    min_lr: float | None = None
+    warmup_steps: int | None = None
+    weight_decay: float | None = None
+    weight_decay_end: float | None = None
+    clip_grad: float | None = None
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    per_method: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def settings(self, method: str) -> dict[str, Any]:
+        """The pretraining settings of ``method``: PER_METHOD_SETTINGS, per-method values over the shared ones
+        (optimisation settings that are None are left to the method's recipe)."""
+        values = {k: getattr(self, k) for k in PER_METHOD_SETTINGS}
+        values.update(self.per_method.get(method, {}))
+        return values
+
+    def crop_of(self, method: str) -> tuple[int, int, int]:
+        crop = self.settings(method)["crop"]
+        crop = list(crop) if isinstance(crop, (list, tuple)) else [crop]
+        return tuple(int(c) for c in (crop * 3 if len(crop) == 1 else crop))  # type: ignore[return-value]
 
 
 @dataclass
@@ -189,9 +221,61 @@ class BenchmarkSpec:
                 raise SpecError(f"downstream.{key} must be a positive integer, got {value!r}")
         if self.downstream.cka_images < 4:
             raise SpecError("downstream.cka_images must be >= 4 (the unbiased CKA needs 4 images per batch)")
+        self._validate_pretraining(registry)
         if self.slurm is not None:
             self.slurm.validate(self.device)
         return self
+
+    def _validate_pretraining(self, registry: set[str]) -> None:
+        """Every pretraining setting and method option as the commands would check them, before anything runs."""
+        from nnssl.encoders.swin import PRESETS, check_swin_input_size
+        from nnssl.tasks import config_from_overrides, get_task_class
+
+        pre = self.pretraining
+        if pre.encoder not in PRESETS:
+            raise SpecError(f"pretraining.encoder: unknown preset {pre.encoder!r}; choose one of {', '.join(PRESETS)}")
+        for section, table in (("options", pre.options), ("per_method", pre.per_method)):
+            if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
+                raise SpecError(f"pretraining.{section} must map a method to a mapping of settings")
+            for m in table:
+                if m not in registry and m not in self.checkpoints:
+                    close = difflib.get_close_matches(m, registry, 1)
+                    hint = f" (did you mean {close[0]!r}?)" if close else ""
+                    raise SpecError(f"pretraining.{section}: unknown method {m!r}{hint}")
+        for m in [m for m in self.pretrained_methods if m in registry and m not in self.checkpoints]:
+            unknown = sorted(set(pre.per_method.get(m, {})) - set(PER_METHOD_SETTINGS))
+            if unknown:
+                raise SpecError(f"pretraining.per_method.{m}: unknown setting(s) {unknown}; known: "
+                                f"{', '.join(PER_METHOD_SETTINGS)}")
+            where = f"pretraining.per_method.{m}" if m in pre.per_method else "pretraining"
+            values = pre.settings(m)
+            for key in ("batch_size", "steps"):
+                if not isinstance(values[key], int) or isinstance(values[key], bool) or values[key] < 1:
+                    raise SpecError(f"{where}.{key} must be a positive integer, got {values[key]!r}")
+            if not isinstance(values["num_workers"], int) or values["num_workers"] < 0:
+                raise SpecError(f"{where}.num_workers must be an integer >= 0, got {values['num_workers']!r}")
+            for key in OPTIM_SETTINGS:
+                v = values[key]
+                if v is None:
+                    continue
+                bad = not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0 \
+                    or (key == "lr" and v == 0) or (key == "warmup_steps" and (not isinstance(v, int) or
+                                                                               v >= values["steps"]))
+                if bad:
+                    raise SpecError(f"{where}.{key}={v!r} is not valid: lr > 0, warmup_steps an integer below steps, "
+                                    "the others finite and >= 0 (leave it out for the method's reference recipe)")
+            cls = get_task_class(m)
+            try:
+                cfg = config_from_overrides(cls.Config, {k: str(v) if not isinstance(v, str) else v
+                                                         for k, v in pre.options.get(m, {}).items()})
+            except (ValueError, TypeError) as e:
+                raise SpecError(f"pretraining.options.{m}: {e}") from None
+            try:
+                crop = pre.crop_of(m)
+                check_swin_input_size(crop)
+                cls.check_crop(crop, cfg)
+            except ValueError as e:
+                raise SpecError(f"{where}.crop: {e}") from None
 
     @property
     def pretrained_methods(self) -> list[str]:
@@ -259,7 +343,8 @@ def demo_spec(methods: list[str] | None = None) -> BenchmarkSpec:
                         # CPU-sized heads and crops; the paper values (65536-way heads, 8-10 local crops) are for GPUs
                         "options": {"dino": {"out_dim": 4096, "local_crops_number": 2},
                                     "ibot": {"out_dim": 4096, "patch_out_dim": 4096, "local_crops_number": 2},
-                                    "smit": {"out_dim": 4096, "patch_out_dim": 4096}}},
+                                    "smit": {"out_dim": 4096, "patch_out_dim": 4096, "view_size": 32},
+                                    "cpc": {"prediction_steps": 1}}},
         "methods": methods or [SCRATCH, "simmim", "dino", "simclr", "rotation"],
         "downstream": {"datasets": [901, 902], "shots": ["5", "all"], "folds": [0], "epochs": 2,
                        "iterations_per_epoch": 4, "val_iterations_per_epoch": 1, "mirroring": False,

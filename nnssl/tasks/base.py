@@ -51,10 +51,12 @@ class PretextTask(nn.Module, ABC):
             raise ValueError(f"total_steps must be >= 1, got {total_steps}")
         self.total_steps = int(total_steps)
 
-    def check_crop(self, crop: tuple[int, ...]) -> list[str]:
-        """Validate the loader's crop size for this method before training: raise ValueError (naming the smallest
-        size that works) when the method cannot run on it; return warnings for sizes that run but are below what
-        the method's page recommends. Default: Swin's rule (every axis a multiple of 32)."""
+    @classmethod
+    def check_crop(cls, crop: tuple[int, ...], cfg: Any) -> list[str]:
+        """Validate the loader's crop size for this method and config before training (and when a grid spec is
+        read): raise ValueError (naming the smallest size that works) when the method cannot run on it; return
+        warnings for sizes that run but are below what the method's page recommends. Default: Swin's rule (every
+        axis a multiple of 32)."""
         check_swin_input_size(crop)
         return []
 

@@ -81,6 +81,38 @@ def _mirror(index: Tensor, size: int) -> Tensor:
     return index.clamp(0, size - 1)
 
 
+def first_offset(cfg: CPCConfig) -> int:
+    """k_min = ceil(patch / stride): the first row whose sub-volume shares no voxel with the context rows."""
+    return math.ceil(cfg.patch_size / cfg.stride)
+
+
+def anchor_row(rows: int) -> int:
+    """Taleb's last context row of a grid with ``rows`` rows: ``rows / 2 - 1`` (preprocess_cpc.py:266-267)."""
+    return max(rows // 2 - 1, 0)
+
+
+def grid_shape(cfg: CPCConfig, spatial: tuple[int, ...]) -> tuple[int, int, int]:
+    """Sub-volumes per axis for a crop of ``spatial`` voxels; ValueError if the grid does not tile it or has too few
+    rows for the predictions (the anchor row r = rows // 2 - 1 needs r + k_min + prediction_steps - 1 < rows)."""
+    p, s = cfg.patch_size, cfg.stride
+    grid = []
+    for axis, size in enumerate(spatial):
+        if size < p or (size - p) % s != 0:
+            ok = [p + s * i for i in range(1, 6)]
+            raise ValueError(f"crop axis {axis} has {size} voxels: a grid of {p}^3 sub-volumes with stride {s} "
+                             f"needs {p} + {s} * n voxels, e.g. {ok}")
+        grid.append((size - p) // s + 1)
+    last = first_offset(cfg) + cfg.prediction_steps - 1
+    needed = 1
+    while anchor_row(needed) + last >= needed:
+        needed += 1
+    if grid[0] < needed:
+        raise ValueError(f"crop axis 0 gives {grid[0]} rows of sub-volumes; CPC predicts {cfg.prediction_steps} "
+                         f"row(s) from {first_offset(cfg)} below the anchor row: use at least {p + s * (needed - 1)} "
+                         "voxels along axis 0 (128: Taleb's 4 x 4 x 4 grid)")
+    return grid[0], grid[1], grid[2]
+
+
 def _jitter(x: Tensor, fraction: float, generator: torch.Generator, fill: Tensor) -> Tensor:
     """Keep a random ``fraction`` of each spatial axis of x (N, C, a, b, c) and pad it back to its size, the kept
     block centred; ``fill`` (N,) is the padding value of each sample."""
@@ -112,7 +144,7 @@ class CPC(PretextTask):
     def __init__(self, encoder: SwinEncoder, cfg: CPCConfig | None = None) -> None:
         super().__init__(encoder, cfg)
         c = self.cfg
-        self.min_offset = math.ceil(c.patch_size / c.stride)
+        self.min_offset = first_offset(c)
         self.offsets = list(range(self.min_offset, self.min_offset + c.prediction_steps))
         self.latent = nn.Linear(encoder.out_channels[-1], c.code_size)
         self.context = nn.GRU(c.code_size, c.context_units, batch_first=True)
@@ -121,35 +153,16 @@ class CPC(PretextTask):
     def grid_shape(self, spatial: tuple[int, ...]) -> tuple[int, int, int]:
         """Sub-volumes per axis for a crop of ``spatial`` voxels; ValueError if the grid does not tile it or has too
         few rows for the predictions."""
-        p, s = self.cfg.patch_size, self.cfg.stride
-        grid = []
-        for axis, size in enumerate(spatial):
-            if size < p or (size - p) % s != 0:
-                ok = [p + s * i for i in range(1, 6)]
-                raise ValueError(f"crop axis {axis} has {size} voxels: a grid of {p}^3 sub-volumes with stride {s} "
-                                 f"needs {p} + {s} * n voxels, e.g. {ok}")
-            grid.append((size - p) // s + 1)
-        needed = self._rows_needed()
-        if grid[0] < needed:
-            raise ValueError(f"crop axis 0 gives {grid[0]} rows of sub-volumes; CPC predicts {self.cfg.prediction_steps} "
-                             f"row(s) from {self.min_offset} below the anchor row: use at least "
-                             f"{p + s * (needed - 1)} voxels along axis 0 (128: Taleb's 4 x 4 x 4 grid)")
-        return grid[0], grid[1], grid[2]
-
-    def _rows_needed(self) -> int:
-        """Smallest number of grid rows whose anchor row r = rows // 2 - 1 leaves room for every prediction."""
-        rows = 1
-        while max(rows // 2 - 1, 0) + self.offsets[-1] >= rows:
-            rows += 1
-        return rows
+        return grid_shape(self.cfg, spatial)
 
     def anchor_row(self, rows: int) -> int:
         """Taleb's last context row: ``rows / 2 - 1`` (preprocess_cpc.py:266-267)."""
-        return max(rows // 2 - 1, 0)
+        return anchor_row(rows)
 
-    def check_crop(self, crop: tuple[int, ...]) -> list[str]:
+    @classmethod
+    def check_crop(cls, crop: tuple[int, ...], cfg: CPCConfig) -> list[str]:
         check_swin_input_size(crop)
-        grid = self.grid_shape(tuple(crop))
+        grid = grid_shape(cfg, tuple(crop))
         return [] if grid[0] >= 4 else [f"CPC at {tuple(crop)}: {grid[0]} rows of sub-volumes; its page recommends "
                                         "Taleb's 128^3 crop (a 4 x 4 x 4 grid)"]
 

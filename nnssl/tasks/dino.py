@@ -115,10 +115,11 @@ class DINO(PretextTask):
         self.teacher.setup(total_steps)
         self.schedule.setup(total_steps)
 
-    def check_crop(self, crop: tuple[int, ...]) -> list[str]:
-        super().check_crop(crop)
-        small = local_crop_size(crop, self.cfg.local_crop_fraction)
-        if self.cfg.local_crops_number and small == tuple(crop):
+    @classmethod
+    def check_crop(cls, crop: tuple[int, ...], cfg: DINOConfig) -> list[str]:
+        super().check_crop(crop, cfg)
+        small = local_crop_size(crop, cfg.local_crop_fraction)
+        if cfg.local_crops_number and small == tuple(crop):
             return [f"DINO's local crops of a {tuple(crop)} crop have the global crops' size (32 is Swin's "
                     "smallest input): use a crop of at least 64 (96, the paper's ratio 96/224 at 224 px, "
                     "recommended) for local crops smaller than the global ones"]

@@ -140,8 +140,9 @@ class IBOT(PretextTask):
         self.schedule.setup(total_steps)
         self._pred_start = round(self.cfg.pred_start_fraction * total_steps)
 
-    def check_crop(self, crop: tuple[int, ...]) -> list[str]:
-        super().check_crop(crop)
+    @classmethod
+    def check_crop(cls, crop: tuple[int, ...], cfg: IBOTConfig) -> list[str]:
+        super().check_crop(crop, cfg)
         tokens = [s // SWIN_DIVISOR for s in crop]
         if tokens[0] * tokens[1] * tokens[2] < 2:
             raise ValueError(f"iBOT masks final-stage tokens (one per 32^3 voxels): a {tuple(crop)} crop has a single "
@@ -150,7 +151,7 @@ class IBOT(PretextTask):
         if min(crop) < 96:
             warnings.append(f"iBOT at {tuple(crop)}: {tokens[0] * tokens[1] * tokens[2]} final-stage tokens per crop; "
                             "its page recommends 96^3 crops (27 tokens) or larger")
-        if self.cfg.local_crops_number and local_crop_size(crop, self.cfg.local_crop_fraction) == tuple(crop):
+        if cfg.local_crops_number and local_crop_size(crop, cfg.local_crop_fraction) == tuple(crop):
             warnings.append(f"iBOT's local crops of a {tuple(crop)} crop have the global crops' size")
         return warnings
 

@@ -69,7 +69,8 @@ class RotationPrediction(PretextTask):
         self.head = rotation_head(encoder.out_channels[-1], self.cfg.head_hidden_dims, len(self.table),
                                   self.cfg.head_dropout)
 
-    def check_crop(self, crop: tuple[int, ...]) -> list[str]:
+    @classmethod
+    def check_crop(cls, crop: tuple[int, ...], cfg: RotationConfig) -> list[str]:
         check_swin_input_size(crop)
         if len(set(crop)) != 1:
             raise ValueError(f"3D rotation prediction turns every axis into every other: it needs a cubic crop, got "

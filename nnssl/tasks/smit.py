@@ -129,9 +129,10 @@ class SMIT(PretextTask):
         self.teacher.setup(total_steps)
         self.schedule.setup(total_steps)
 
-    def check_crop(self, crop: tuple[int, ...]) -> list[str]:
+    @classmethod
+    def check_crop(cls, crop: tuple[int, ...], cfg: SMITConfig) -> list[str]:
         check_swin_input_size(crop)
-        v = self.cfg.view_size
+        v = cfg.view_size
         if any(s < v for s in crop):
             raise ValueError(f"SMIT cuts two {v}^3 views from the crop, which is smaller ({tuple(crop)}): use a crop of "
                              f"at least {v} (SMIT: --crop 128 with view_size 96), or lower -o view_size")

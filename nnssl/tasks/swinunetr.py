@@ -99,7 +99,8 @@ class SwinUNETRPretraining(PretextTask):
     def negatives_per_anchor(self, batch: int, world_size: int = 1) -> int:
         return 2 * batch - 2  # this rank's batch only: Tang's loss gathers nothing
 
-    def check_crop(self, crop: tuple[int, ...]) -> list[str]:
+    @classmethod
+    def check_crop(cls, crop: tuple[int, ...], cfg: SwinUNETRConfig) -> list[str]:
         check_swin_input_size(crop)
         if crop[0] != crop[1]:
             raise ValueError(f"the sagittal rotations turn the (D, H) plane into itself: the crop needs D == H, got "
@@ -113,7 +114,7 @@ class SwinUNETRPretraining(PretextTask):
         b = crops.shape[0]
         if b < 2:
             raise ValueError("the SwinUNETR recipe needs a batch of at least 2 crops (contrastive negatives)")
-        self.check_crop(tuple(crops.shape[2:]))
+        self.check_crop(tuple(crops.shape[2:]), self.cfg)
         labels = torch.cat([balanced_labels(b, len(self.table), generator) for _ in range(2)])
         target = rotate_batch(torch.cat([crops, crops]), labels, self.table).contiguous()
         c = self.cfg

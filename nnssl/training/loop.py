@@ -129,7 +129,7 @@ def build_task(cfg: PretrainConfig, in_channels: int) -> PretextTask:
 def startup_warnings(cfg: PretrainConfig, task: PretextTask, world_size: int = 1) -> list[str]:
     """What the run should know before it starts: crop sizes below the method's recommendation (sizes it cannot run
     on raise ValueError) and too few contrastive negatives at this global batch."""
-    warnings = list(task.check_crop(tuple(cfg.crop)))
+    warnings = list(type(task).check_crop(tuple(cfg.crop), task.cfg))
     recommended = type(task).recommended_batch
     global_batch = cfg.batch_size * world_size
     if recommended and global_batch < recommended:
