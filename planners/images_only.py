@@ -14,14 +14,15 @@ voxels. CT normalisation then clips to the 0.5/99.5 percentiles of body tissue a
 """
 from __future__ import annotations
 
+import json
 import multiprocessing
-import os
 from typing import Sequence, Type
 
 import numpy as np
-from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, load_json, maybe_mkdir_p, save_json
+from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, load_json, maybe_mkdir_p
 from tqdm import tqdm
 
+from nnssl.io import atomic_write
 from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
 from nnunetv2.imageio.base_reader_writer import BaseReaderWriter
 from nnunetv2.imageio.reader_writer_registry import determine_reader_writer_from_dataset_json
@@ -102,9 +103,7 @@ class ImagesOnlyFingerprintExtractor(DatasetFingerprintExtractor):
             "median_relative_size_after_cropping": float(np.median([r[3] for r in results])),
             "nnssl_images_only": True,
         }
-        tmp = fingerprint_file + ".tmp"
-        save_json(fingerprint, tmp)
-        os.replace(tmp, fingerprint_file)
+        atomic_write(fingerprint_file, lambda f: json.dump(fingerprint, f, indent=4, sort_keys=True), binary=False)
         return fingerprint
 
 

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from nnssl.io import atomic_write
 
 
 class TrainingLog:
@@ -19,9 +20,7 @@ class TrainingLog:
         if enabled and self.path.is_file():
             kept = [line for line in self.path.read_text().splitlines()
                     if line.strip() and json.loads(line).get("step", 0) < start_step]
-            tmp = self.path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            os.replace(tmp, self.path)
+            atomic_write(self.path, lambda f: f.write("".join(line + "\n" for line in kept)), binary=False)
 
     def append(self, record: dict[str, Any]) -> None:
         if not self.enabled:
@@ -58,8 +57,8 @@ class TrainingLog:
         ax.legend(fontsize=8)
         fig.tight_layout()
         out = self.path.with_name("loss.png")
-        tmp = out.with_name(".loss.tmp.png")
-        fig.savefig(tmp, dpi=100)
-        plt.close(fig)
-        os.replace(tmp, out)
+        try:
+            atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=100))
+        finally:
+            plt.close(fig)
         return out

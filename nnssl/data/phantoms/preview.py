@@ -1,8 +1,6 @@
 """Preview figure: mid slices of one subject as CT and as T1-/T2-like MRI, with organ label overlays."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import matplotlib
@@ -12,6 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from nnssl.data.phantoms.anatomy import S, make_subject  # noqa: E402
+from nnssl.io import atomic_write  # noqa: E402
 from nnssl.data.phantoms.ct import render_ct  # noqa: E402
 from nnssl.data.phantoms.fields import Grid, validate_size, validate_spacing  # noqa: E402
 from nnssl.data.phantoms.mri import render_mri  # noqa: E402
@@ -92,16 +91,8 @@ def write_preview(png_path: str | Path, seed: int = 0, size: tuple[int, int, int
     fig.legend(handles=[Patch(color=c, alpha=0.6, label=n.replace("_", " ")) for n, c in names.items()],
                loc="lower center", ncol=len(names), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=png_path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=90)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file normal permissions
-        os.replace(tmp, png_path)
+        atomic_write(png_path, lambda f: fig.savefig(f, format="png", dpi=90))
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return png_path
