@@ -760,14 +760,15 @@ def test_monai_bundle_is_recognised_in_its_folder_and_round_trips(tmp_path):
 
 
 def test_export_to_current_monai_permutes_or_refuses_by_merge_order(tmp_path):
-    """A legacy-order encoder cannot be written for MONAI >= 1.5 (its merging LayerNorm would see other sub-grids);
-    for MONAI 0.9-1.4 it can. An encoder in MONAI's order exports to the code of a legacy publisher only if asked
-    for what that code runs, which it cannot be: refused by name."""
+    """A legacy-order encoder cannot be written for MONAI >= 1.5 (its merging LayerNorm would see other sub-grids)
+    but can for MONAI 0.9-1.4; an encoder in MONAI >= 1.5's order cannot be written for SuPreM's code, which runs the
+    legacy order: both refused, nothing written."""
     encoder = randomize_(SwinEncoder(LEGACY), seed=61)
     save_checkpoint(tmp_path / "legacy.pt", {"method": "x", "encoder_config": LEGACY.to_dict(),
                                              "encoder": encoder.swin_state_dict()})
     with pytest.raises(ConversionError, match="not a rearrangement of the 'monai' order"):
         convert_file(tmp_path / "legacy.pt", tmp_path / "m.pt", "nnssl", to="monai", target_merging="monai")
+    assert not (tmp_path / "m.pt").exists()
     report = convert_file(tmp_path / "legacy.pt", tmp_path / "m.pt", "nnssl", to="monai")
     assert "MONAI 0.9-1.4" in report.export_note
     current = randomize_(SwinEncoder(CFG), seed=62)

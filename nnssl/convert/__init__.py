@@ -288,6 +288,8 @@ def load_source(path: str | os.PathLike, source: str, allow_inexact: bool = Fals
         assert report.config is not None
         encoder, report.config, report.orientation_notes = orient_encoder(encoder, report.config, amap)
         report.orientation = {"from": src_axes, "to": dst_axes, **amap.to_dict()}
+        if not amap.is_identity:
+            report.computation_source += "; then mapped by the orientation below"
     return encoder, report, ckpt
 
 
