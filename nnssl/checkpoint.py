@@ -55,7 +55,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(
             f"{path} is not an nnssl checkpoint; convert public weights first with "
-            "`nnssl_convert IN OUT --from monai-swinunetr|swinunetr-ssl|smit`"
+            "`nnssl_convert IN OUT --from auto` (or name its source: voco, suprem, swinunetr-ssl, ...)"
         )
     if ckpt.get("format_version", 0) > FORMAT_VERSION:
         raise CheckpointError(

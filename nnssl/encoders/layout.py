@@ -55,7 +55,7 @@ def infer_encoder_config(state: Mapping[str, Tensor]) -> EncoderConfig:
         sample = sorted(state)[:5]
         raise ConversionError(
             f"no patch-embedding tensor '{key}': not a MONAI-layout Swin encoder (first keys: {sample}). For a public "
-            "release pick the matching --from format (monai-swinunetr, swinunetr-ssl, smit)")
+            "release pick the matching --from format (or --from auto)")
     proj = s[key]
     if proj.ndim != 5 or len(set(proj.shape[2:])) != 1:
         raise ConversionError(f"{key} has shape {tuple(proj.shape)}: expected a cubic 3D kernel (F, C_in, p, p, p); "
