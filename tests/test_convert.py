@@ -794,6 +794,8 @@ def test_auto_recognises_each_layout_and_refuses_shared_ones(tmp_path):
             torch.save(payload, path)
         encoder, report, _ = load_source(path, "auto", allow_inexact=name == "smit")
         assert report.source_format == name and report.detected
+    with pytest.raises(ValueError, match="--prefix"):
+        load_source(tmp_path / "nnssl.pt", "auto", prefix="teacher.")
     # One-channel SSLHead: research-contributions Pretrain and BrainSegFounder write the same layout.
     torch.save({"state_dict": {f"module.{k}": v for k, v in BrainSegFounderSSLHead(LEGACY).state_dict().items()}},
                tmp_path / "ssl1.pt")

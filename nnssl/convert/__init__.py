@@ -245,6 +245,8 @@ def load_source(path: str | os.PathLike, source: str, allow_inexact: bool = Fals
     spec = SOURCES[source]
     ckpt = None
     if source == "nnssl":
+        if prefix:
+            raise ValueError("--prefix selects tensors of a public file; an nnssl checkpoint holds one encoder")
         ckpt = load_checkpoint(path)
         stored = EncoderConfig.from_dict(ckpt["encoder_config"])
         state = dict(ckpt["encoder"])
