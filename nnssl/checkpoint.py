@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from nnssl.encoders.layout import explain_encoder_mismatch
+from nnssl.encoders.layout import computation_differences, explain_encoder_mismatch
 from nnssl.encoders.swin import ENCODER_PREFIX, EncoderConfig
 from nnssl.errors import CheckpointError
 from nnssl.io import atomic_write
@@ -55,7 +55,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(
             f"{path} is not an nnssl checkpoint; convert public weights first with "
-            "`nnssl_convert IN OUT --from monai-swinunetr|swinunetr-ssl|smit`"
+            "`nnssl_convert IN OUT --from auto` (or name its source: voco, suprem, swinunetr-ssl, ...)"
         )
     if ckpt.get("format_version", 0) > FORMAT_VERSION:
         raise CheckpointError(
@@ -123,6 +123,16 @@ def load_encoder_into(target: nn.Module, ckpt: dict[str, Any], in_channels: int 
     target_state = {k: v for k, v in target.state_dict().items() if k.startswith(ENCODER_PREFIX)}
     if not target_state:
         raise CheckpointError("the target network has no 'swinViT.*' tensors: it is not a SwinUNETR-style network")
+    # Patch-merging order and window shift do not show in the shapes: a network built with other values would take
+    # every tensor and compute another function, so compare them with the checkpoint's config where the network
+    # records its own (nnssl's SwinEncoder and build_swinunetr do).
+    built_with = getattr(target, "nnssl_encoder_config", None) or getattr(target, "cfg", None)
+    if isinstance(built_with, EncoderConfig) and "encoder_config" in ckpt:
+        diffs = computation_differences(built_with, EncoderConfig.from_dict(ckpt["encoder_config"]))
+        if diffs:
+            raise CheckpointError(
+                f"the network was built with other encoder settings than the checkpoint's: {'; '.join(diffs)}. Build "
+                "it from the checkpoint's encoder_config (nnssl_attach copies it into the plans)")
     report = LoadReport()
     new_state: dict[str, Tensor] = {}
     for key, tensor in target_state.items():

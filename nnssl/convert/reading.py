@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from nnssl.convert.report import ConversionReport
+from nnssl.encoders.swin import ENCODER_PREFIX
 from nnssl.errors import ConversionError
 
 #: Wrapper keys searched (in this order) for the state dict inside a checkpoint file.
@@ -86,12 +87,32 @@ def file_sha256(path: str | os.PathLike) -> str:
 _MLP_RENAMES = ((".mlp.fc1.", ".mlp.linear1."), (".mlp.fc2.", ".mlp.linear2."))
 SWIN_TOP_LEVEL = re.compile(r"^(patch_embed|layers[1-4]c?)\.")
 
+#: The CNN modules of MONAI's SwinUNETR around its ``swinViT`` (monai/networks/nets/swin_unetr.py, SwinUNETR.__init__).
+SWINUNETR_DECODER = frozenset({"encoder1", "encoder2", "encoder3", "encoder4", "encoder10", "decoder1", "decoder2",
+                               "decoder3", "decoder4", "decoder5", "out"})
+
 
 def _rename_mlp(key: str) -> tuple[str, bool]:
     for old, new in _MLP_RENAMES:
         if old in key:
             return key.replace(old, new), True
     return key, False
+
+
+def top_module(key: str) -> str:
+    """'encoder1.layer.conv1.conv.weight' -> 'encoder1'."""
+    return key.split(".", 1)[0]
+
+
+def rename_swin_vit(key: str) -> str:
+    """``swin_vit.*`` (research-contributions SwinUNETR/Pretrain's attribute name) -> ``swinViT.*``."""
+    return ENCODER_PREFIX + key[len("swin_vit."):] if key.startswith("swin_vit.") else key
+
+
+def unrecognised(report: ConversionReport, key: str, where: str) -> None:
+    """A tensor the adapter cannot place: unmappable (fails the conversion unless --drop-unmappable), not dropped,
+    because it might be part of the encoder under a name the adapter does not know."""
+    report.unmappable.append((key, f"not recognised as part of {where}"))
 
 
 def take_tensor(report: ConversionReport, out: dict[str, Tensor], src: str, dst: str, value: Tensor) -> None:
@@ -105,5 +126,6 @@ def take_tensor(report: ConversionReport, out: dict[str, Tensor], src: str, dst:
 
 
 
-__all__ = ["RUNTIME_PREFIXES", "SWIN_TOP_LEVEL", "WRAPPER_KEYS", "file_sha256", "read_checkpoint_file",
-           "strip_prefixes", "take_tensor", "unwrap_state_dict"]
+__all__ = ["RUNTIME_PREFIXES", "SWINUNETR_DECODER", "SWIN_TOP_LEVEL", "WRAPPER_KEYS", "file_sha256",
+           "read_checkpoint_file", "rename_swin_vit", "strip_prefixes", "take_tensor", "top_module", "unrecognised",
+           "unwrap_state_dict"]

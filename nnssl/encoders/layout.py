@@ -16,6 +16,9 @@ from nnssl.errors import ArchitectureMismatchError, ConversionError
 
 #: Settings read from the tensors; in_channels is left out of mismatch checks because fine-tuning adapts it.
 ARCHITECTURE_FIELDS = ("feature_size", "depths", "num_heads", "window_size", "patch_size", "use_v2")
+#: Settings the tensors do not show (same shapes for every value) but that change what the encoder computes: they
+#: come from the source's code at import and travel in the checkpoint's encoder_config.
+COMPUTATION_FIELDS = ("merge_order", "window_shift")
 
 
 def with_encoder_prefix(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -52,7 +55,7 @@ def infer_encoder_config(state: Mapping[str, Tensor]) -> EncoderConfig:
         sample = sorted(state)[:5]
         raise ConversionError(
             f"no patch-embedding tensor '{key}': not a MONAI-layout Swin encoder (first keys: {sample}). For a public "
-            "release pick the matching --from format (monai-swinunetr, swinunetr-ssl, smit)")
+            "release pick the matching --from format (or --from auto)")
     proj = s[key]
     if proj.ndim != 5 or len(set(proj.shape[2:])) != 1:
         raise ConversionError(f"{key} has shape {tuple(proj.shape)}: expected a cubic 3D kernel (F, C_in, p, p, p); "
@@ -119,8 +122,23 @@ def config_differences(expected: EncoderConfig, found: EncoderConfig) -> list[st
 
 def settings_line(cfg: EncoderConfig) -> str:
     """The encoder settings to use, in the words of the config/plans key ``nnssl_encoder``."""
-    return (f"feature_size={cfg.feature_size}, depths={list(cfg.depths)}, num_heads={list(cfg.num_heads)}, "
+    line = (f"feature_size={cfg.feature_size}, depths={list(cfg.depths)}, num_heads={list(cfg.num_heads)}, "
             f"window_size={cfg.window_size}, patch_size={cfg.patch_size}, use_v2={cfg.use_v2}")
+    extra = computation_line(cfg)
+    return f"{line}, {extra}" if extra else line
+
+
+def computation_line(cfg: EncoderConfig) -> str:
+    """The settings outside the tensors that differ from MONAI's defaults, e.g. 'merge_order=monai-legacy'."""
+    d = cfg.to_dict()
+    default = EncoderConfig().to_dict()
+    return ", ".join(f"{name}={d[name]}" for name in COMPUTATION_FIELDS if d[name] != default[name])
+
+
+def computation_differences(expected: EncoderConfig, found: EncoderConfig) -> list[str]:
+    """One line per setting outside the tensors that differs: 'merge_order: checkpoint monai-legacy, network monai'."""
+    a, b = found.to_dict(), expected.to_dict()
+    return [f"{name}: checkpoint {a[name]}, network {b[name]}" for name in COMPUTATION_FIELDS if a[name] != b[name]]
 
 
 def check_architecture(expected: EncoderConfig, found: EncoderConfig, what: str = "the expected encoder") -> None:
@@ -157,6 +175,7 @@ def reference_encoder_state(cfg: EncoderConfig) -> dict[str, Tensor]:
         return SwinEncoder(cfg.replace(drop_path_rate=0.0, use_checkpoint=False)).swin_state_dict()
 
 
-__all__ = ["ARCHITECTURE_FIELDS", "check_architecture", "config_differences", "explain_encoder_mismatch",
+__all__ = ["ARCHITECTURE_FIELDS", "COMPUTATION_FIELDS", "check_architecture", "computation_differences",
+           "computation_line", "config_differences", "explain_encoder_mismatch",
            "infer_encoder_config", "reference_encoder_state", "settings_line", "window_from_bias_table",
            "with_encoder_prefix"]

@@ -14,8 +14,12 @@ import difflib
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+import functools
+
 import torch
 from torch import Tensor, nn
+
+from nnssl.encoders.merging import MONAI_MERGE_ORDER, OrderedPatchMerging, merge_order_name, normalize_merge_order
 
 #: Every spatial axis must be divisible by this: the patch embedding (stride 2) and four patch mergings (stride 2).
 SWIN_DIVISOR = 32
@@ -36,11 +40,26 @@ class EncoderConfig:
     drop_path_rate: float = 0.0
     use_v2: bool = False
     use_checkpoint: bool = False
+    #: Sub-grid concatenation order of the patch mergings (nnssl.encoders.merging): a name ("monai", "monai-legacy")
+    #: or 8 (d, h, w) offsets. Not visible in the tensors; importers set it from the source's code.
+    merge_order: tuple[tuple[int, int, int], ...] = MONAI_MERGE_ORDER
+    #: Cyclic shift (d, h, w) of the shifted-window blocks; None = window_size // 2 on every axis (MONAI). An
+    #: imported encoder whose input axes were flipped (nnssl.convert.orientation) needs window_size - window_size // 2
+    #: on the flipped axes when the window size is odd.
+    window_shift: tuple[int, int, int] | None = None
 
     def __post_init__(self) -> None:
         # Tuples keep the config hashable and comparable after a JSON round trip (which yields lists).
         object.__setattr__(self, "depths", tuple(int(d) for d in self.depths))
         object.__setattr__(self, "num_heads", tuple(int(h) for h in self.num_heads))
+        object.__setattr__(self, "merge_order", normalize_merge_order(self.merge_order))
+        if self.window_shift is not None:
+            shift = tuple(int(s) for s in self.window_shift)
+            if len(shift) != 3 or any(not 0 < s < self.window_size for s in shift):
+                raise ValueError(f"window_shift={self.window_shift}: give 3 shifts, each in 1..window_size-1 "
+                                 f"({self.window_size - 1}), or None for window_size // 2")
+            # The MONAI default spelled out is stored as None, so that equal encoders have equal configs.
+            object.__setattr__(self, "window_shift", None if shift == (self.window_size // 2,) * 3 else shift)
         if self.feature_size <= 0 or self.feature_size % 12 != 0:
             raise ValueError(
                 f"feature_size={self.feature_size}: SwinUNETR needs a positive multiple of 12 (e.g. 12, 24, 48)."
@@ -66,7 +85,14 @@ class EncoderConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["depths"], d["num_heads"] = list(self.depths), list(self.num_heads)
+        # A known order is stored by name (readable plans); another one as its 8 offsets.
+        d["merge_order"] = merge_order_name(self.merge_order) or [list(o) for o in self.merge_order]
+        d["window_shift"] = None if self.window_shift is None else list(self.window_shift)
         return d
+
+    def shifts(self) -> tuple[int, int, int]:
+        """The cyclic shift (d, h, w) of the shifted-window blocks."""
+        return self.window_shift or (self.window_size // 2,) * 3
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "EncoderConfig":
@@ -103,6 +129,14 @@ PRESETS: dict[str, EncoderConfig] = {
     # (2, 2, 4, 2), num_heads (4, 4, 4, 4), window (4, 4, 4), patch 2. It also sets drop_path_rate 0.3 (a training
     # setting) and qkv_bias=False, patch_norm=True, which SwinUNETR's encoder lacks (documentation/checkpoints.md).
     "smit": EncoderConfig(feature_size=48, depths=(2, 2, 4, 2), num_heads=(4, 4, 4, 4), window_size=4),
+    # VoCo (Wu et al., CVPR 2024 / TPAMI), Luffy03/Large-Scale-Medical: SwinUNETR-v2 (use_v2=True), window 7,
+    # depths 2-2-2-2, heads 3-6-12-24, feature size 48 / 96 / 192 for its B / L / H models (README "Load Pre-trained
+    # models"; Self-supervised/models/voco_head.py). The public SwinUNETR base encoders (Tang et al. 2022, SuPreM,
+    # BrainSegFounder's default, the model-zoo BTCV bundle) are "base". Presets describe the architecture only: an
+    # import sets the merge order of the source's code (documentation/checkpoints.md).
+    "voco-b": EncoderConfig(feature_size=48, use_v2=True),
+    "voco-l": EncoderConfig(feature_size=96, use_v2=True),
+    "voco-h": EncoderConfig(feature_size=192, use_v2=True),
 }
 
 
@@ -122,10 +156,35 @@ def check_swin_input_size(spatial_shape: Sequence[int]) -> None:
         )
 
 
+def _downsample(cfg: EncoderConfig) -> Any:
+    """The patch-merging class MONAI's BasicLayer instantiates (``downsample(dim=, norm_layer=, spatial_dims=)``).
+
+    Always nnssl's own ordered merging, also for MONAI's order: MONAI's "merging" changed its order in MONAI 1.5, and
+    the encoder must compute the same function whichever MONAI is installed.
+    """
+    return functools.partial(OrderedPatchMerging, order=cfg.merge_order)
+
+
+def _apply_window_shift(swin: nn.Module, cfg: EncoderConfig) -> None:
+    """Set a non-default cyclic shift on MONAI's BasicLayers and their shifted blocks (odd block indices).
+
+    MONAI computes the shift once per layer (``BasicLayer.shift_size``, used for the attention mask) and per block
+    (``SwinTransformerBlock.shift_size``); both are plain attributes read at forward time.
+    """
+    if cfg.window_shift is None:
+        return
+    for stage in range(1, 5):
+        layer = getattr(swin, f"layers{stage}")[0]
+        layer.shift_size = tuple(cfg.window_shift)
+        for i, block in enumerate(layer.blocks):
+            if i % 2 == 1:
+                block.shift_size = tuple(cfg.window_shift)
+
+
 def _monai_swin_transformer(cfg: EncoderConfig) -> nn.Module:
     from monai.networks.nets.swin_unetr import SwinTransformer
 
-    return SwinTransformer(
+    swin = SwinTransformer(
         in_chans=cfg.in_channels,
         embed_dim=cfg.feature_size,
         window_size=(cfg.window_size,) * 3,
@@ -140,9 +199,11 @@ def _monai_swin_transformer(cfg: EncoderConfig) -> nn.Module:
         norm_layer=nn.LayerNorm,
         use_checkpoint=cfg.use_checkpoint,
         spatial_dims=3,
-        downsample="merging",
+        downsample=_downsample(cfg),
         use_v2=cfg.use_v2,
     )
+    _apply_window_shift(swin, cfg)
+    return swin
 
 
 class SwinEncoder(nn.Module):
@@ -236,7 +297,7 @@ def build_swinunetr(cfg: EncoderConfig, out_channels: int) -> nn.Module:
     """MONAI SwinUNETR (Swin encoder + CNN decoder with skips) with this encoder architecture."""
     from monai.networks.nets import SwinUNETR
 
-    return SwinUNETR(
+    net = SwinUNETR(
         in_channels=cfg.in_channels,
         out_channels=out_channels,
         patch_size=cfg.patch_size,
@@ -247,4 +308,9 @@ def build_swinunetr(cfg: EncoderConfig, out_channels: int) -> nn.Module:
         dropout_path_rate=cfg.drop_path_rate,
         use_checkpoint=cfg.use_checkpoint,
         use_v2=cfg.use_v2,
+        downsample=_downsample(cfg),
     )
+    _apply_window_shift(net.swinViT, cfg)
+    # Kept on the network so that loading a checkpoint can check the settings the tensors do not show.
+    net.nnssl_encoder_config = cfg
+    return net
