@@ -16,7 +16,8 @@ def random_cube_mask(batch: int, grid: tuple[int, int, int], cube: int, ratio: f
     """Hide a random ``ratio`` of the cubes of ``cube``^3 patches (SimMIM / SMIT masking of 16^3 voxel cubes).
 
     The grid is tiled by cubes (the last cube along an axis may be cut by the border); exactly
-    round(ratio * n_cubes) cubes are hidden per sample (at least one, and at least one kept visible).
+    ceil(ratio * n_cubes) cubes are hidden per sample, as SimMIM's and SMIT's MaskGenerator (at least one, and at
+    least one kept visible).
     Returns (B, *grid) bool.
     """
     if not 0.0 < ratio < 1.0:
@@ -29,7 +30,7 @@ def random_cube_mask(batch: int, grid: tuple[int, int, int], cube: int, ratio: f
         raise ValueError(
             f"a patch grid of {grid} holds a single {cube}^3-patch cube: use a larger crop or a smaller mask cube"
         )
-    n_masked = min(max(round(ratio * n_cells), 1), n_cells - 1)
+    n_masked = min(max(math.ceil(ratio * n_cells - 1e-9), 1), n_cells - 1)
     scores = torch.rand(batch, n_cells, generator=generator)
     order = scores.argsort(dim=1)
     cell_mask = torch.zeros(batch, n_cells, dtype=torch.bool)

@@ -268,7 +268,7 @@ def cutout(x: Tensor, generator: torch.Generator | None = None, max_drop: float 
     The batch is ``groups`` equal blocks (the two views of the same crops: rows b and B/2 + b); a donor is drawn
     uniformly from the sample's own block, as Tang's ``aug_rand`` runs on each view's batch separately (main.py:44-45),
     so a donor is never the partner view of the same crop; drawing the sample itself skips the second pass
-    (ops.py:72-74). Noise is min-max rescaled to the sample's intensity range (Tang rescales to [0, 1], his data
+    (ops.py:72-74); donors are read from the batch as it is being cut, as Tang's in-place loop. Noise is min-max rescaled to the sample's intensity range (Tang rescales to [0, 1], his data
     range). Returns (x_cut (B, C, D, H, W), mask (B, 1, D, H, W) bool, True on replaced voxels).
     """
     if x.ndim != 5:
@@ -292,8 +292,9 @@ def cutout(x: Tensor, generator: torch.Generator | None = None, max_drop: float 
             mask[(i, slice(None), *box)] = True
         other = (i // per_group) * per_group + _randint(0, per_group, generator)
         if other != i:
+            # from the batch as it is being cut, as Tang's in-place loop (donors before i are already cut)
             for box in _boxes(spatial, max_drop, max_block, min_block, generator):
-                out[(i, slice(None), *box)] = x[(other, slice(None), *box)]
+                out[(i, slice(None), *box)] = out[(other, slice(None), *box)]
                 mask[(i, slice(None), *box)] = True
     return out, mask
 

@@ -132,3 +132,17 @@ def test_every_method_runs_under_ddp_without_unused_parameter_search(dataset, tm
     from nnssl.training import loop
 
     assert "find_unused_parameters=False" in Path(loop.__file__).read_text()
+
+
+def test_contrastive_batch_warnings_count_the_negatives_each_loss_sees():
+    """SimCLR and MoCo v3 gather negatives across ranks (global batch); Tang's loss does not (per-rank batch)."""
+    def warnings(name, batch, world):
+        cfg = loop.PretrainConfig(method=name, datasets=["1"], encoder="tiny", crop=CROPS[name], batch_size=batch,
+                                  device="cpu", task_options=small_options(name))
+        return [w for w in loop.startup_warnings(cfg, build_task(name), world) if "negative" in w]
+
+    assert warnings("simclr", 2, 1) and "more GPUs" in warnings("simclr", 2, 1)[0]
+    assert not warnings("simclr", 2, 8)  # 16 crops over 8 ranks: 30 negatives
+    assert "more GPUs add no negatives" in warnings("swinunetr", 2, 8)[0]
+    assert not warnings("swinunetr", 16, 1)
+    assert not warnings("simmim", 2, 1)  # no negatives, no warning

@@ -214,7 +214,8 @@ def test_cpc_context_is_taleb_pyramid_of_the_rows_above():
 
 
 def test_cpc_subvolumes_are_jittered_and_flipped_deterministically():
-    """Each sub-volume: a flip along W with p 0.5, then 7/8 of it kept at a random offset and padded back (Taleb)."""
+    """Each sub-volume: a flip along the prediction axis D with p 0.5, then 7/8 of it kept at a random offset and
+    padded back (Taleb)."""
     task = build("cpc", volume_crop_fraction=1.0)
     crops = crops_for("cpc")
     a = task.make_views(crops, torch.Generator().manual_seed(3))["patches"]
@@ -232,7 +233,7 @@ def test_cpc_subvolumes_are_jittered_and_flipped_deterministically():
         inner = view[2:30, 2:30, 2:30]
         matches = [(fl, o) for fl in (False, True) for o in [(x, y, w) for x in range(5) for y in range(5)
                                                               for w in range(5)]
-                   if torch.equal(inner, (src.flip(-1) if fl else src)[o[0]:o[0] + keep, o[1]:o[1] + keep,
+                   if torch.equal(inner, (src.flip(0) if fl else src)[o[0]:o[0] + keep, o[1]:o[1] + keep,
                                                                        o[2]:o[2] + keep])]
         assert matches, f"sub-volume {idx} is not a 7/8 block of its (flipped) source"
         flipped += int(matches[0][0])

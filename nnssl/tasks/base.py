@@ -38,6 +38,9 @@ class PretextTask(nn.Module, ABC):
     #: Contrastive methods: the global batch (crops per optimiser step, all ranks) their page recommends at least;
     #: the loop warns below it (too few negatives make the task solvable from intensity statistics alone).
     recommended_batch: ClassVar[int | None] = None
+    #: Whether the method scores against the negatives of every rank (SimCLR, MoCo v3) or of its own rank only
+    #: (Tang's contrastive loss): the batch the recommendation applies to is then the per-rank one.
+    gathers_negatives: ClassVar[bool] = True
 
     def __init__(self, encoder: SwinEncoder, cfg: Any = None) -> None:
         super().__init__()

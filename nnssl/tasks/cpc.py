@@ -4,18 +4,20 @@ documentation/methods/cpc.md with file and line; CPC: van den Oord et al. 2018, 
 
 The crop is jittered as a whole (a random ``volume_crop_fraction`` of each axis, padded back) and cut into a grid of
 sub-volumes (default 32^3 with stride 32: a 128^3 crop gives Taleb's 4 x 4 x 4 grid). Each sub-volume is flipped
-along the left-right axis (W) with probability ``patch_flip_prob`` and jittered: a random ``patch_crop_fraction`` of it
-(7/8) is kept and padded back to its size, so that neighbouring sub-volumes share no predictable border (Taleb's
-preprocess_cpc.py). Each sub-volume is encoded on its own; its last-stage tokens are pooled and projected to a
-latent z (code_size). For every column (h, w) of the grid the context is, as Taleb's "pyramid": the 3 x 3
-neighbourhoods (mirrored at the border) of the rows above the anchor row r = gD // 2 - 1 and the sub-volume at
-(r, h, w) itself, aggregated by a GRU (256 units, its last hidden state). From the context a linear map W_k predicts
+along the prediction axis (D, the grid's rows; Taleb flips array axis 0, his row axis) with probability
+``patch_flip_prob`` and jittered: a random ``patch_crop_fraction`` of it (7/8) is kept and padded back to its size, so
+that neighbouring sub-volumes share no predictable border (Taleb's preprocess_cpc.py). Each sub-volume is encoded on
+its own; its last-stage tokens are pooled and projected to a latent z (code_size). For every column (h, w) of the grid
+the context is Taleb's "pyramid": for each row j above the anchor row r = gD // 2 - 1 the (2 (r - j) + 1)^2
+neighbourhood of (h, w) (3 x 3 on the row just above, widening by one sub-volume per row further up; mirrored at the
+border), then the sub-volume at (r, h, w) itself, aggregated by a GRU (256 units, its last hidden state). From the context a linear map W_k predicts
 the latent k rows below (k = k_min .. k_min + prediction_steps - 1; k_min = ceil(patch / stride) is the first row whose
 sub-volume shares no voxel with the context). InfoNCE scores each prediction against every latent of the batch: the
 positive is the true latent, the negatives are the latents of all other positions and volumes (CPC's loss; the
 reference code trains a binary classifier with one negative, a documented deviation).
 
-Shapes (g = grid size per axis, n = gD * gH * gW, p = patch size, T = 9 r + 1 context terms):
+Shapes (g = grid size per axis, n = gD * gH * gW, p = patch size, T = 1 + sum_j (2 (r - j) + 1)^2 context terms,
+10 for Taleb's 4-row grid):
     make_views: crops (B, C, D, H, W) -> {"patches": (B, gD, gH, gW, C, p, p, p)}
     encode: -> z (B, code, gD, gH, gW); context: (B * gH * gW, T, code) -> c (B * gH * gW, units)
     predictions: {k: (B * gH * gW, code)} of z[:, :, r + k]
@@ -50,7 +52,7 @@ class CPCConfig:
     #: Rows predicted below the anchor row (Taleb: 2, rows 2 and 3 of a 4-row grid).
     prediction_steps: int = 2
     #: Jitter: the kept fraction of each axis of the whole crop (Taleb: 0.95) and of each sub-volume (7/8), and the
-    #: probability of flipping a sub-volume along the left-right axis (0.5).
+    #: probability of flipping a sub-volume along the prediction axis D (0.5).
     volume_crop_fraction: float = 0.95
     patch_crop_fraction: float = 7 / 8
     patch_flip_prob: float = 0.5
@@ -114,12 +116,12 @@ def grid_shape(cfg: CPCConfig, spatial: tuple[int, ...]) -> tuple[int, int, int]
 
 
 def _jitter(x: Tensor, fraction: float, generator: torch.Generator, fill: Tensor) -> Tensor:
-    """Keep a random ``fraction`` of each spatial axis of x (N, C, a, b, c) and pad it back to its size, the kept
-    block centred; ``fill`` (N,) is the padding value of each sample."""
+    """Keep a random ``int(fraction * size)`` of each spatial axis of x (N, C, a, b, c) (Taleb's crop sizes: 121 of
+    128, 28 of 32) and pad it back to its size, the kept block centred; ``fill`` (N,) is each sample's padding."""
     if fraction >= 1.0:
         return x
     spatial = x.shape[2:]
-    keep = [max(1, round(s * fraction)) for s in spatial]
+    keep = [max(1, int(s * fraction + 1e-9)) for s in spatial]
     out = fill.view(-1, *([1] * (x.ndim - 1))).expand_as(x).clone()
     for i in range(x.shape[0]):
         starts = [int(torch.randint(0, s - k + 1, (1,), generator=generator)) for s, k in zip(spatial, keep)]
@@ -178,7 +180,7 @@ class CPC(PretextTask):
         patches = crops.unfold(2, p, s).unfold(3, p, s).unfold(4, p, s).permute(0, 2, 3, 4, 1, 5, 6, 7)
         grid = patches.shape[:4]
         flat = patches.reshape(-1, *patches.shape[4:])
-        flat = random_flip(flat, generator, p=c.patch_flip_prob, axes=(2,))
+        flat = random_flip(flat, generator, p=c.patch_flip_prob, axes=(0,))
         fill = background.repeat_interleave(grid[1] * grid[2] * grid[3])
         flat = _jitter(flat, c.patch_crop_fraction, generator, fill)
         return {"patches": flat.reshape(*grid, *flat.shape[1:]).contiguous()}
@@ -191,16 +193,18 @@ class CPC(PretextTask):
         return z.permute(0, 4, 1, 2, 3)
 
     def context_sequences(self, z: Tensor) -> Tensor:
-        """Latents (B, code, gD, gH, gW) -> per column the context terms (B * gH * gW, 9 r + 1, code): the mirrored
-        3 x 3 neighbourhoods of rows 0 .. r - 1, then the column's own latent of row r."""
+        """Latents (B, code, gD, gH, gW) -> per column the context terms (B * gH * gW, T, code): for rows
+        j = 0 .. r - 1 the mirrored (2 (r - j) + 1)^2 neighbourhood (Taleb's pyramid, preprocess_cpc.py:236-251), then
+        the column's own latent of row r."""
         b, code, gd, gh, gw = z.shape
         r = self.anchor_row(gd)
         zr = z.permute(0, 2, 3, 4, 1)  # (B, gD, gH, gW, code)
         hs, ws = torch.arange(gh, device=z.device), torch.arange(gw, device=z.device)
         terms = []
         for row in range(r):
-            for dh in (-1, 0, 1):
-                for dw in (-1, 0, 1):
+            reach = r - row
+            for dh in range(-reach, reach + 1):
+                for dw in range(-reach, reach + 1):
                     terms.append(zr[:, row][:, _mirror(hs + dh, gh)][:, :, _mirror(ws + dw, gw)])
         terms.append(zr[:, r])
         return torch.stack(terms, dim=3).reshape(b * gh * gw, len(terms), code)

@@ -36,8 +36,9 @@ class SimCLRConfig:
     #: NT-Xent temperature. 0.5: Tang et al. 2022's 3D contrastive loss and SimCLR's CIFAR-10 setting for small
     #: batches; SimCLR's ImageNet runs at batch 4096 use 0.1.
     temperature: float = 0.5
-    #: Projection head g(.): SimCLR v1's 2-layer MLP, hidden width 2048 (ResNet-50's feature width), output 128.
-    proj_hidden_dim: int = 2048
+    #: Projection head g(.): SimCLR v1's 2-layer MLP, output 128; hidden width 0 = the encoder's width (SimCLR's
+    #: mid_dim is the width of the features it projects, 2048 for ResNet-50).
+    proj_hidden_dim: int = 0
     proj_dim: int = 128
     proj_layers: int = 2
     #: Volume fraction of each view's random sub-crop (SimCLR's RandomResizedCrop area (0.08, 1) in 2D; 3D crops hold
@@ -48,7 +49,7 @@ class SimCLRConfig:
         self.crop_scale = tuple(float(v) for v in self.crop_scale)
         if not self.temperature > 0:
             raise ValueError(f"temperature={self.temperature} must be > 0")
-        if min(self.proj_hidden_dim, self.proj_dim, self.proj_layers) < 1:
+        if self.proj_hidden_dim < 0 or min(self.proj_dim, self.proj_layers) < 1:
             raise ValueError("projection head sizes must be >= 1")
         lo, hi = self.crop_scale
         if not 0.0 < lo <= hi <= 1.0:
@@ -73,7 +74,8 @@ class SimCLR(PretextTask):
 
     def __init__(self, encoder: SwinEncoder, cfg: SimCLRConfig | None = None) -> None:
         super().__init__(encoder, cfg)
-        self.projector = MLP(encoder.out_channels[-1], self.cfg.proj_hidden_dim, self.cfg.proj_dim,
+        width = encoder.out_channels[-1]
+        self.projector = MLP(width, self.cfg.proj_hidden_dim or width, self.cfg.proj_dim,
                              layers=self.cfg.proj_layers, norm="bn", activation="relu", last_norm=True)
 
     def negatives_per_anchor(self, batch: int, world_size: int = 1) -> int:

@@ -79,6 +79,7 @@ class SwinUNETRPretraining(PretextTask):
                             "Analysis, CVPR 2022")
     Config: ClassVar[type] = SwinUNETRConfig
     recommended_batch: ClassVar[int | None] = 16
+    gathers_negatives: ClassVar[bool] = False
     #: README.md's 8-GPU run: AdamW, lr 6e-6, weight decay 0.1 on every parameter, 500 warm-up steps of 100000
     #: (--lrdecay: cosine to 0), no clipping under AMP.
     recipe: ClassVar[OptimRecipe] = OptimRecipe(

@@ -130,15 +130,19 @@ def startup_warnings(cfg: PretrainConfig, task: PretextTask, world_size: int = 1
     """What the run should know before it starts: crop sizes below the method's recommendation (sizes it cannot run
     on raise ValueError) and too few contrastive negatives at this global batch."""
     warnings = list(type(task).check_crop(tuple(cfg.crop), task.cfg))
-    recommended = type(task).recommended_batch
-    global_batch = cfg.batch_size * world_size
-    if recommended and global_batch < recommended:
+    cls = type(task)
+    recommended = cls.recommended_batch
+    batch = cfg.batch_size * world_size if cls.gathers_negatives else cfg.batch_size
+    if recommended and batch < recommended:
         negatives = task.negatives_per_anchor(cfg.batch_size, world_size)
+        where = (f"a global batch of {batch} (--batch-size {cfg.batch_size} x {world_size} process(es))"
+                 if cls.gathers_negatives else f"--batch-size {cfg.batch_size} (its loss uses each process's own "
+                                                "batch: more GPUs add no negatives)")
+        fix = "Raise --batch-size or train on more GPUs (torchrun), which gathers negatives across ranks" \
+            if cls.gathers_negatives else "Raise --batch-size"
         warnings.append(
-            f"{cfg.method} scores each anchor against {negatives} negative(s) at a global batch of {global_batch} "
-            f"(--batch-size {cfg.batch_size} x {world_size} process(es)); its page recommends a global batch of at "
-            f"least {recommended}, below which intensity statistics alone can pick the positive. Raise --batch-size "
-            "or train on more GPUs (torchrun), which gathers negatives across ranks")
+            f"{cfg.method} scores each anchor against {negatives} negative(s) at {where}; its page recommends at "
+            f"least {recommended} crops, below which intensity statistics alone can pick the positive. {fix}")
     return warnings
 
 
