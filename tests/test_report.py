@@ -266,3 +266,60 @@ def test_reads_summary_written_by_nnunet_itself(tmp_path):
     assert means == {"(1, 2)": 0.8, "3": 0.5} and fg == 0.65
     names = label_keys({"labels": {"background": 0, "whole tumour": [1, 2], "enhancing": 3}})
     assert names["(1, 2)"] == "whole tumour" and names["3"] == "enhancing"
+
+
+def test_headline_is_the_first_table_and_corrects_over_all_its_comparisons(tree_root, tmp_path):
+    root, raw = tree_root
+    report, paths = build_report(load_results(root, raw=raw, preprocessed=None), tmp_path / "o",
+                                 ReportOptions(n_boot=500, seed=0))
+    assert report.tables()[0].caption.startswith("Mean foreground Dice per method against the from-scratch runs")
+    head = report.tables()[0]
+    rows = {(r[0], r[1], r[2]): dict(zip(head.header, r)) for r in head.rows}
+    # smit (CT all, CT 5-shot, MR all) and simmim (CT all): four comparisons, Holm over all four
+    assert set(rows) == {(CT, "all cases", "smit"), (CT, "all cases", "simmim"), (CT, "5-shot", "smit"),
+                         (MR, "all cases", "smit")}
+    smit = rows[(CT, "all cases", "smit")]
+    assert smit["baseline"] == "scratch" and smit["difference [95% CI]"].startswith("0.045 [")
+    # the per-regime table corrects over 2 tests (0.0156); the headline over 4: 4 x 0.0078 = 0.0312
+    assert smit["p (Holm)"] == "0.0312" and smit["sig."] == "*"
+    page = paths["html"].read_text()
+    assert page.index("<table>") < page.index("Datasets") and page.index("Headline") < page.index("<table>")
+    sentence = next(b.text for b in report.blocks if type(b).__name__ == "Para" and "Holm's correction" in b.text)
+    assert sentence.startswith("2 of 4 differences") and f"smit on {CT} (5-shot" in sentence
+
+
+def test_repeated_draws_are_aggregated_per_case_not_pooled(tmp_path):
+    """Three 5-shot draws validate on the same 8 cases: CIs and tests count 8 cases, the spread shows 3 draws."""
+    root = tmp_path / "results"
+    for draw, shift in ((0, 0.0), (1, 0.02), (2, -0.02)):
+        suffix = f"_draw{draw}" if draw else ""
+        _run(root, CT, f"SwinScratchTrainer_5shot{suffix}__nnUNetSwinPlans__3d_fullres", "0", {"1": L - 0.3 + shift},
+             ds_json=CT_JSON)
+        _run(root, CT, f"SwinSSLTrainer_5shot{suffix}__nnUNetSwinPlans__smit__3d_fullres", "0",
+             {"1": L - 0.3 + shift + D}, ds_json=CT_JSON)
+    tree = load_results(root, preprocessed=None)
+    assert sorted({f.run.draw for f in tree.folds}) == [0, 1, 2] and len(tree.regimes(CT)) == 1
+    report, _ = build_report(tree, tmp_path / "o", ReportOptions(n_boot=300, seed=0))
+    dice = _table(report, f"{CT}, 5-shot: mean Dice")
+    scratch = _row(dice, "scratch")
+    assert scratch["cases"] == "8" and scratch["liver"].startswith("0.475 [")
+    assert scratch["draws: mean ± SD"] == "0.475 ± 0.020 (3)"
+    vs = _row(_table(report, f"{CT}, 5-shot: each method vs scratch"), "smit vs scratch")
+    assert vs["pairs"] == "8" and vs["mean diff (A-B)"] == "0.045"  # per case, averaged over the 3 draws
+
+
+def test_pretrained_runs_of_another_encoder_are_compared_with_scratch_runs_of_that_encoder(tmp_path):
+    root = tmp_path / "results"
+    enc = {"feature_size": 12, "depths": [2, 2, 2, 2], "num_heads": [3, 6, 12, 24], "window_size": 4}
+    big = {**enc, "feature_size": 48, "window_size": 7}
+    runs = [("SwinScratchTrainer__nnUNetSwinPlans__3d_fullres", enc, 0.0),
+            ("SwinSSLTrainer__nnUNetSwinPlans__smit__3d_fullres", enc, 0.01),
+            ("SwinScratchTrainer__nnUNetSwinPlans__scratch-f48-d2222-h3_6_12_24-w7__3d_fullres", big, 0.1),
+            ("SwinSSLTrainer__nnUNetSwinPlans__public__3d_fullres", big, 0.12)]
+    for folder, encoder, shift in runs:
+        fd = _run(root, CT, folder, "0", {"1": L + shift}, ds_json=CT_JSON)
+        (fd.parent / "plans.json").write_text(json.dumps({"configurations": {"3d_fullres": {"nnssl_encoder": encoder}}}))
+    report, _ = build_report(load_results(root, preprocessed=None), tmp_path / "o", ReportOptions(n_boot=200))
+    head = report.tables()[0]
+    baseline = {r[2]: r[4] for r in head.rows}
+    assert baseline == {"smit": "scratch", "public": "scratch-f48-d2222-h3_6_12_24-w7"}

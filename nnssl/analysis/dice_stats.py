@@ -83,6 +83,58 @@ def bootstrap_ci(values: Any, n_boot: int = 10000, seed: int = 0, level: float =
     return MeanCI(mean, float(low), float(high), int(x.size))
 
 
+def hierarchical_bootstrap_ci(matrix: Any, n_boot: int = 10000, seed: int = 0, level: float = 0.95) -> MeanCI:
+    """Mean of a (draws, cases) matrix with a two-stage percentile-bootstrap CI: resample the draws, then the cases.
+
+    Repeated k-shot draws validate on the same cases, so (draw, case) values are not independent samples: each
+    resample draws R of the R draws and N of the N cases (the same cases for every drawn draw) and averages the
+    finite values. With one draw this is the case bootstrap of ``bootstrap_ci``; n = the number of cases with a
+    finite value.
+    """
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    m = np.asarray(matrix, dtype=np.float64)
+    if m.ndim != 2:
+        raise ValueError(f"expected a (draws, cases) matrix, got shape {m.shape}")
+    m = m[:, np.isfinite(m).any(axis=0)]  # cases without any value
+    m = m[np.isfinite(m).any(axis=1)]  # draws without any value
+    n = int(m.shape[1]) if m.size else 0
+    if n == 0:
+        return MeanCI(math.nan, math.nan, math.nan, 0)
+    mean = float(np.nanmean(m))
+    r = m.shape[0]
+    if r == 1:
+        return bootstrap_ci(m[0], n_boot=n_boot, seed=seed, level=level)
+    rng = np.random.default_rng(seed)
+    means = np.empty(n_boot)
+    for start in range(0, n_boot, 500):
+        stop = min(n_boot, start + 500)
+        di = rng.integers(0, r, size=(stop - start, r))
+        ci = rng.integers(0, n, size=(stop - start, n))
+        sample = m[di[:, :, None], ci[:, None, :]]  # (b, R, N)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            means[start:stop] = np.nanmean(sample.reshape(stop - start, -1), axis=1)
+    means = means[np.isfinite(means)]
+    alpha = (1.0 - level) / 2.0
+    low, high = np.quantile(means, [alpha, 1.0 - alpha])
+    return MeanCI(mean, float(low), float(high), n)
+
+
+def draw_spread(matrix: Any) -> tuple[float, float, int]:
+    """Mean and standard deviation (ddof 1) across draws of the per-draw means of a (draws, cases) matrix, and the
+    number of draws: the spread of a k-shot result over training subsets."""
+    m = np.asarray(matrix, dtype=np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        per_draw = np.nanmean(m, axis=1) if m.size else np.zeros(0)
+    per_draw = per_draw[np.isfinite(per_draw)]
+    if per_draw.size == 0:
+        return math.nan, math.nan, 0
+    sd = float(per_draw.std(ddof=1)) if per_draw.size > 1 else math.nan
+    return float(per_draw.mean()), sd, int(per_draw.size)
+
+
 def stratified_bootstrap_ci(
     groups: Sequence[Any], n_boot: int = 10000, seed: int = 0, level: float = 0.95
 ) -> MeanCI:

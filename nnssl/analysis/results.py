@@ -26,7 +26,7 @@ import numpy as np
 
 from nnssl.analysis.dice_stats import label_keys, modality, structure_groups
 from nnssl.nnunet.datasets import DATASET_RE
-from nnssl.nnunet.naming import SCRATCH, RunName, parse_run_name
+from nnssl.nnunet.naming import SCRATCH, RunName, encoder_tag, parse_run_name
 
 FOLD_RE = re.compile(r"^fold_(\d+|all)$")
 # top-level folders that live in a results folder but are not datasets (CKA results, reports)
@@ -90,6 +90,8 @@ class FoldResult:
     logging: dict[str, list] | None = None
     logging_source: str | None = None
     notes: list[str] = field(default_factory=list)
+    #: The encoder architecture of the run (``naming.encoder_tag`` of its plans' nnssl_encoder), None if unknown.
+    encoder_tag: str | None = None
 
     @property
     def method(self) -> str:
@@ -130,6 +132,11 @@ class ResultsTree:
         }
         # scratch first, then alphabetical: stable table order
         return sorted(ms, key=lambda m: (m != SCRATCH, m))
+
+    def encoder_tag(self, dataset: str, regime: Regime, method: str) -> str | None:
+        """The encoder architecture of a method's runs in one regime (None when their plans do not say)."""
+        tags = {f.encoder_tag for f in self.select(dataset, regime, method)} - {None}
+        return tags.pop() if len(tags) == 1 else None
 
     def select(self, dataset: str, regime: Regime, method: str) -> list[FoldResult]:
         return sorted(
@@ -211,6 +218,18 @@ def read_training_log(fold_dir: Path) -> tuple[dict[str, list] | None, str | Non
         return {k: list(v) for k, v in log.items() if isinstance(v, (list, tuple))}, name, notes
     notes.append("no checkpoint with a training log (checkpoint_final.pth / checkpoint_latest.pth)")
     return None, None, notes
+
+
+def run_encoder_tag(model_dir: Path, configuration: str) -> str | None:
+    """``naming.encoder_tag`` of the encoder in the plans nnU-Net copied into a model folder (None if absent)."""
+    plans = Path(model_dir) / "plans.json"
+    if not plans.is_file():
+        return None
+    try:
+        encoder = json.loads(plans.read_text())["configurations"][configuration]["nnssl_encoder"]
+        return encoder_tag(encoder)
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return None
 
 
 def find_dataset_json(dataset: str, model_dirs: Iterable[Path], raw: Path | None, preprocessed: Path | None) -> Path | None:
@@ -331,6 +350,7 @@ def load_results(
         info = load_dataset_info(dataset, json_path, override)
         file_ending = info.dataset_json.get("file_ending") if info.dataset_json else None
         for md, run in model_dirs:
+            tag = run_encoder_tag(md, run.configuration)
             for fd in sorted(p for p in md.iterdir() if p.is_dir()):
                 rel = str(rel_base / md.name / fd.name)
                 fm = FOLD_RE.match(fd.name)
@@ -348,7 +368,7 @@ def load_results(
                 except ValueError as e:
                     ignored.append((rel, str(e)))
                     continue
-                fr = FoldResult(dataset, run, fm.group(1), fd, cases, dice, means, fg)
+                fr = FoldResult(dataset, run, fm.group(1), fd, cases, dice, means, fg, encoder_tag=tag)
                 if read_logs:
                     fr.logging, fr.logging_source, notes = read_training_log(fd)
                     fr.notes += notes
@@ -392,21 +412,60 @@ def tidy_records(tree: ResultsTree) -> list[dict[str, Any]]:
     return rows
 
 
-def pooled_cases(folds: list[FoldResult], label: str | None = None) -> dict[tuple[str, str], float]:
-    """(fold, case) -> Dice of ``label`` (None = per-case foreground mean), pooled over the given folds.
+#: A per-case value's key: (draw, fold, case). Draw 0 is the only one of regimes without repeated k-shot draws.
+CaseKey = tuple[int, str, str]
 
-    Validation cases of different folds are disjoint in nnU-Net's cross-validation, so pooling gives one value per
-    case; the (fold, case) key pairs the same case across methods.
+
+def pooled_cases(folds: list[FoldResult], label: str | None = None) -> dict[CaseKey, float]:
+    """(draw, fold, case) -> Dice of ``label`` (None = per-case foreground mean), pooled over the given folds.
+
+    Validation cases of different folds are disjoint in nnU-Net's cross-validation, so pooling folds gives one value
+    per case and draw; repeated k-shot draws of one fold validate on the same cases, so their values are kept apart
+    by the draw (they are not new cases). The key pairs the same case of the same draw across methods.
     """
-    out: dict[tuple[str, str], float] = {}
+    out: dict[CaseKey, float] = {}
     for f in folds:
         vals = f.fg_case_dice() if label is None else f.dice.get(label, np.full(len(f.cases), np.nan))
         for c, v in zip(f.cases, vals):
-            out[(f.fold, c)] = float(v)
+            out[(f.run.draw, f.fold, c)] = float(v)
     return out
 
 
-def paired_arrays(a: dict[tuple[str, str], float], b: dict[tuple[str, str], float]) -> tuple[np.ndarray, np.ndarray, int]:
-    """Values of the cases present in both dicts, in a common order, and the number of common cases."""
+def case_means(values: dict[CaseKey, float]) -> dict[tuple[str, str], float]:
+    """(fold, case) -> mean over the case's draws (NaN draws ignored): one value per validation case."""
+    groups: dict[tuple[str, str], list[float]] = {}
+    for (_draw, fold, case), v in values.items():
+        groups.setdefault((fold, case), []).append(v)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return {k: float(np.nanmean(v)) for k, v in groups.items()}
+
+
+def draw_matrix(values: dict[CaseKey, float]) -> np.ndarray:
+    """(n_draws, n_cases) values, draws and cases in sorted order, NaN where a draw lacks a case."""
+    draws = sorted({k[0] for k in values})
+    cases = sorted({k[1:] for k in values})
+    m = np.full((len(draws), len(cases)), np.nan)
+    di, ci = {d: i for i, d in enumerate(draws)}, {c: i for i, c in enumerate(cases)}
+    for (d, fold, case), v in values.items():
+        m[di[d], ci[(fold, case)]] = v
+    return m
+
+
+def paired_arrays(a: dict, b: dict) -> tuple[np.ndarray, np.ndarray, int]:
+    """Values of the keys present in both dicts, in a common order, and the number of common keys."""
     keys = sorted(set(a) & set(b))
     return np.array([a[k] for k in keys]), np.array([b[k] for k in keys]), len(keys)
+
+
+def paired_case_means(a: dict[CaseKey, float], b: dict[CaseKey, float]) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per validation case, the mean over the draws both sides share: (a's means, b's means, cases). The unit of a
+    paired test is the case, never a (draw, case) pair, since draws repeat the same validation cases."""
+    common = set(a) & set(b)
+    return paired_arrays(case_means({k: a[k] for k in common}), case_means({k: b[k] for k in common}))
+
+
+def paired_draw_matrices(a: dict[CaseKey, float], b: dict[CaseKey, float]) -> tuple[np.ndarray, np.ndarray]:
+    """The (draws, cases) matrices of the keys both sides share, aligned (for a hierarchical bootstrap)."""
+    common = set(a) & set(b)
+    return draw_matrix({k: a[k] for k in common}), draw_matrix({k: b[k] for k in common})

@@ -147,6 +147,23 @@ def scratch_method(encoder_tag: str) -> str:
     return SCRATCH_PREFIX + check_plans_suffix(encoder_tag)
 
 
+def encoder_tag(encoder: dict) -> str:
+    """A plans-name-safe tag of an encoder architecture (the plans' ``nnssl_encoder`` dict), e.g. ``f48-d2222-h36122
+    4-w7``: feature size, depths, heads, window, and patch size / v2 blocks / merge order / window shift where they
+    differ from the defaults. Input channels, drop-path and checkpointing are not architecture and are left out."""
+    tag = (f"f{encoder['feature_size']}-d{''.join(str(d) for d in encoder['depths'])}"
+           f"-h{'_'.join(str(h) for h in encoder['num_heads'])}-w{encoder['window_size']}")
+    if encoder.get("patch_size", 2) != 2:
+        tag += f"-p{encoder['patch_size']}"
+    if encoder.get("use_v2"):
+        tag += "-v2"
+    if encoder.get("merge_order", "monai") != "monai":
+        tag += f"-m{encoder['merge_order'].replace('-', '')}"
+    if encoder.get("window_shift") is not None:
+        tag += "-s" + "".join("1" if s else "0" for s in encoder["window_shift"])
+    return tag
+
+
 def model_folder_name(trainer: str, plans: str, configuration: str = CONFIGURATION) -> str:
     """nnU-Net's model folder ``<Trainer>__<Plans>__<configuration>``."""
     return f"{trainer}__{plans}__{configuration}"
@@ -188,7 +205,7 @@ def parse_run_name(folder_name: str) -> RunName:
 
 
 __all__ = [
-    "CONFIGURATION", "DEFAULT_PLANS", "EPOCHS", "KINDS", "MAX_DRAW", "RunName", "SCRATCH", "SCRATCH_PREFIX", "SHOTS",
+    "CONFIGURATION", "DEFAULT_PLANS", "EPOCHS", "KINDS", "encoder_tag", "MAX_DRAW", "RunName", "SCRATCH", "SCRATCH_PREFIX", "SHOTS",
     "SWIN_PLANS", "TrainerName", "base_plans", "check_plans_suffix", "is_scratch", "method_of_plans",
     "model_folder_name", "parse_run_name", "parse_trainer_name", "plans_name", "scratch_method", "trainer_name",
 ]

@@ -1,15 +1,18 @@
 """The report's order of sections: each is a function of its own module taking the shared ``ReportContext``."""
 from __future__ import annotations
 
-from nnssl.analysis.report import dice, features, overview, tests, training
+from nnssl.analysis.report import dice, features, headline, overview, tests, training
 from nnssl.analysis.report.blocks import Heading, Para, Report, Table
 from nnssl.analysis.report.context import ReportContext
 
 
 def build(ctx: ReportContext) -> Report:
-    """Run every section in the report's order; the summary table is placed before the Dice section."""
+    """Run every section in the report's order: the title, the headline (what a reader looks at first), the
+    overview, and the summary table before the Dice section."""
     r = ctx.report
     ctx.fig_dir.mkdir(parents=True, exist_ok=True)
+    r.add(Heading(1, r.title))
+    headline.headline(ctx)
     overview.overview(ctx)
     summary_at = len(r.blocks)
     dice.dice(ctx)
@@ -29,7 +32,9 @@ def build(ctx: ReportContext) -> Report:
         "Dice per case comes from nnU-Net's validation/summary.json (validation cases of each fold, pooled over "
         "folds). Foreground Dice of a case = mean over its foreground labels that are defined (nnU-Net writes NaN "
         "when a label is absent from reference and prediction). Confidence intervals: percentile bootstrap over "
-        f"cases, {ctx.opt.n_boot} resamples, seed {ctx.opt.seed}. Tests: two-sided paired Wilcoxon signed-rank "
-        "over common cases (zero differences dropped), Holm-corrected within each table family; "
+        f"cases, {ctx.opt.n_boot} resamples, seed {ctx.opt.seed}; with repeated k-shot draws, a two-stage bootstrap "
+        "(draws, then the validation cases they share). Tests: two-sided paired Wilcoxon signed-rank over common "
+        "cases, each case averaged over the draws both sides share (zero differences dropped), Holm-corrected "
+        "within each table family (the headline: over all its rows); "
         "* p<0.05, ** p<0.01, *** p<0.001 after correction, ns otherwise. See documentation/report.md."))
     return r

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from nnssl.analysis.dice_stats import MeanCI, bootstrap_ci
+from nnssl.analysis.dice_stats import MeanCI, bootstrap_ci, draw_spread, hierarchical_bootstrap_ci
 from nnssl.analysis.report.blocks import Report, ReportOptions
-from nnssl.analysis.results import Regime, ResultsTree, pooled_cases
+from nnssl.nnunet.naming import is_scratch
+from nnssl.analysis.results import CaseKey, Regime, ResultsTree, draw_matrix, pooled_cases
 
 
 class ReportContext:
@@ -30,6 +31,31 @@ class ReportContext:
         """Mean with its percentile-bootstrap CI (the report's resamples, seed and level)."""
         return bootstrap_ci(values, n_boot=self.opt.n_boot, seed=self.opt.seed, level=self.opt.level)
 
-    def cases(self, dataset: str, regime: Regime, method: str, label: str | None = None) -> dict:
-        """(fold, case) -> Dice of ``label`` (None: foreground mean) of a method's runs in one regime."""
+    def cases(self, dataset: str, regime: Regime, method: str, label: str | None = None) -> dict[CaseKey, float]:
+        """(draw, fold, case) -> Dice of ``label`` (None: foreground mean) of a method's runs in one regime."""
         return pooled_cases(self.tree.select(dataset, regime, method), label)
+
+    def case_ci(self, dataset: str, regime: Regime, method: str, label: str | None = None) -> MeanCI:
+        """Mean Dice with its CI, bootstrapping draws then cases (n = validation cases, not (draw, case) pairs)."""
+        return hierarchical_bootstrap_ci(draw_matrix(self.cases(dataset, regime, method, label)),
+                                         n_boot=self.opt.n_boot, seed=self.opt.seed, level=self.opt.level)
+
+    def spread(self, dataset: str, regime: Regime, method: str) -> tuple[float, float, int]:
+        """(mean, SD, draws) of the per-draw mean foreground Dice: how much a k-shot result depends on the subset."""
+        return draw_spread(draw_matrix(self.cases(dataset, regime, method)))
+
+    def baseline_for(self, dataset: str, regime: Regime, method: str) -> str | None:
+        """The from-scratch runs a method is compared with: the report's baseline, unless the method's encoder
+        differs from the baseline's and a from-scratch run of its own encoder exists (``scratch-<encoder>``, the
+        same architecture, patch and batch size); None when the method has no baseline of its encoder."""
+        base = self.opt.baseline
+        methods = self.tree.methods(dataset, regime)
+        if base not in methods or base == method:
+            return None if base == method else (base if base in methods else None)
+        tag = self.tree.encoder_tag(dataset, regime, method)
+        if tag is None or tag == self.tree.encoder_tag(dataset, regime, base):
+            return base
+        for m in methods:
+            if is_scratch(m) and m != method and self.tree.encoder_tag(dataset, regime, m) == tag:
+                return m
+        return None

@@ -9,7 +9,7 @@ from nnssl.analysis.dice_stats import MeanCI, group_case_values, stratified_boot
 from nnssl.analysis.report.blocks import Figure, Heading, Para, Table
 from nnssl.analysis.report.context import ReportContext
 from nnssl.analysis.report.format import fmt, pyplot, save_figure, slug
-from nnssl.analysis.results import Regime, regime_sort_key
+from nnssl.analysis.results import Regime, case_means, regime_sort_key
 
 
 def dice(ctx: ReportContext) -> None:
@@ -24,17 +24,26 @@ def dice(ctx: ReportContext) -> None:
         bars: dict[Regime, dict[str, MeanCI]] = {}
         for regime in t.regimes(ds):
             keys = sorted({k for f in t.folds if f.dataset == ds and f.regime == regime for k in f.dice})
+            draws = max(ctx.spread(ds, regime, m)[2] for m in t.methods(ds, regime))
             header = ["method", "folds", "cases"] + [info.label_name(k) for k in keys] + [
-                "foreground", "nnU-Net fg mean"]
+                "foreground", "nnU-Net fg mean"] + (["draws: mean ± SD"] if draws > 1 else [])
             rows = []
             for m in t.methods(ds, regime):
                 folds = t.select(ds, regime, m)
-                fg = ctx.ci(list(ctx.cases(ds, regime, m).values()))
+                fg = ctx.case_ci(ds, regime, m)
                 bars.setdefault(regime, {})[m] = fg
-                per_label = [ctx.ci(list(ctx.cases(ds, regime, m, k).values())).fmt(d) for k in keys]
+                per_label = [ctx.case_ci(ds, regime, m, k).fmt(d) for k in keys]
                 nn_fg = float(np.mean([f.summary_fg_mean for f in folds]))
-                rows.append([m, ",".join(f.fold for f in folds), str(fg.n)] + per_label + [fg.fmt(d), fmt(nn_fg, d)])
-            r.add(Table(header, rows, caption=f"{ds}, {regime.label()}: mean Dice [{int(ctx.opt.level * 100)}% CI]"))
+                row = [m, ",".join(sorted({f.fold for f in folds})), str(fg.n)] + per_label + [fg.fmt(d), fmt(nn_fg, d)]
+                if draws > 1:
+                    mean, sd, n = ctx.spread(ds, regime, m)
+                    row.append(f"{fmt(mean, d)} ± {fmt(sd, d)} ({n})")
+                rows.append(row)
+            caption = f"{ds}, {regime.label()}: mean Dice [{int(ctx.opt.level * 100)}% CI]"
+            if draws > 1:
+                caption += (" over validation cases, bootstrapping k-shot draws then cases; the last column is the "
+                            "mean and SD across draws of each draw's mean")
+            r.add(Table(header, rows, caption=caption))
         r.add(dice_figure(ctx, ds, bars))
 
 def dice_figure(ctx: ReportContext, ds: str, bars: dict[Regime, dict[str, MeanCI]]) -> Figure:
@@ -104,7 +113,7 @@ def modality(ctx: ReportContext) -> None:
         mod = t.datasets[ds].modality
         for regime in t.regimes(ds):
             for m in t.methods(ds, regime):
-                vals = np.array(list(ctx.cases(ds, regime, m).values()))
+                vals = np.array(list(case_means(ctx.cases(ds, regime, m)).values()))
                 by.setdefault((mod, regime, m), []).append(vals)
                 tasks.setdefault((mod, regime, m), []).append(ds)
     if not by:

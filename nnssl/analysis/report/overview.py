@@ -9,7 +9,7 @@ from nnssl.analysis.report.context import ReportContext
 
 def overview(ctx: ReportContext) -> None:
     r, t = ctx.report, ctx.tree
-    r.add(Heading(1, r.title), Para(
+    r.add(Para(
         f"Results folder: `{t.root}`. Generated {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}. "
         f"{len(t.dataset_names())} target dataset(s), {len(t.folds)} finished fold(s). Baseline: "
         f"`{ctx.opt.baseline}`."))

@@ -9,7 +9,8 @@ from nnssl.analysis.dice_stats import holm, paired_wilcoxon, significance_marker
 from nnssl.analysis.report.blocks import Heading, Para, Table
 from nnssl.analysis.report.context import ReportContext
 from nnssl.analysis.report.format import fmt, fmt_p
-from nnssl.analysis.results import Regime, paired_arrays
+from nnssl.analysis.results import Regime, case_means, paired_case_means
+from nnssl.nnunet.naming import is_scratch
 
 
 def compare(ctx: ReportContext, ds: str, regime: Regime, pairs: list[tuple[str, str]], family: str):
@@ -18,7 +19,7 @@ def compare(ctx: ReportContext, ds: str, regime: Regime, pairs: list[tuple[str, 
     Returns (table, {(A, B): (PairedTest, Holm-adjusted p)})."""
     res = []
     for a, b in pairs:
-        xa, xb, _ = paired_arrays(ctx.cases(ds, regime, a), ctx.cases(ds, regime, b))
+        xa, xb, _ = paired_case_means(ctx.cases(ds, regime, a), ctx.cases(ds, regime, b))
         res.append(((a, b), paired_wilcoxon(xa, xb)))
     adj = holm([pt.p for _, pt in res])
     rows = []
@@ -26,8 +27,8 @@ def compare(ctx: ReportContext, ds: str, regime: Regime, pairs: list[tuple[str, 
         rows.append([f"{a} vs {b}", str(pt.n), fmt(pt.mean_diff, ctx.opt.digits), fmt(pt.statistic, 1),
                      fmt_p(pt.p), fmt_p(p_adj), significance_marker(p_adj), pt.note])
     table = Table(["comparison", "pairs", "mean diff (A-B)", "W", "p", "p (Holm)", "sig.", "note"], rows,
-                  caption=f"{ds}, {regime.label()}: {family} (paired Wilcoxon on foreground Dice, Holm-corrected "
-                          f"within this table)")
+                  caption=f"{ds}, {regime.label()}: {family} (paired Wilcoxon on foreground Dice, per validation "
+                          f"case averaged over the k-shot draws both share; Holm-corrected within this table)")
     return table, {pair: (pt, p_adj) for (pair, pt), p_adj in zip(res, adj)}
 
 
@@ -38,7 +39,8 @@ def significance(ctx: ReportContext) -> None:
     for ds in t.dataset_names():
         for regime in t.regimes(ds):
             methods = t.methods(ds, regime)
-            means = {m: float(np.nanmean(list(ctx.cases(ds, regime, m).values()) or [np.nan])) for m in methods}
+            means = {m: float(np.nanmean(list(case_means(ctx.cases(ds, regime, m)).values()) or [np.nan]))
+                     for m in methods}
             finite = {m: v for m, v in means.items() if math.isfinite(v)}
             best = max(finite, key=lambda m: (finite[m], m == base)) if finite else None
             if len(methods) < 2:
@@ -46,9 +48,12 @@ def significance(ctx: ReportContext) -> None:
             r.add(Heading(3, f"{ds}, {regime.label()}"))
             any_table = True
             vs_base: dict = {}
-            if base in methods:
-                table, vs_base = compare(ctx, ds, regime, [(m, base) for m in methods if m != base],
-                                               f"each method vs {base}")
+            pairs = [(m, ctx.baseline_for(ds, regime, m)) for m in methods if not is_scratch(m)]
+            pairs = [(m, b) for m, b in pairs if b is not None]
+            if base in methods and pairs:
+                family = f"each method vs {base}" if all(b == base for _, b in pairs) else \
+                    "each method vs the from-scratch runs of its encoder"
+                table, vs_base = compare(ctx, ds, regime, pairs, family)
                 r.add(table)
             else:
                 r.add(Para(f"No `{base}` baseline run in this regime: comparisons against it are skipped.",

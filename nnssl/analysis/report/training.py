@@ -6,7 +6,7 @@ from nnssl.analysis.fewshot import paired_gap
 from nnssl.analysis.report.blocks import Figure, Heading, Para, Table
 from nnssl.analysis.report.context import ReportContext
 from nnssl.analysis.report.format import fmt, fmt_spread, save_figure, slug
-from nnssl.analysis.results import paired_arrays
+from nnssl.analysis.results import case_means, paired_arrays
 
 
 def convergence(ctx: ReportContext) -> None:
@@ -65,7 +65,8 @@ def fewshot(ctx: ReportContext) -> None:
                 for m in t.methods(ds, few):
                     if m not in t.methods(ds, full):
                         continue
-                    a, k, _ = paired_arrays(ctx.cases(ds, full, m), ctx.cases(ds, few, m))
+                    # per validation case: the all-cases run against the k-shot draws' mean
+                    a, k, _ = paired_arrays(case_means(ctx.cases(ds, full, m)), case_means(ctx.cases(ds, few, m)))
                     g = paired_gap(a, k, n_boot=ctx.opt.n_boot, seed=ctx.opt.seed, level=ctx.opt.level)
                     budget = "" if full.epochs is None else f", {full.epochs} epochs"
                     rows.append([ds, m, f"{few.shots}-shot{budget}", str(g.n), fmt(g.dice_all, 3),
