@@ -184,3 +184,33 @@ def test_runner_passes_only_the_optimisation_settings_the_spec_sets():
 def test_spec_validates_pretraining_up_front(change, message):
     with pytest.raises(SpecError, match=message):
         spec_from_dict({**SPEC, **change})
+
+
+def test_a_checkpoint_of_another_encoder_gets_a_scratch_baseline_of_that_encoder(tmp_path):
+    """Fairness: the scratch runs compared with an imported encoder have its architecture (same plans otherwise)."""
+    from nnssl.checkpoint import save_checkpoint
+    from nnssl.encoders.swin import EncoderConfig, SwinEncoder
+
+    big = EncoderConfig.preset("small")
+    ckpt = save_checkpoint(tmp_path / "public.pth", {"method": "imported", "encoder_config": big.to_dict(),
+                                                      "encoder": SwinEncoder(big).swin_state_dict()})
+    same = save_checkpoint(tmp_path / "same.pth", {"method": "imported", "encoder_config":
+                                                   EncoderConfig.preset("tiny").to_dict(),
+                                                   "encoder": SwinEncoder(EncoderConfig.preset("tiny")).swin_state_dict()})
+    spec = spec_from_dict({**SPEC, "methods": ["scratch", "smit", "public", "same"],
+                           "checkpoints": {"public": str(ckpt), "same": str(same)}})
+    jobs = build_jobs(spec, Paths.under(tmp_path / "w"), tmp_path / "r")
+    tag = "f24-d2222-h3_6_12_24-w7"
+    attach = {j.key: j.command for j in jobs if j.stage == "attach"}
+    cmd = attach[f"attach/scratch-{tag}/901"]
+    assert cmd[cmd.index("--checkpoint") + 1] == str(ckpt) and "--architecture-only" in cmd
+    finetune = {j.key: j.command for j in jobs if j.stage == "finetune"}
+    cmd = finetune[f"finetune/901/scratch-{tag}/5/0"]
+    assert cmd[cmd.index("-tr") + 1] == "SwinScratchTrainer_5shot_2epochs"
+    assert cmd[cmd.index("-p") + 1] == f"nnUNetSwinPlans__scratch-{tag}"
+    assert not [k for k in finetune if "scratch-f12" in k]  # the tiny encoder's baseline is the base plans' scratch
+    assert not [j for j in jobs if j.stage == "cka" and "scratch" in j.key]
+    warnings: list[str] = []
+    missing = spec_from_dict({**SPEC, "methods": ["scratch", "public"], "checkpoints": {"public": "/nope.pth"}})
+    build_jobs(missing, Paths.under(tmp_path / "w"), tmp_path / "r", warnings)
+    assert warnings and "does not exist yet" in warnings[0]

@@ -259,3 +259,15 @@ def test_test_knobs_validated(monkeypatch):
         _positive_int_env(ENV_ITERS)
     monkeypatch.setenv(ENV_ITERS, "7")
     assert _positive_int_env(ENV_ITERS) == 7
+
+
+def test_attach_architecture_only_writes_scratch_plans_of_the_checkpoints_encoder(planned, capsys):
+    pre, ckpt = planned
+    assert attach_main(["-d", "540", "--checkpoint", str(ckpt), "--architecture-only"]) == 0
+    out = capsys.readouterr().out
+    written = [p for p in pre.glob("nnUNetSwinPlans__scratch-*.json")]
+    assert len(written) == 1 and "-tr SwinScratchTrainer" in out
+    conf = json.loads(written[0].read_text())["configurations"]["3d_fullres"]
+    assert "nnssl_pretrained" not in conf and conf["nnssl_encoder"]["feature_size"] == 12
+    assert "scratch-<encoder>" in _attach_error(capsys, "-d", "540", "--checkpoint", str(ckpt), "--architecture-only",
+                                                "--name", "dino")

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Iterable
 
 from nnssl.benchmark.spec import OPTIM_SETTINGS, BenchmarkSpec
-from nnssl.nnunet.naming import CONFIGURATION, SCRATCH, SWIN_PLANS, model_folder_name, plans_name, trainer_name
+from nnssl.nnunet.naming import (CONFIGURATION, SCRATCH, SWIN_PLANS, encoder_tag, is_scratch, model_folder_name,
+                                 plans_name, scratch_method, trainer_name)
 
 STAGES = ("phantoms", "preprocess", "pretrain", "attach", "finetune", "cka", "report")
 
@@ -108,6 +109,34 @@ def checkpoint_path(spec: BenchmarkSpec, paths: Paths, method: str) -> Path:
     return paths.nnssl_results / spec.name / method / "checkpoint_final.pth"
 
 
+def scratch_encoders(spec: BenchmarkSpec, paths: Paths, warnings: list[str] | None = None) -> dict[str, Path]:
+    """Encoder tag -> a checkpoint with that architecture, for every encoder of the spec's pretrained methods that
+    differs from the base plans' (the spec's pretraining preset): each needs a from-scratch run of its own. A
+    checkpoint that does not exist yet cannot be inspected: a warning says its baseline is missing from the grid."""
+    from nnssl.checkpoint import load_checkpoint
+    from nnssl.encoders.swin import EncoderConfig
+
+    def tag_of(cfg: EncoderConfig) -> str:
+        return encoder_tag({k: v for k, v in cfg.to_dict().items() if k != "in_channels"})
+
+    base = tag_of(EncoderConfig.preset(spec.pretraining.encoder))
+    out: dict[str, Path] = {}
+    for m in spec.pretrained_methods:
+        if m not in spec.checkpoints:
+            continue  # pretrained here with the base preset
+        path = checkpoint_path(spec, paths, m)
+        if not path.is_file():
+            if warnings is not None:
+                warnings.append(f"checkpoints.{m}: {path} does not exist yet, so the grid cannot tell whether its "
+                                "encoder needs a from-scratch baseline of its own; run the command again once the "
+                                "file exists (convert public weights with nnssl_convert first)")
+            continue
+        tag = tag_of(EncoderConfig.from_dict(load_checkpoint(path)["encoder_config"]))
+        if tag != base:
+            out.setdefault(tag, path)
+    return out
+
+
 def _ids(values: Iterable[str]) -> list[str]:
     return [str(v) for v in values]
 
@@ -116,8 +145,9 @@ def _dataset_glob(root: Path, dataset: str) -> str:
     return f"Dataset{int(dataset):03d}_*" if dataset.isdigit() else dataset
 
 
-def build_jobs(spec: BenchmarkSpec, paths: Paths, report_dir: Path) -> list[Job]:
-    """All jobs of the grid in an order that respects their dependencies."""
+def build_jobs(spec: BenchmarkSpec, paths: Paths, report_dir: Path, warnings: list[str] | None = None) -> list[Job]:
+    """All jobs of the grid in an order that respects their dependencies; what the grid cannot decide yet is
+    appended to ``warnings``."""
     jobs: list[Job] = []
     pretrained_by: dict[str, str] = {}  # method -> key of its pretraining job
     cpu = spec.device == "cpu"
@@ -171,6 +201,19 @@ def build_jobs(spec: BenchmarkSpec, paths: Paths, report_dir: Path) -> list[Job]
                 done_marker=paths.preprocessed / _dataset_glob(paths.preprocessed, d) / f"{plans_name(m)}.json",
                 after=[pretrained_by.get(m, "preprocess")], method=m,  # an existing checkpoint needs no pretraining
             ))
+    # A fair baseline has the compared encoder's architecture: one from-scratch run per distinct encoder of the
+    # pretrained methods (on the same plans, hence the same patch and batch size), beside the base plans' scratch.
+    scratch_methods = [SCRATCH] if SCRATCH in spec.methods else []
+    if scratch_methods:
+        for tag, ckpt in scratch_encoders(spec, paths, warnings).items():
+            m = scratch_method(tag)
+            scratch_methods.append(m)
+            for d in _ids(down.datasets):
+                jobs.append(Job(
+                    f"attach/{m}/{d}", "attach",
+                    ["nnssl_attach", "-d", d, "--checkpoint", str(ckpt), "--name", m, "--architecture-only"],
+                    done_marker=paths.preprocessed / _dataset_glob(paths.preprocessed, d) / f"{plans_name(m)}.json",
+                    after=["preprocess"], method=m))
     train_env = {"nnUNet_n_proc_DA": "0", "nnUNet_def_n_proc": "1"} if cpu else {}
     if down.iterations_per_epoch:
         train_env["NNSSL_ITERATIONS_PER_EPOCH"] = str(down.iterations_per_epoch)
@@ -178,8 +221,9 @@ def build_jobs(spec: BenchmarkSpec, paths: Paths, report_dir: Path) -> list[Job]
         train_env["NNSSL_VAL_ITERATIONS_PER_EPOCH"] = str(down.val_iterations_per_epoch)
     if not down.mirroring:
         train_env["NNSSL_DISABLE_MIRRORING"] = "1"
+    finetuned = [m for m in spec.methods if m != SCRATCH] + scratch_methods
     for d in _ids(down.datasets):
-        for m in spec.methods:
+        for m in sorted(finetuned, key=lambda m: (not is_scratch(m), m != SCRATCH)):
             for shots in down.shots:
                 for fold in down.folds:
                     trainer = trainer_name(m, shots, down.epochs)
@@ -192,7 +236,7 @@ def build_jobs(spec: BenchmarkSpec, paths: Paths, report_dir: Path) -> list[Job]
                                     resume_marker=fold_dir / "checkpoint_latest.pth", resume_args=["--c"],
                                     env=train_env, method=m, always_resume=True,
                                     after=["preprocess" if m == SCRATCH else f"attach/{m}/{d}"]))
-                    if m != SCRATCH:
+                    if not is_scratch(m):
                         out = report_dir / "cka" / f"{d}__{m}__{shots}__fold{fold}.json"
                         jobs.append(Job(
                             f"cka/{d}/{m}/{shots}/{fold}", "cka",

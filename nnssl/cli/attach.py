@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from nnssl.cli.common import fail
 from nnssl.nnunet.naming import SWIN_PLANS
 
 
@@ -22,6 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-p", default=SWIN_PLANS, help="Swin plans to copy (default: %(default)s)")
     p.add_argument("-c", default="3d_fullres", help="configuration (default 3d_fullres)")
     p.add_argument("--overwrite", action="store_true", help="replace existing plans of the same name")
+    p.add_argument("--architecture-only", action="store_true",
+                   help="copy the checkpoint's encoder architecture without its weights: the from-scratch baseline of "
+                        "that encoder (default name scratch-<encoder>; train it with -tr SwinScratchTrainer)")
     return p
 
 
@@ -30,16 +34,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from nnssl.finetune.attach import attach_checkpoint
 
-        path = attach_checkpoint(args.d, args.checkpoint, args.name, args.p, args.c, args.overwrite)
+        path = attach_checkpoint(args.d, args.checkpoint, args.name, args.p, args.c, args.overwrite,
+                                 args.architecture_only)
     except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(str(e))
     import json
 
     plans = json.load(open(path))
     ident = plans["plans_name"]
     print(f"wrote {path}")
-    print(f"fine-tune with: nnUNetv2_train {plans['dataset_name']} {args.c} FOLD -tr SwinSSLTrainer -p {ident}")
+    trainer = "SwinScratchTrainer" if args.architecture_only else "SwinSSLTrainer"
+    print(f"fine-tune with: nnUNetv2_train {plans['dataset_name']} {args.c} FOLD -tr {trainer} -p {ident}")
     return 0
 
 

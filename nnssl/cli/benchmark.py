@@ -57,9 +57,12 @@ def main(argv: list[str] | None = None) -> int:
         workdir = args.workdir or ("nnssl_demo" if args.demo else None)
         paths = Paths.under(Path(workdir)) if workdir else Paths.from_environment()
         report_dir = Path(args.report) if args.report else paths.results / "nnssl_report" / spec.name
-        jobs = build_jobs(spec, paths, report_dir)
+        notes: list[str] = []
+        jobs = build_jobs(spec, paths, report_dir, notes)
     except (ValueError, FileNotFoundError) as e:
         return fail(str(e))
+    for note in notes:
+        print(f"warning: {note}", file=sys.stderr)
 
     if args.dry_run:
         for job in jobs:

@@ -7,13 +7,18 @@ from pathlib import Path
 
 from nnssl.io import atomic_write
 from nnssl.nnunet.datasets import dataset_folder
-from nnssl.nnunet.naming import CONFIGURATION, SWIN_PLANS, check_plans_suffix
+from nnssl.nnunet.naming import CONFIGURATION, SWIN_PLANS, check_plans_suffix, encoder_tag, is_scratch, scratch_method
 from nnssl.nnunet.plans import ENCODER_KEY, PRETRAINED_KEY, require_swin_plans
 
 def attach_checkpoint(dataset: str | int, checkpoint: str, name: str | None = None, plans: str = SWIN_PLANS,
-                      configuration: str = CONFIGURATION, overwrite: bool = False) -> str:
+                      configuration: str = CONFIGURATION, overwrite: bool = False,
+                      architecture_only: bool = False) -> str:
     """Write ``<plans>__<name>.json`` next to the Swin plans; returns its path. Raises ValueError/OSError on bad
-    input (not a Swin plans file, unreadable checkpoint, encoder that cannot take the plans' patch size, ...)."""
+    input (not a Swin plans file, unreadable checkpoint, encoder that cannot take the plans' patch size, ...).
+
+    ``architecture_only``: copy the checkpoint's encoder architecture but attach no weights, for the from-scratch
+    baseline of that encoder (same patch and batch size as the pretrained runs; default name
+    ``scratch-<encoder tag>``, trained with SwinScratchTrainer)."""
     from nnssl.checkpoint import load_checkpoint
     from nnssl.encoders.swin import EncoderConfig, check_swin_input_size
 
@@ -28,9 +33,16 @@ def attach_checkpoint(dataset: str | int, checkpoint: str, name: str | None = No
     ckpt_path = Path(checkpoint).resolve()
     ckpt = load_checkpoint(ckpt_path)
     method = str(ckpt.get("method", ""))
+    enc = EncoderConfig.from_dict(ckpt["encoder_config"])
+    if architecture_only:
+        architecture = {k: v for k, v in enc.to_dict().items() if k != "in_channels"}
+        name = name or scratch_method(encoder_tag(architecture))
+        if not is_scratch(name):
+            raise ValueError(f"--name {name!r}: plans without pretrained weights are from-scratch runs and are named "
+                             f"scratch-<encoder> (e.g. {scratch_method(encoder_tag(architecture))}), so that the report "
+                             "reads them as a baseline")
     name = name or method
     check_plans_suffix(name, what="--name")
-    enc = EncoderConfig.from_dict(ckpt["encoder_config"])
     conf = base["configurations"][configuration]
     try:
         check_swin_input_size(conf["patch_size"])
@@ -49,7 +61,8 @@ def attach_checkpoint(dataset: str | int, checkpoint: str, name: str | None = No
     new_conf = new["configurations"][configuration]
     new_conf[ENCODER_KEY] = encoder
     # data_identifier is kept: the attached plans train on the Swin plans' preprocessed data
-    new_conf[PRETRAINED_KEY] = {"checkpoint": str(ckpt_path), "method": method, "name": name}
+    if not architecture_only:
+        new_conf[PRETRAINED_KEY] = {"checkpoint": str(ckpt_path), "method": method, "name": name}
     old_enc = conf.get(ENCODER_KEY, {})
     if old_enc and old_enc.get("feature_size", 0) < encoder["feature_size"]:
         print(f"note: the checkpoint's encoder (feature size {encoder['feature_size']}) is larger than the one the "
