@@ -224,26 +224,28 @@ def build_jobs(spec: BenchmarkSpec, paths: Paths, report_dir: Path, warnings: li
     finetuned = [m for m in spec.methods if m != SCRATCH] + scratch_methods
     for d in _ids(down.datasets):
         for m in sorted(finetuned, key=lambda m: (not is_scratch(m), m != SCRATCH)):
-            for shots in down.shots:
-                for fold in down.folds:
-                    trainer = trainer_name(m, shots, down.epochs)
+            for shots, draw, fold in ((s, r, f) for s in down.shots for r in range(1 if s == "all" else down.draws)
+                                      for f in down.folds):
+                    trainer = trainer_name(m, shots, down.epochs, draw)
                     fold_dir = (paths.results / _dataset_glob(paths.results, d)
                                 / model_folder_name(trainer, plans_name(m)) / f"fold_{fold}")
                     cmd = ["nnUNetv2_train", d, CONFIGURATION, str(fold), "-tr", trainer, "-p", plans_name(m),
                            "-device", spec.device]
-                    jobs.append(Job(f"finetune/{d}/{m}/{shots}/{fold}", "finetune", cmd,
+                    run = f"{d}/{m}/{shots}/{fold}" + (f"/draw{draw}" if draw else "")
+                    jobs.append(Job(f"finetune/{run}", "finetune", cmd,
                                     done_marker=fold_dir / "validation" / "summary.json",
                                     resume_marker=fold_dir / "checkpoint_latest.pth", resume_args=["--c"],
                                     env=train_env, method=m, always_resume=True,
                                     after=["preprocess" if m == SCRATCH else f"attach/{m}/{d}"]))
                     if not is_scratch(m):
-                        out = report_dir / "cka" / f"{d}__{m}__{shots}__fold{fold}.json"
+                        out = report_dir / "cka" / (f"{d}__{m}__{shots}__fold{fold}" + (f"__draw{draw}" if draw else "")
+                                                    + ".json")
                         jobs.append(Job(
-                            f"cka/{d}/{m}/{shots}/{fold}", "cka",
+                            f"cka/{run}", "cka",
                             ["nnssl_cka", "--pretrained", str(checkpoint_path(spec, paths, m)), "-d", d,
                              "-tr", trainer, "-p", plans_name(m), "-f", str(fold), "--device", spec.device,
                              "--images", str(down.cka_images), "--out", str(out)],
-                            done_marker=out, after=[f"finetune/{d}/{m}/{shots}/{fold}"], method=m,
+                            done_marker=out, after=[f"finetune/{run}"], method=m,
                         ))
     jobs.append(Job("report", "report", ["nnssl_report", str(paths.results), "--out", str(report_dir),
                                          "--cka", str(report_dir / "cka")],

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from nnssl.nnunet.naming import EPOCHS, SCRATCH, SHOTS
+from nnssl.nnunet.naming import EPOCHS, MAX_DRAW, SCRATCH, SHOTS
 
 
 class SpecError(ValueError):
@@ -82,6 +82,8 @@ class DownstreamSpec:
     shots: list[str] = field(default_factory=lambda: ["all"])
     folds: list[int] = field(default_factory=lambda: [0])
     epochs: int | None = None  # None: the trainers' default schedule
+    #: Repeated k-shot draws per regime and fold (draw 0 = the first subset; all-cases regimes have one).
+    draws: int = 1
     # Demo/CI budget knobs, passed to the trainers as NNSSL_* environment variables (None: nnU-Net's defaults).
     iterations_per_epoch: int | None = None
     val_iterations_per_epoch: int | None = None
@@ -219,6 +221,11 @@ class BenchmarkSpec:
             value = getattr(self.downstream, key)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise SpecError(f"downstream.{key} must be a positive integer, got {value!r}")
+        if not isinstance(self.downstream.draws, int) or not 1 <= self.downstream.draws <= MAX_DRAW + 1:
+            raise SpecError(f"downstream.draws must be an integer in 1..{MAX_DRAW + 1}, got {self.downstream.draws!r}")
+        if self.downstream.draws > 1 and all(s == "all" for s in self.downstream.shots):
+            raise SpecError("downstream.draws > 1 repeats k-shot subsets, but downstream.shots has no k-shot regime "
+                            "(e.g. shots: [5, all])")
         if self.downstream.cka_images < 4:
             raise SpecError("downstream.cka_images must be >= 4 (the unbiased CKA needs 4 images per batch)")
         self._validate_pretraining(registry)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
@@ -40,18 +39,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from nnssl.analysis.cka import write_cka_json
         from nnssl.finetune.feature_reuse import STAGES, feature_reuse_for_fold
+        from nnssl.nnunet.naming import method_of_plans, parse_trainer_name
+
+        trainer = parse_trainer_name(args.trainer)
+        method = args.method or method_of_plans(args.plans)
 
         result, meta = feature_reuse_for_fold(args.pretrained, args.dataset, args.trainer, args.plans, args.fold,
                                               args.configuration, args.images, args.batch, args.device, args.seed,
                                               args.pooling)
     except (ValueError, FileNotFoundError, KeyError) as e:
         return fail(str(e))
-    shots = re.search(r"_(\d+)shot", args.trainer)
-    method = args.method or (args.plans.split("__", 1)[1] if "__" in args.plans else args.plans)
-    path = write_cka_json(Path(args.out), dataset=meta["dataset_name"], method=method,
-                          shots=shots.group(1) if shots else "all", fold=args.fold,
-                          matrices={"linear": result.linear, "unbiased": result.unbiased}, stages_a=STAGES,
-                          stages_b=STAGES, n_examples=result.n_images, pooling=args.pooling, extra=meta)
+    path = write_cka_json(Path(args.out), dataset=meta["dataset_name"], method=method, shots=trainer.shots_label,
+                          fold=args.fold, matrices={"linear": result.linear, "unbiased": result.unbiased},
+                          stages_a=STAGES, stages_b=STAGES, n_examples=result.n_images, pooling=args.pooling,
+                          extra={**meta, "draw": trainer.draw})
     diag = ", ".join(f"{s}={v:.2f}" for s, v in zip(STAGES, result.linear.diagonal()))
     print(f"linear CKA pretrained vs fine-tuned per stage: {diag}")
     print(f"wrote {path}")

@@ -14,7 +14,7 @@ import math
 from nnssl.analysis.dice_stats import hierarchical_bootstrap_ci, holm, paired_wilcoxon, significance_marker
 from nnssl.analysis.report.blocks import Heading, Para, Table
 from nnssl.analysis.report.context import ReportContext
-from nnssl.analysis.report.format import fmt, fmt_p
+from nnssl.analysis.report.format import fmt_p
 from nnssl.analysis.results import paired_case_means, paired_draw_matrices
 from nnssl.nnunet.naming import is_scratch
 
