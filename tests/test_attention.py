@@ -324,8 +324,10 @@ def test_report_section_reads_the_files_and_degrades_without_them(tmp_path):
                               "5-shot minus all (window-relative)"]
     assert few.rows[0][-1] == "-0.100"  # 0.4 - 0.5
     loc = tables["Attention localisation"]
-    assert [r[5:9] for r in loc.rows[:2]] == [["pretrained", "layers1 (stride 2)", "0.300", "0.200"],
-                                              ["pretrained", "layers2 (stride 4)", "0.300", "0.200"]]
+    assert loc.header[6:] == [f"layers{i} (stride {2 ** i})" for i in range(1, 5)] + ["query tokens (first stage)"]
+    assert [r[:7] for r in loc.rows[:2]] == [[ds, "smit", "all cases", "0, 1", "liver", "pretrained", "0.300 (0.200)"],
+                                             [ds, "smit", "all cases", "0, 1", "liver", "fine-tuned", "0.600 (0.200)"]]
+    assert loc.rows[0][-1] == "20"  # 10 query tokens in each of the two folds
     notes = [b.text for b in report.blocks if getattr(b, "note", False)]
     assert any("Skipped broken.json" in n for n in notes)
     figures = [b.path.name for b in report.blocks if hasattr(b, "path")]

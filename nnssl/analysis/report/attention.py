@@ -81,13 +81,15 @@ def distance_figure(ctx: ReportContext, title: str, pooled: Mapping[str, list], 
         mats[e] = m
     finite = np.concatenate([m[np.isfinite(m)] for m in mats.values()])
     vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-    fig, axes = plt.subplots(1, len(encs), figsize=(max(4.0, 1.6 + 0.45 * max_heads) * len(encs), 3.4),
-                             squeeze=False)
+    # narrow panels: up to 24 heads (base encoder, last stage) must fit a page
+    fig, axes = plt.subplots(1, len(encs), figsize=(min(7.0, 2.4 + 0.2 * max_heads) * len(encs) + 1.0, 3.0),
+                             squeeze=False, layout="constrained")
     for ax, e in zip(axes[0], encs):
         m = mats[e]
         im = ax.imshow(np.ma.masked_invalid(m), cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
         ax.set_yticks(range(m.shape[0]), [_stage_label(s) for s in pooled[e]], fontsize=7)
-        ax.set_xticks(range(max_heads), [str(h) for h in range(max_heads)], fontsize=6)
+        ticks = range(0, max_heads, 1 if max_heads <= 12 else 4)
+        ax.set_xticks(list(ticks), [str(h) for h in ticks], fontsize=7)
         ax.set_xlabel("head")
         ax.set_title(e, fontsize=9)
         if max_heads <= 12:
@@ -95,7 +97,7 @@ def distance_figure(ctx: ReportContext, title: str, pooled: Mapping[str, list], 
                 for j in range(max_heads):
                     if np.isfinite(m[i, j]):
                         ax.text(j, i, f"{m[i, j]:.0f}", ha="center", va="center", fontsize=6, color="white")
-    fig.colorbar(im, ax=list(axes[0]), fraction=0.046, pad=0.04, label="mean attention distance (mm)")
+    fig.colorbar(im, ax=list(axes[0]), fraction=0.046, pad=0.02, label="mean attention distance (mm)")
     fig.suptitle(title, fontsize=9)
     p = save_figure(fig, ctx.fig_dir / f"attention_distance_{path_stem}.png")
     return Figure(p, f"{title}: mean attention distance (mm) per stage and head")
@@ -108,12 +110,14 @@ def fewshot_figure(ctx: ReportContext, ds: str, method: str, regimes: Mapping[st
     pre = next((r["pretrained"] for r in regimes.values() if "pretrained" in r), None)
     if pre:
         ax.plot(range(len(pre)), [float(np.nanmean(s["distance_window"])) for s in pre], "o-", color="grey",
-                label="pretrained")
+                label="pretrained", markersize=8, linewidth=3, alpha=0.6)
     for i, (shots, r) in enumerate(regimes.items()):
         if "fine-tuned" in r:
             st = r["fine-tuned"]
-            ax.plot(range(len(st)), [float(np.nanmean(s["distance_window"])) for s in st], "o-",
-                    color=f"C{i}", label=f"fine-tuned, {_regime(shots)}")
+            # distinct markers and dashes: curves that coincide (little fine-tuning) stay visible
+            ax.plot(range(len(st)), [float(np.nanmean(s["distance_window"])) for s in st],
+                    marker="s^vD"[i % 4], linestyle=("--", ":", "-.")[i % 3], color=f"C{i}",
+                    label=f"fine-tuned, {_regime(shots)}")
     stages = pre or next(r["fine-tuned"] for r in regimes.values() if "fine-tuned" in r)
     ax.set_xticks(range(len(stages)), [_stage_label(s) for s in stages], fontsize=7)
     ax.set_ylabel("mean distance (window-relative)")
@@ -135,9 +139,13 @@ def localisation_figure(ctx: ReportContext, title: str, pooled: Mapping[str, lis
     if not ids:
         return None
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(ids), figsize=(3.2 * len(ids) + 0.8, 3.2), squeeze=False, sharey=True)
+    cols = min(5, len(ids))  # a grid of panels: datasets with many organs stay page-wide
+    rows = math.ceil(len(ids) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(2.6 * cols + 0.6, 2.5 * rows + 0.5), squeeze=False, sharey=True)
+    for ax in axes.flat[len(ids):]:
+        ax.set_visible(False)
     width = 0.8 / len(encs)
-    for ax, o in zip(axes[0], ids):
+    for ax, o in zip(axes.flat, ids):
         for j, e in enumerate(encs):
             vals = [s["localisation"].get(o, {}).get("attention", math.nan) for s in pooled[e]]
             ax.bar(np.arange(len(vals)) + (j - (len(encs) - 1) / 2) * width, vals, width=width, label=e,
@@ -148,8 +156,9 @@ def localisation_figure(ctx: ReportContext, title: str, pooled: Mapping[str, lis
         ax.set_xticks(range(len(uni)), [s["name"] for s in pooled[encs[0]]], fontsize=7)
         ax.set_ylim(0, 1)
         ax.set_title(organs.get(o, f"label {o}"), fontsize=9)
-    axes[0][0].set_ylabel("attention inside the organ")
-    axes[0][-1].legend(fontsize=7)
+    for row in axes:
+        row[0].set_ylabel("attention inside organ", fontsize=8)
+    axes.flat[0].legend(fontsize=6)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     p = save_figure(fig, ctx.fig_dir / f"attention_localisation_{path_stem}.png")
@@ -167,7 +176,7 @@ def attention(ctx: ReportContext) -> None:
     if not groups:
         return
     r.add(Para(INTRO))
-    dist_rows, loc_rows = [], []
+    dist_rows, loc_rows, loc_stages = [], [], None
     for (ds, method, shots), g in groups.items():
         title = f"{ds}, {method}, {_regime(shots)}"
         stem = slug(ds, method, shots)
@@ -191,9 +200,16 @@ def attention(ctx: ReportContext) -> None:
                     f"{np.nanmin(mm):.1f}-{np.nanmax(mm):.1f}" if np.isfinite(mm).any() else "n/a",
                     fmt(float(np.nanmean(s["distance_window"])), d), fmt(s["uniform_distance_window"], d),
                     fmt(s["padding_mass"], d)])
-                for o, v in s["localisation"].items():
-                    loc_rows.append([ds, method, _regime(shots), _runs(files), organs.get(o, f"label {o}"), e,
-                                     _stage_label(s), fmt(v["attention"], d), fmt(v["uniform"], d), str(v["tokens"])])
+            ids = sorted({o for s in stages for o in s["localisation"]}, key=int)
+            loc_stages = loc_stages or [_stage_label(s) for s in stages]
+            for o in ids:
+                cells = []
+                for s in stages:
+                    v = s["localisation"].get(o)
+                    cells.append(f"{fmt(v['attention'], d)} ({fmt(v['uniform'], d)})" if v else "n/a")
+                tokens = next((s["localisation"][o]["tokens"] for s in stages if o in s["localisation"]), 0)
+                loc_rows.append([ds, method, _regime(shots), _runs(files), organs.get(o, f"label {o}"), e, *cells,
+                                 str(tokens)])
     level = int(ctx.opt.level * 100)
     r.add(Table(["dataset", "method", "regime", "folds", "encoder", "stage", "window (tokens = extent)",
                  f"distance mm [{level}% CI over images]", "heads min-max mm", "window-relative",
@@ -202,11 +218,11 @@ def attention(ctx: ReportContext) -> None:
                         "draws), absolute and window-relative; 'uniform' = uniform attention over the same window"))
     _fewshot(ctx, groups)
     if loc_rows:
-        r.add(Table(["dataset", "method", "regime", "folds", "organ", "encoder", "stage", "attention inside organ",
-                     "uniform", "query tokens"], loc_rows,
-                    caption="Attention localisation: share of a query's attention on tokens of its own organ (mean "
-                            "over the organ's tokens, blocks and heads); 'uniform' = the organ's share of the "
-                            "query's window"))
+        r.add(Table(["dataset", "method", "regime", "folds", "organ", "encoder", *loc_stages,
+                     "query tokens (first stage)"], loc_rows,
+                    caption="Attention localisation: per stage, the share of a query's attention on tokens of its "
+                            "own organ (mean over the organ's tokens, blocks and heads), in brackets the same under "
+                            "uniform attention (the organ's share of the query's window)"))
     else:
         r.add(Para("No localisation: the attention files hold no labelled organ tokens.", note=True))
 
