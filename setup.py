@@ -14,6 +14,7 @@ CONSOLE_SCRIPTS = [
     "nnssl_report=nnssl.cli.report:main",
     "nnssl_cka=nnssl.cli.cka:main",
     "nnssl_splits=nnssl.cli.splits:main",
+    "nnssl_attention=nnssl.cli.attention:main",
 ]
 
 setup(

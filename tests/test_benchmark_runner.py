@@ -21,12 +21,13 @@ SPEC = {
 
 def test_jobs_cover_the_grid_in_dependency_order(tmp_path):
     jobs = build_jobs(spec_from_dict(SPEC), Paths.under(tmp_path), tmp_path / "report")
-    stages = [j.stage for j in jobs if j.stage != "cka"]
+    stages = [j.stage for j in jobs if j.stage not in ("cka", "attention")]
     assert stages == sorted(stages, key=runner.STAGES.index)
     keys = [j.key for j in jobs]
-    for i, key in enumerate(keys):  # each CKA job runs after the fine-tuning it measures
-        if key.startswith("cka/"):
-            assert keys.index(key.replace("cka/", "finetune/", 1)) < i
+    for i, key in enumerate(keys):  # each CKA and attention job runs after the fine-tuning it measures
+        for stage in ("cka/", "attention/"):
+            if key.startswith(stage):
+                assert keys.index(key.replace(stage, "finetune/", 1)) < i
     finetunes = [j for j in jobs if j.stage == "finetune"]
     assert len(finetunes) == 2 * 2 * 2  # methods x shots x folds
     trainers = {j.command[j.command.index("-tr") + 1] for j in finetunes}
@@ -36,6 +37,16 @@ def test_jobs_cover_the_grid_in_dependency_order(tmp_path):
     assert plans == {"nnUNetSwinPlans", "nnUNetSwinPlans__smit"}
     assert [j.key for j in jobs if j.stage == "pretrain"] == ["pretrain/smit"]
     assert len([j for j in jobs if j.stage == "cka"]) == 4  # pretrained method only
+    attention = {j.key: j for j in jobs if j.stage == "attention"}
+    assert sorted(attention) == sorted(k.replace("cka/", "attention/", 1) for k in keys if k.startswith("cka/"))
+    job = attention["attention/901/smit/5/1"]
+    assert job.after == ["finetune/901/smit/5/1"] and job.command[0] == "nnssl_attention"
+    assert job.command[job.command.index("-tr") + 1] == "SwinSSLTrainer_5shot_2epochs"
+    assert job.command[job.command.index("--images") + 1] == "8"
+    assert jobs[-1].command[jobs[-1].command.index("--attention") + 1] == str(tmp_path / "report" / "attention")
+    off = build_jobs(spec_from_dict({**SPEC, "downstream": {**SPEC["downstream"], "attention": False}}),
+                     Paths.under(tmp_path), tmp_path / "report")
+    assert not [j for j in off if j.stage == "attention"] and "--attention" not in off[-1].command
     assert jobs[-1].stage == "report"
 
 

@@ -103,7 +103,8 @@ def test_submit_script_builds_per_job_dependencies(tmp_path, stubs):
     ids = {name: s["id"] for name, s in submitted.items()}
     assert set(submitted) == {"phantoms", "preprocess", "pretrain-smit", "pretrain-dino", "attach-smit",
                               "attach-dino", "attach-public", "finetune-scratch", "finetune-smit", "finetune-dino",
-                              "finetune-public", "cka-smit", "cka-dino", "cka-public", "report"}
+                              "finetune-public", "cka-smit", "cka-dino", "cka-public", "attention-smit",
+                              "attention-dino", "attention-public", "report"}
 
     assert submitted["phantoms"]["deps"] == {}
     assert submitted["preprocess"]["deps"] == {"afterok": {ids["phantoms"]}}
@@ -118,6 +119,8 @@ def test_submit_script_builds_per_job_dependencies(tmp_path, stubs):
         fine = [l.split("finished: ")[1].split("'")[0] for l in (out / f"finetune-{m}.commands").read_text().splitlines()]
         cka = [l.split("finished: ")[1].split("'")[0] for l in (out / f"cka-{m}.commands").read_text().splitlines()]
         assert [k.replace("finetune/", "cka/") for k in fine] == cka and len(cka) == 2 * 2 * 2
+        # attention of fold i likewise waits for fine-tuning fold i only
+        assert submitted[f"attention-{m}"]["deps"] == {"aftercorr": {ids[f"finetune-{m}"]}}
     assert submitted["finetune-scratch"]["deps"] == {"afterok": {ids["preprocess"]}}  # no pretraining to wait for
     assert submitted["report"]["deps"] == {"afterany": {i for name, i in ids.items() if name != "report"}}
 

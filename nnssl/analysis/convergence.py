@@ -7,7 +7,10 @@ the validation patches of that epoch, aggregated over the epoch) and its exponen
 Definitions used here (documented in documentation/report.md):
 * final pseudo-Dice = the EMA pseudo-Dice at the last logged epoch;
 * epochs to reach x% = the first epoch (1-based: "after e epochs of training") whose EMA pseudo-Dice is >= x% of
-  the final value. The last epoch always qualifies, so it is never larger than the number of epochs trained.
+  the final value. The last epoch always qualifies, so it is never larger than the number of epochs trained;
+* AUC / epochs = the area under the EMA pseudo-Dice curve over the epochs trained (each epoch's value held for one
+  epoch) divided by the number of epochs, i.e. the mean EMA pseudo-Dice over training, in [0, 1]: higher = good
+  sooner. Comparable between runs of the same length only (the report compares runs of one regime).
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ class Convergence:
     seconds_to: dict[float, float | None]
     seconds_per_epoch: float
     note: str = ""
+    auc: float = math.nan  # area under the EMA curve / epochs (normalised_auc)
 
 
 def ema_from_log(logging: Mapping[str, Sequence[Any]]) -> tuple[np.ndarray, str]:
@@ -67,6 +71,16 @@ def epochs_to_fraction(ema: Any, fraction: float, final: float | None = None) ->
     return int(hits[0]) + 1 if hits.size else None
 
 
+def normalised_auc(ema: Any) -> float:
+    """Area under a per-epoch curve divided by its number of epochs (rectangle rule: the mean of its values).
+
+    Non-finite epochs are left out (mean over the finite ones); NaN when none is finite.
+    """
+    y = np.asarray(ema, dtype=np.float64)
+    finite = y[np.isfinite(y)]
+    return float(finite.mean()) if finite.size else math.nan
+
+
 def analyse_log(logging: Mapping[str, Sequence[Any]], fractions: Sequence[float] = FRACTIONS) -> Convergence:
     """Convergence summary of one nnU-Net training log (see the module docstring for the definitions)."""
     ema, note = ema_from_log(logging)
@@ -87,7 +101,7 @@ def analyse_log(logging: Mapping[str, Sequence[Any]], fractions: Sequence[float]
                 seconds_to[f] = float(ends[e - 1] - starts[0])
     if not math.isfinite(final) or final <= 0:
         note = (note + "; " if note else "") + "final pseudo-Dice is not positive: epochs-to-x% undefined"
-    return Convergence(n, final, best, epochs_to, seconds_to, sec_per_epoch, note)
+    return Convergence(n, final, best, epochs_to, seconds_to, sec_per_epoch, note, auc=normalised_auc(ema))
 
 
 def plot_curves(

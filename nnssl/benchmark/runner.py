@@ -20,7 +20,7 @@ from nnssl.benchmark.spec import OPTIM_SETTINGS, BenchmarkSpec
 from nnssl.nnunet.naming import (CONFIGURATION, SCRATCH, SWIN_PLANS, encoder_tag, is_scratch, model_folder_name,
                                  plans_name, scratch_method, trainer_name)
 
-STAGES = ("phantoms", "preprocess", "pretrain", "attach", "finetune", "cka", "report")
+STAGES = ("phantoms", "preprocess", "pretrain", "attach", "finetune", "cka", "attention", "report")
 
 
 @dataclass
@@ -247,10 +247,24 @@ def build_jobs(spec: BenchmarkSpec, paths: Paths, report_dir: Path, warnings: li
                              "--images", str(down.cka_images), "--out", str(out)],
                             done_marker=out, after=[f"finetune/{run}"], method=m,
                         ))
-    jobs.append(Job("report", "report", ["nnssl_report", str(paths.results), "--out", str(report_dir),
-                                         "--cka", str(report_dir / "cka")],
-                    after=[j.key for j in jobs], after_any=True))
+                        if down.attention:
+                            jobs.append(_attention_job(spec, paths, report_dir, d, m, shots, fold, trainer))
+    report_cmd = ["nnssl_report", str(paths.results), "--out", str(report_dir), "--cka", str(report_dir / "cka")]
+    if any(j.stage == "attention" for j in jobs):
+        report_cmd += ["--attention", str(report_dir / "attention")]
+    jobs.append(Job("report", "report", report_cmd, after=[j.key for j in jobs], after_any=True))
     return jobs
+
+
+def _attention_job(spec: BenchmarkSpec, paths: Paths, report_dir: Path, d: str, m: str, shots: str, fold: int,
+                   trainer: str) -> Job:
+    """nnssl_attention on a pretrained method's fine-tuning fold (after it, like its CKA job)."""
+    out = report_dir / "attention" / f"{d}__{m}__{shots}__fold{fold}.json"
+    return Job(f"attention/{d}/{m}/{shots}/{fold}", "attention",
+               ["nnssl_attention", "--pretrained", str(checkpoint_path(spec, paths, m)), "-d", d, "-tr", trainer,
+                "-p", plans_name(m), "-f", str(fold), "--device", spec.device,
+                "--images", str(spec.downstream.attention_images), "--out", str(out)],
+               done_marker=out, after=[f"finetune/{d}/{m}/{shots}/{fold}"], method=m)
 
 
 def run_jobs(jobs: list[Job], paths: Paths, log_dir: Path, progress: bool = True, keep_going: bool = False) -> int:

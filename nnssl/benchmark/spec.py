@@ -89,11 +89,14 @@ class DownstreamSpec:
     val_iterations_per_epoch: int | None = None
     mirroring: bool = True
     cka_images: int = 16
+    #: after each pretrained fine-tuning run, measure its attention (nnssl_attention) on this many validation crops
+    attention: bool = True
+    attention_images: int = 8
 
 
 #: The grid's job stages (the runner's ``STAGES``; a test checks that they agree). ``slurm.time`` and ``slurm.mem``
 #: may be given per stage, under these names or ``default``.
-SLURM_STAGES = ("phantoms", "preprocess", "pretrain", "attach", "finetune", "cka", "report")
+SLURM_STAGES = ("phantoms", "preprocess", "pretrain", "attach", "finetune", "cka", "attention", "report")
 # SLURM's --time forms: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS.
 _SLURM_TIME = re.compile(r"^(\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d+|\d+-\d+:\d{1,2}|\d+-\d+:\d{1,2}:\d{1,2})$")
 _SLURM_MEM = re.compile(r"^\d+[KMGT]?$", re.I)
@@ -228,6 +231,11 @@ class BenchmarkSpec:
                             "(e.g. shots: [5, all])")
         if self.downstream.cka_images < 4:
             raise SpecError("downstream.cka_images must be >= 4 (the unbiased CKA needs 4 images per batch)")
+        if not isinstance(self.downstream.attention, bool):
+            raise SpecError(f"downstream.attention must be true or false, got {self.downstream.attention!r}")
+        images = self.downstream.attention_images
+        if not isinstance(images, int) or isinstance(images, bool) or images < 1:
+            raise SpecError(f"downstream.attention_images must be a positive integer, got {images!r}")
         self._validate_pretraining(registry)
         if self.slurm is not None:
             self.slurm.validate(self.device)

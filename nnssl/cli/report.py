@@ -11,7 +11,8 @@ DESCRIPTION = """\
 Build the benchmark report from nnU-Net's own outputs: per-case Dice from each fold's validation/summary.json and the
 per-epoch training log in checkpoint_final.pth. Writes report.md, report.html (figures embedded), figures/*.png and
 dice_per_case.csv. Runs must follow the naming Swin(Scratch|SSL)Trainer[_<k>shot][_<E>epochs]__nnUNetSwinPlans[__<method>]
-__<configuration>; other folders are listed as ignored. CKA results (nnssl_cka) are read from RESULTS/cka/*.json.
+__<configuration>; other folders are listed as ignored. CKA results (nnssl_cka) are read from RESULTS/cka/*.json,
+attention results (nnssl_attention) from RESULTS/attention/*.json.
 See documentation/report.md for how to read it."""
 
 
@@ -38,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "nnssl_structure_groups")
     p.add_argument("--cka", default=None,
                    help="extra folder with nnssl_cka result files (*.json), read in addition to RESULTS/cka")
+    p.add_argument("--attention", default=None,
+                   help="extra folder with nnssl_attention result files (*.json), read in addition to RESULTS/attention")
     p.add_argument("--no-logs", action="store_true",
                    help="do not load checkpoints (faster, no torch needed): the convergence section stays empty")
     return p
@@ -69,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError("--groups must map a dataset name or id to {group: [label names]}")
         if args.cka and not Path(args.cka).is_dir():
             raise FileNotFoundError(f"--cka folder {args.cka} does not exist")
+        if args.attention and not Path(args.attention).is_dir():
+            raise FileNotFoundError(f"--attention folder {args.attention} does not exist: run nnssl_attention first "
+                                    "or leave the option out")
         out = Path(args.out) if args.out else results / "nnssl_report"
 
         # imported here so that --help stays fast
@@ -79,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
                             read_logs=not args.no_logs, skip=[out], progress=True)
         cka_files = find_cka_files(results / "cka", Path(args.cka) if args.cka else None)
         opts = ReportOptions(baseline=args.baseline, n_boot=args.bootstrap, seed=args.seed, level=args.level)
-        report, paths = build_report(tree, out, opts, cka_files)
+        attention_files = find_cka_files(results / "attention", Path(args.attention) if args.attention else None)
+        report, paths = build_report(tree, out, opts, cka_files, attention_files)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

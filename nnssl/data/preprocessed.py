@@ -175,28 +175,66 @@ class RandomCropDataset(Dataset):
         return int(rng.integers(len(self.cases)))
 
     def __getitem__(self, index: int) -> torch.Tensor:
+        return self.sample(index).image
+
+    def sample(self, index: int) -> "Crop":
+        """Crop ``index`` with where it was taken (what ``__getitem__`` returns, plus its case and start)."""
         rng = np.random.default_rng([self.seed, int(index)])
         case = self._choose_case(index, rng)
         image = load_image(*self.cases[case])
         shape = image.shape[1:]
         threshold = self._background_threshold(case, image)
-        best, best_fg = None, -1.0
+        best, best_fg, best_start = None, -1.0, None
         for _ in range(self.max_tries):
             start = [int(rng.integers(0, max(s - c, 0) + 1)) for s, c in zip(shape, self.crop)]
             window = tuple(slice(st, st + c) for st, c in zip(start, self.crop))
             patch = np.asarray(image[(slice(None),) + window], dtype=np.float32)
             fg = float((patch[0] > threshold).mean())
             if fg > best_fg:
-                best, best_fg = patch, fg
+                best, best_fg, best_start = patch, fg, start
             if fg >= self.min_foreground:
                 break
-        assert best is not None
+        assert best is not None and best_start is not None
         if best.shape[1:] != self.crop:
             pad = [(0, 0)] + [(0, c - s) for s, c in zip(best.shape[1:], self.crop)]
             best = np.pad(best, pad, mode="constant", constant_values=float(best.min()))
         if best.shape[0] != self.num_channels:
             raise DataError(f"case {self.cases[case][1]} has {best.shape[0]} channels, expected {self.num_channels}")
-        return torch.from_numpy(np.ascontiguousarray(best))
+        return Crop(case, tuple(best_start), torch.from_numpy(np.ascontiguousarray(best)))
+
+    def crop_labels(self, crop: "Crop") -> np.ndarray:
+        """The segmentation (D, H, W) int16 under ``crop`` (padded with 0 like the image), from the case's ``_seg``."""
+        seg = load_segmentation(*self.cases[crop.case])
+        window = tuple(slice(st, st + c) for st, c in zip(crop.start, self.crop))
+        labels = np.asarray(seg[(0,) + window], dtype=np.int16)
+        if labels.shape != self.crop:
+            labels = np.pad(labels, [(0, c - s) for s, c in zip(labels.shape, self.crop)])
+        return labels
+
+
+@dataclass
+class Crop:
+    """One crop of a RandomCropDataset: the case index, the crop's start voxel and the image (C, *crop)."""
+
+    case: int
+    start: tuple[int, ...]
+    image: torch.Tensor
+
+
+def load_segmentation(folder: Path, identifier: str) -> np.ndarray:
+    """The preprocessed segmentation (1, D, H, W) of one case (nnU-Net's ``<case>_seg`` file; -1 outside the
+    non-zero region when the plans crop to it)."""
+    from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2, nnUNetDatasetNumpy
+
+    if (folder / f"{identifier}_seg.b2nd").is_file():
+        return nnUNetDatasetBlosc2(str(folder), [identifier]).load_case(identifier)[1]
+    if (folder / f"{identifier}.npz").is_file():
+        try:
+            return nnUNetDatasetNumpy(str(folder), [identifier]).load_case(identifier)[1]
+        except KeyError:  # an npz without a 'seg' array
+            pass
+    raise DataError(f"{folder} has no segmentation for case {identifier} ({identifier}_seg.b2nd): the images are "
+                    "unlabelled; use a labelled target dataset preprocessed by nnU-Net")
 
 
 class RoundRobinCropDataset(RandomCropDataset):

@@ -17,7 +17,7 @@ import torch
 
 from nnssl.analysis import cka as cka_lib
 from nnssl.checkpoint import CheckpointError, encoder_config_of, load_checkpoint, load_encoder_into
-from nnssl.data.preprocessed import RandomCropDataset, RoundRobinCropDataset, find_source
+from nnssl.data.preprocessed import PreprocessedSource, RandomCropDataset, RoundRobinCropDataset, find_source
 from nnssl.encoders.swin import ENCODER_PREFIX, SwinEncoder
 from nnssl.nnunet.naming import CONFIGURATION, model_folder_name
 from nnssl.nnunet.plans import ENCODER_KEY, encoder_config
@@ -110,22 +110,53 @@ def measure_feature_reuse(a: SwinEncoder, b: SwinEncoder, dataset: RandomCropDat
                         cases=sorted({dataset.cases[i][1] for i in range(len(dataset.cases))}))
 
 
-def feature_reuse_for_fold(pretrained: str | os.PathLike, dataset: str, trainer: str, plans: str, fold: int | str,
-                           configuration: str = CONFIGURATION, n_images: int = 16, batch_size: int = 4,
-                           device: str = "cpu", seed: int = 0, pooling: str = "flatten") -> tuple[FeatureReuse, dict[str, Any]]:
+@dataclass
+class FoldEncoders:
+    """A fine-tuning fold's two encoders and the target images to compare them on (see :func:`load_fold_encoders`)."""
+
+    source: PreprocessedSource  # the target dataset's preprocessed data (identifiers: the cases the crops come from)
+    folder: Path  # the fold folder (nnUNet_results/<Dataset>/<Trainer>__<Plans>__<conf>/fold_<f>)
+    patch: list[int]  # the fine-tuning patch size, the size of every crop
+    crops: RoundRobinCropDataset  # crop k of case k mod n_cases, a pure function of the seed
+    pretrained: SwinEncoder
+    finetuned: SwinEncoder
+    held_out: bool  # the crops come from the fold's validation cases only
+
+    def meta(self, trainer: str, plans: str, checkpoint: str | os.PathLike) -> dict[str, Any]:
+        return {"dataset_name": self.source.dataset_name, "trainer": trainer, "plans": plans,
+                "fold": self.folder.name.removeprefix("fold_"), "patch_size": self.patch,
+                "cases": sorted(self.source.identifiers), "held_out": self.held_out, "checkpoint": str(checkpoint)}
+
+
+def load_fold_encoders(pretrained: str | os.PathLike, dataset: str, trainer: str, plans: str, fold: int | str,
+                       configuration: str = CONFIGURATION, min_validation_cases: int = 1,
+                       seed: int = 0) -> FoldEncoders:
+    """The pretrained encoder, the same encoder after fine-tuning in an nnU-Net fold, and crops of target images.
+
+    The crops come from the fold's validation cases (not trained on) when there are at least
+    ``min_validation_cases`` of them, else from all of the dataset's cases.
+    """
     source = find_source(dataset, plans, configuration)
     val = set(validation_cases(source.folder.parent, fold) or [])
-    # The fold's validation cases were not trained on. Repeated images bias CKA upwards (a crop as large as the image
-    # repeats it exactly), so with fewer validation cases than images all cases of the dataset are used.
-    if len(val & set(source.identifiers)) >= n_images:
+    held_out = len(val & set(source.identifiers)) >= max(1, min_validation_cases)
+    if held_out:
         source.identifiers = [i for i in source.identifiers if i in val]
     folder = fold_folder(source.dataset_name, trainer, plans, configuration, fold)
     plans_json = json.loads((folder.parent / "plans.json").read_text())
     patch = plans_json["configurations"][configuration]["patch_size"]
     crops = RoundRobinCropDataset([source], patch, seed=seed)
-    a = pretrained_encoder(pretrained, source.num_channels)
-    b = finetuned_encoder(folder, configuration, source.num_channels)
-    result = measure_feature_reuse(a, b, crops, n_images, batch_size, device, pooling)
-    meta = {"dataset_name": source.dataset_name, "trainer": trainer, "plans": plans, "fold": str(fold),
-            "patch_size": patch, "cases": result.cases, "checkpoint": str(pretrained)}
+    return FoldEncoders(source, folder, patch, crops, pretrained_encoder(pretrained, source.num_channels),
+                        finetuned_encoder(folder, configuration, source.num_channels), held_out)
+
+
+def feature_reuse_for_fold(pretrained: str | os.PathLike, dataset: str, trainer: str, plans: str, fold: int | str,
+                           configuration: str = CONFIGURATION, n_images: int = 16, batch_size: int = 4,
+                           device: str = "cpu", seed: int = 0, pooling: str = "flatten") -> tuple[FeatureReuse, dict[str, Any]]:
+    # The fold's validation cases were not trained on. Repeated images bias CKA upwards (a crop as large as the image
+    # repeats it exactly), so with fewer validation cases than images all cases of the dataset are used.
+    fe = load_fold_encoders(pretrained, dataset, trainer, plans, fold, configuration, min_validation_cases=n_images,
+                            seed=seed)
+    result = measure_feature_reuse(fe.pretrained, fe.finetuned, fe.crops, n_images, batch_size, device, pooling)
+    meta = fe.meta(trainer, plans, pretrained)
+    meta.update(fold=str(fold), cases=result.cases)
     return result, meta

@@ -1,7 +1,7 @@
 """Build the benchmark report (Markdown + self-contained HTML + PNG figures) from a parsed nnU-Net results tree.
 
 The report is a list of blocks (``blocks``: headings, paragraphs, tables, figures) made by the section modules
-(``overview``, ``dice``, ``tests``, ``training``, ``features``) in ``builder.build``'s order, each reading the
+(``overview``, ``dice``, ``tests``, ``training``, ``features``, ``attention``) in ``builder.build``'s order, each reading the
 shared ``context.ReportContext``, and rendered twice
 (``render``). Every section degrades to a note saying what data is missing and how to get it. See
 documentation/report.md.
@@ -42,7 +42,8 @@ def write_records_csv(tree: ResultsTree, path: Path) -> Path:
 
 
 def find_cka_files(*folders: Path | None) -> list[Path]:
-    """Sorted, de-duplicated ``*.json`` files in the given CKA folders (missing folders are skipped)."""
+    """Sorted, de-duplicated ``*.json`` files in the given folders (missing folders are skipped): CKA or attention
+    results."""
     files: dict[Path, None] = {}
     for d in folders:
         if d is not None and Path(d).is_dir():
@@ -52,16 +53,19 @@ def find_cka_files(*folders: Path | None) -> list[Path]:
 
 
 def build_report(tree: ResultsTree, out_dir: str | os.PathLike, options: ReportOptions | None = None,
-                 cka_files: Sequence[Path] | None = None) -> tuple[Report, dict[str, Path]]:
+                 cka_files: Sequence[Path] | None = None,
+                 attention_files: Sequence[Path] | None = None) -> tuple[Report, dict[str, Path]]:
     """Build and write the report. Returns (report, {"markdown", "html", "csv", "figures"} -> paths).
 
-    cka_files default: ``<tree.root>/cka/*.json``.
+    cka_files default: ``<tree.root>/cka/*.json``; attention_files default: ``<tree.root>/attention/*.json``.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if cka_files is None:
         cka_files = find_cka_files(Path(tree.root) / "cka")
-    report = build(ReportContext(tree, out, options, cka_files))
+    if attention_files is None:
+        attention_files = find_cka_files(Path(tree.root) / "attention")
+    report = build(ReportContext(tree, out, options, cka_files, attention_files))
     md_path, html_path = out / "report.md", out / "report.html"
     markdown, page = render_markdown(report, out), render_html(report)
     atomic_write(md_path, lambda f: f.write(markdown), binary=False)

@@ -24,7 +24,7 @@ def convergence(ctx: ReportContext) -> None:
                         continue
                     try:
                         convs.append(analyse_log(f.logging))
-                        key = f"{m} fold {f.fold}"
+                        key = f"{m} fold {f.fold}" + (f" draw {f.run.draw}" if f.run.draw else "")
                         curves[key] = ema_from_log(f.logging)[0]
                         # one colour per method, one line style per fold
                         styles[key] = {"color": ctx.colors[m],
@@ -33,24 +33,34 @@ def convergence(ctx: ReportContext) -> None:
                         r.warnings.append(f"{f.path}: {e}")
                 if not convs:
                     continue
+                # epochs-to-x% and AUC: mean with a bootstrap CI over the runs (folds, and k-shot draws)
                 rows.append([m, str(len(convs)), fmt_spread([c.n_epochs for c in convs], 0),
                              fmt_spread([c.final for c in convs], 3), fmt_spread([c.best for c in convs], 3)]
-                            + [fmt_spread([c.epochs_to[fr] for c in convs], 1) for fr in FRACTIONS]
+                            + [run_ci(ctx, [c.epochs_to[fr] for c in convs], 1) for fr in FRACTIONS]
+                            + [run_ci(ctx, [c.auc for c in convs], 3)]
                             + [fmt_spread([c.seconds_per_epoch for c in convs], 1),
                                "; ".join(sorted({c.note for c in convs if c.note}))])
             if not rows:
                 continue
             any_log = True
+            level = int(round(ctx.opt.level * 100))
             r.add(Heading(3, f"{ds}, {regime.label()}"), Table(
-                ["method", "folds", "epochs trained", "final EMA pseudo-Dice", "best EMA pseudo-Dice"]
-                + [f"epochs to {p}% of final" for p in pct] + ["s/epoch", "note"], rows,
-                caption=f"{ds}, {regime.label()}: convergence, mean over folds (min-max when folds differ)"))
+                ["method", "runs", "epochs trained", "final EMA pseudo-Dice", "best EMA pseudo-Dice"]
+                + [f"epochs to {p}% of final" for p in pct] + ["AUC / epochs", "s/epoch", "note"], rows,
+                caption=f"{ds}, {regime.label()}: convergence over the runs (folds, and k-shot draws); epochs to x% "
+                        f"and AUC / epochs (mean EMA pseudo-Dice over training): mean [{level}% bootstrap CI over "
+                        "runs], other columns: mean (min-max when runs differ)"))
             fig = plot_curves(curves, title=f"{ds}, {regime.label()}", styles=styles)
             p = save_figure(fig, ctx.fig_dir / f"convergence_{slug(ds, regime.label())}.png")
             r.add(Figure(p, f"{ds}, {regime.label()}: EMA validation pseudo-Dice per epoch; dots mark 95% of final"))
     if not any_log:
         r.add(Para("No training logs found (checkpoint_final.pth / checkpoint_latest.pth with a 'logging' dict), "
                    "so convergence cannot be reported.", note=True))
+
+
+def run_ci(ctx: ReportContext, values: list, digits: int) -> str:
+    """Mean [CI] of one value per run, bootstrapping the runs; undefined values (None, NaN) are left out."""
+    return ctx.ci([float("nan") if v is None else float(v) for v in values]).fmt(digits)
 
 
 def fewshot(ctx: ReportContext) -> None:
