@@ -33,7 +33,7 @@ def test_jobs_cover_the_grid_in_dependency_order(tmp_path):
     assert trainers == {"SwinScratchTrainer_5shot_2epochs", "SwinScratchTrainer_2epochs",
                         "SwinSSLTrainer_5shot_2epochs", "SwinSSLTrainer_2epochs"}
     plans = {j.command[j.command.index("-p") + 1] for j in finetunes}
-    assert plans == {"nnUNetSwinPlans", "nnUNetSwinPlans__smit"}
+    assert plans == {"nnUNetSwinPlans", "nnUNetSwinPlans_smit"}
     assert [j.key for j in jobs if j.stage == "pretrain"] == ["pretrain/smit"]
     assert len([j for j in jobs if j.stage == "cka"]) == 4  # pretrained method only
     assert jobs[-1].stage == "report"

@@ -554,7 +554,7 @@ def test_imported_checkpoint_attaches_and_loads_for_fine_tuning(tmp_path, monkey
     monkeypatch.setenv("nnUNet_preprocessed", str(pre))
     ssl_ckpt = str(tmp_path / "ssl.pt")
     assert attach_main(["-d", "901", "--checkpoint", ssl_ckpt, "--name", "imported-swinunetr-ssl"]) == 0
-    attached = json.loads((pre / "Dataset901_Test" / "nnUNetSwinPlans__imported-swinunetr-ssl.json").read_text())
+    attached = json.loads((pre / "Dataset901_Test" / "nnUNetSwinPlans_imported-swinunetr-ssl.json").read_text())
     conf = attached["configurations"]["3d_fullres"]
     assert EncoderConfig.from_dict({**conf["nnssl_encoder"], "in_channels": 1}) == CFG
     network = build_network_from_configuration(conf, 2, 3)

@@ -210,10 +210,10 @@ def attached(world):
 
 def test_attach_writes_plans(attached, world):
     ckpt_path, payload = attached
-    plans = json.loads((world["pre"] / DATASET / "nnUNetSwinPlans__test.json").read_text())
+    plans = json.loads((world["pre"] / DATASET / "nnUNetSwinPlans_test.json").read_text())
     base = json.loads((world["pre"] / DATASET / "nnUNetSwinPlans.json").read_text())
     conf = plans["configurations"]["3d_fullres"]
-    assert plans["plans_name"] == "nnUNetSwinPlans__test" and plans["nnssl_plans"] is True
+    assert plans["plans_name"] == "nnUNetSwinPlans_test" and plans["nnssl_plans"] is True
     assert conf["nnssl_pretrained"] == {"checkpoint": str(ckpt_path.resolve()), "method": "simmim", "name": "test"}
     assert conf["nnssl_encoder"] == {k: v for k, v in payload["encoder_config"].items() if k != "in_channels"}
     assert conf["data_identifier"] == base["configurations"]["3d_fullres"]["data_identifier"]  # no re-preprocessing
@@ -221,7 +221,7 @@ def test_attach_writes_plans(attached, world):
 
 def test_ssl_trainer_loads_checkpoint_weights(attached, nn_env):
     _, payload = attached
-    trainer = _trainer("SwinSSLTrainer", "nnUNetSwinPlans__test", nn_env)
+    trainer = _trainer("SwinSSLTrainer", "nnUNetSwinPlans_test", nn_env)
     trainer.initialize()
     state = trainer.network.state_dict()
     for key, value in payload["encoder"].items():
@@ -261,11 +261,11 @@ def test_ssl_trainer_adapts_input_channels(nn_env, tmp_path):
 ])
 def test_ssl_trainer_refuses_mismatched_encoder(attached, nn_env, change, match):
     # plans whose encoder differs from the attached checkpoint's (e.g. edited by hand)
-    plans = json.loads((nn_env["pre"] / DATASET / "nnUNetSwinPlans__test.json").read_text())
+    plans = json.loads((nn_env["pre"] / DATASET / "nnUNetSwinPlans_test.json").read_text())
     plans["configurations"]["3d_fullres"]["nnssl_encoder"].update(change)
-    plans["plans_name"] = "nnUNetSwinPlans__mismatch"
-    (nn_env["pre"] / DATASET / "nnUNetSwinPlans__mismatch.json").write_text(json.dumps(plans))
-    trainer = _trainer("SwinSSLTrainer", "nnUNetSwinPlans__mismatch", nn_env)
+    plans["plans_name"] = "nnUNetSwinPlans_mismatch"
+    (nn_env["pre"] / DATASET / "nnUNetSwinPlans_mismatch.json").write_text(json.dumps(plans))
+    trainer = _trainer("SwinSSLTrainer", "nnUNetSwinPlans_mismatch", nn_env)
     with pytest.raises(ValueError, match=match) as e:
         trainer.initialize()
     assert "swinViT." in str(e.value)
@@ -274,8 +274,8 @@ def test_ssl_trainer_refuses_mismatched_encoder(attached, nn_env, change, match)
 @pytest.fixture(scope="module")
 def ssl_run(attached, world):
     _nnunet("nnUNetv2_train", "521", "3d_fullres", "0", "-tr", "SwinSSLTrainer_1epochs", "-p",
-            "nnUNetSwinPlans__test", "-device", "cpu", env=world["env"])
-    return world["res"] / DATASET / "SwinSSLTrainer_1epochs__nnUNetSwinPlans__test__3d_fullres"
+            "nnUNetSwinPlans_test", "-device", "cpu", env=world["env"])
+    return world["res"] / DATASET / "SwinSSLTrainer_1epochs__nnUNetSwinPlans_test__3d_fullres"
 
 
 def test_ssl_finetune_one_epoch(ssl_run):
@@ -297,7 +297,7 @@ def test_predict_writes_segmentations(ssl_run, attached, world, tmp_path):
         shutil.copy(world["raw"] / DATASET / "imagesTr" / f"{case}_0000.nii.gz", inp)
     try:
         _nnunet("nnUNetv2_predict", "-i", str(inp), "-o", str(out), "-d", "521", "-c", "3d_fullres", "-f", "0",
-                "-tr", "SwinSSLTrainer_1epochs", "-p", "nnUNetSwinPlans__test", "-device", "cpu",
+                "-tr", "SwinSSLTrainer_1epochs", "-p", "nnUNetSwinPlans_test", "-device", "cpu",
                 "-chk", "checkpoint_final.pth", "-npp", "1", "-nps", "1", "--disable_tta", env=world["env"])
     finally:
         hidden.rename(ckpt_path)
@@ -312,7 +312,7 @@ def test_fewshot_subset_identical_across_methods_and_recorded(attached, nn_env):
     from nnssl.finetune.fewshot import select_fewshot
 
     scratch = _trainer("SwinScratchTrainer_5shot", "nnUNetSwinPlans", nn_env)
-    ssl = _trainer("SwinSSLTrainer_5shot", "nnUNetSwinPlans__test", nn_env)
+    ssl = _trainer("SwinSSLTrainer_5shot", "nnUNetSwinPlans_test", nn_env)
     tr_s, val_s = scratch.do_split()
     tr_l, val_l = ssl.do_split()
     assert tr_s == tr_l and len(tr_s) == 5

@@ -231,7 +231,7 @@ def _attach_error(capsys, *argv) -> str:
 def test_attach_errors(planned, capsys, tmp_path):
     pre, ckpt = planned
     assert attach_main(["-d", "540", "--checkpoint", str(ckpt)]) == 0          # name defaults to the method
-    assert json.loads((pre / "nnUNetSwinPlans__dino.json").read_text())["plans_name"] == "nnUNetSwinPlans__dino"
+    assert json.loads((pre / "nnUNetSwinPlans_dino.json").read_text())["plans_name"] == "nnUNetSwinPlans_dino"
     assert "exists; pass --overwrite" in _attach_error(capsys, "-d", "540", "--checkpoint", str(ckpt))
     assert "--name 'a__b'" in _attach_error(capsys, "-d", "540", "--checkpoint", str(ckpt), "--name", "a__b")
     foreign = tmp_path / "foreign.pt"
@@ -248,7 +248,7 @@ def test_attach_errors(planned, capsys, tmp_path):
     del plans["nnssl_plans"]
     (pre / "nnUNetSwinPlans.json").write_text(json.dumps(plans))
     assert "not a Swin plans file" in _attach_error(capsys, "-d", "540", "--checkpoint", str(ckpt), "--name", "y")
-    assert not (pre / "nnUNetSwinPlans__x.json").exists() and not (pre / "nnUNetSwinPlans__y.json").exists()
+    assert not (pre / "nnUNetSwinPlans_x.json").exists() and not (pre / "nnUNetSwinPlans_y.json").exists()
 
 
 def test_test_knobs_validated(monkeypatch):

@@ -1,4 +1,4 @@
-"""Attach a pretraining checkpoint to a dataset's Swin plans: plans ``nnUNetSwinPlans__<name>``."""
+"""Attach a pretraining checkpoint to a dataset's Swin plans: plans ``nnUNetSwinPlans_<name>``."""
 from __future__ import annotations
 
 import json
@@ -7,24 +7,27 @@ from pathlib import Path
 
 from nnssl.io import atomic_write
 from nnssl.nnunet.datasets import dataset_folder
-from nnssl.nnunet.naming import CONFIGURATION, SWIN_PLANS, check_plans_suffix
+from nnssl.nnunet.naming import CONFIGURATION, SWIN_PLANS, attached_plans_name, check_plans_identifier, \
+    check_plans_suffix
 from nnssl.nnunet.plans import ENCODER_KEY, PRETRAINED_KEY, require_swin_plans
 
 def attach_checkpoint(dataset: str | int, checkpoint: str, name: str | None = None, plans: str = SWIN_PLANS,
                       configuration: str = CONFIGURATION, overwrite: bool = False) -> str:
-    """Write ``<plans>__<name>.json`` next to the Swin plans; returns its path. Raises ValueError/OSError on bad
+    """Write ``<plans>_<name>.json`` next to the Swin plans; returns its path. Raises ValueError/OSError on bad
     input (not a Swin plans file, unreadable checkpoint, encoder that cannot take the plans' patch size, ...)."""
     from nnssl.checkpoint import load_checkpoint
     from nnssl.encoders.swin import EncoderConfig, check_swin_input_size
 
     folder = dataset_folder(dataset, "nnUNet_preprocessed")
-    if "__" in plans:
-        raise ValueError(f"-p {plans}: attach to the base Swin plans (e.g. {SWIN_PLANS}), not to attached plans")
+    check_plans_identifier(plans, what="-p")
     src = folder / f"{plans}.json"
     if not src.is_file():
         raise FileNotFoundError(f"{src} does not exist: run nnssl_plan_and_preprocess -d {dataset} first")
     base = json.loads(src.read_text())
     require_swin_plans(base, configuration)
+    if base["configurations"][configuration].get(PRETRAINED_KEY):
+        raise ValueError(f"-p {plans}: these plans already attach a checkpoint; attach to the Swin plans they were "
+                         f"copied from (e.g. {SWIN_PLANS})")
     ckpt_path = Path(checkpoint).resolve()
     ckpt = load_checkpoint(ckpt_path)
     method = str(ckpt.get("method", ""))
@@ -39,11 +42,12 @@ def attach_checkpoint(dataset: str | int, checkpoint: str, name: str | None = No
     if enc.patch_size ** 5 > min(conf["patch_size"]):
         raise ValueError(f"the checkpoint's encoder (patch_size {enc.patch_size}) downsamples by "
                          f"{enc.patch_size ** 5}, more than the plans' smallest patch axis {min(conf['patch_size'])}")
-    target = folder / f"{plans}__{name}.json"
+    identifier = attached_plans_name(plans, name)
+    target = folder / f"{identifier}.json"
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} exists; pass --overwrite to replace it or choose another --name")
     new = deepcopy(base)
-    new["plans_name"] = f"{plans}__{name}"
+    new["plans_name"] = identifier
     encoder = enc.to_dict()
     encoder.pop("in_channels", None)
     new_conf = new["configurations"][configuration]

@@ -1,6 +1,6 @@
 """Loading a pretraining checkpoint's encoder into the fine-tuning network (SwinSSLTrainer).
 
-The checkpoint is attached through the plans (``nnssl_attach`` writes ``nnUNetSwinPlans__<name>`` with
+The checkpoint is attached through the plans (``nnssl_attach`` writes ``nnUNetSwinPlans_<name>`` with
 ``"nnssl_pretrained": {"checkpoint", "method", "name"}``), following nnU-Net's own pattern of per-experiment plans.
 Loading uses the checkpoint contract: ``nnssl.checkpoint.load_checkpoint`` + ``load_encoder_into`` (which fails on any
 missing or mismatched encoder tensor and adapts the patch embedding to another number of input channels).
@@ -12,17 +12,19 @@ from typing import Any, Callable
 
 from torch import nn
 
-from nnssl.nnunet.plans import PRETRAINED_KEY, SWIN_PLANS
+from nnssl.nnunet.naming import SWIN_PLANS, attached_plans_name
+from nnssl.nnunet.plans import PRETRAINED_KEY
 
 
 class NoCheckpointAttachedError(ValueError):
     """SwinSSLTrainer was started with plans that name no pretraining checkpoint."""
 
 
-def attach_hint(dataset: str, plans_name: str) -> str:
-    return (f"attach one with: nnssl_attach -d {dataset} --checkpoint /path/to/checkpoint.pt [--name NAME] "
-            f"-p {plans_name if not plans_name.startswith(SWIN_PLANS + '__') else SWIN_PLANS}, then train with "
-            f"-p {SWIN_PLANS}__NAME (or use SwinScratchTrainer for training from scratch)")
+def attach_hint(dataset: str, base_plans: str = SWIN_PLANS) -> str:
+    """How to attach a checkpoint to the Swin plans ``base_plans`` and train with the result."""
+    return (f"attach one with: nnssl_attach -d {dataset} --checkpoint /path/to/checkpoint.pt --name NAME "
+            f"-p {base_plans}, then train with -p {attached_plans_name(base_plans, 'NAME')} (or use "
+            f"SwinScratchTrainer for training from scratch)")
 
 
 def pretrained_checkpoint_path(configuration: dict, dataset: str, plans_name: str) -> str:
@@ -30,11 +32,12 @@ def pretrained_checkpoint_path(configuration: dict, dataset: str, plans_name: st
     if not entry or not entry.get("checkpoint"):
         raise NoCheckpointAttachedError(
             f"plans '{plans_name}' name no pretraining checkpoint (no \"{PRETRAINED_KEY}\"): SwinSSLTrainer "
-            f"fine-tunes a pretrained encoder; " + attach_hint(dataset, plans_name))
+            f"fine-tunes a pretrained encoder; "
+            + attach_hint(dataset, SWIN_PLANS if plans_name == "?" else plans_name))
     path = entry["checkpoint"]
     if not os.path.isfile(path):
         raise FileNotFoundError(f"the checkpoint attached in plans '{plans_name}' does not exist: {path}. Restore it "
-                                f"or re-attach: " + attach_hint(dataset, plans_name))
+                                f"or re-attach it with nnssl_attach -d {dataset} --checkpoint CKPT --name NAME --overwrite")
     return path
 
 

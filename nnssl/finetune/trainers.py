@@ -203,7 +203,7 @@ class SwinScratchTrainer(nnUNetTrainer):
 class SwinSSLTrainer(SwinScratchTrainer):
     """SwinScratchTrainer whose encoder starts from the pretraining checkpoint attached to the plans.
 
-    ``nnssl_attach -d D --checkpoint CKPT --name NAME`` writes plans ``nnUNetSwinPlans__NAME``; initialize() loads the
+    ``nnssl_attach -d D --checkpoint CKPT --name NAME`` writes plans ``nnUNetSwinPlans_NAME``; initialize() loads the
     encoder (all ``swinViT.*`` tensors, failing on any missing or mismatched one), logs "loaded N/N encoder tensors",
     adapts the patch embedding to another number of input channels and warns when the normalisation differs.
     """

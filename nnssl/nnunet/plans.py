@@ -1,7 +1,7 @@
 """The plans contract: what nnssl stores in nnU-Net plans and how the trainers and planners read it.
 
 Top level: ``"nnssl_plans": true`` (marks a Swin plans file). Inside ``configurations.<config>``:
-``"nnssl_encoder"`` (EncoderConfig.to_dict() without in_channels) and, in ``nnUNetSwinPlans__<name>`` only,
+``"nnssl_encoder"`` (EncoderConfig.to_dict() without in_channels) and, in ``nnUNetSwinPlans_<name>`` only,
 ``"nnssl_pretrained": {"checkpoint": abs path, "method": str, "name": str}``.
 """
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from nnssl.encoders.swin import EncoderConfig, check_swin_input_size
-from nnssl.nnunet.naming import SWIN_PLANS
+from nnssl.nnunet.naming import SWIN_PLANS, plans_name
 
 #: Top-level marker of a Swin plans file.
 PLANS_MARKER = "nnssl_plans"
@@ -30,7 +30,8 @@ def require_swin_plans(plans: dict, configuration: str | None = None) -> None:
         raise NotSwinPlansError(
             f"plans '{name}' are not a Swin plans file (no \"{PLANS_MARKER}\": true): the Swin trainers need "
             f"patch sizes divisible by 32 and an encoder config. Run nnssl_plan_and_preprocess -d DATASET and "
-            f"train with -p {SWIN_PLANS} (or -p {SWIN_PLANS}__<name> after nnssl_attach).")
+            f"train with -p {SWIN_PLANS} (or -p {plans_name('NAME')} after nnssl_attach -d DATASET --checkpoint CKPT "
+            f"--name NAME).")
     if configuration is not None and configuration not in plans.get("configurations", {}):
         raise NotSwinPlansError(
             f"plans '{name}' have no configuration '{configuration}'; Swin plans hold "
