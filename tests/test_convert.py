@@ -542,6 +542,7 @@ def test_imported_checkpoint_attaches_and_loads_for_fine_tuning(tmp_path, monkey
     from nnssl.finetune.network import build_network_from_configuration
     from nnssl.finetune.pretrained import load_pretrained_encoder
 
+    monkeypatch.setenv("nnssl_results", str(tmp_path))  # the imported checkpoint lives in the nnssl results folder
     torch.save(release_layout(randomize_(monai_swin(CFG), seed=8), CFG), tmp_path / "model_swinvit.pt")
     assert convert_main([str(tmp_path / "model_swinvit.pt"), str(tmp_path / "ssl.pt"), "--from", "swinunetr-ssl"]) == 0
     assert "--name imported-swinunetr-ssl" in capsys.readouterr().out

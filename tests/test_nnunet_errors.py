@@ -20,6 +20,7 @@ def env(tmp_path, monkeypatch):
         (tmp_path / name).mkdir()
         monkeypatch.setenv(name, str(tmp_path / name))
     monkeypatch.setenv("nnUNet_extTrainer", trainers_path())
+    monkeypatch.delenv("nnssl_results", raising=False)   # the nnssl results folder: $nnUNet_results/nnssl_pretrain
     return {k: tmp_path / k for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
 
 
@@ -169,15 +170,22 @@ def test_patch_size_swin_cannot_take(patch, match):
 
 
 def test_ssl_trainer_without_checkpoint_says_how_to_attach(env, tmp_path):
-    from nnssl.finetune.pretrained import NoCheckpointAttachedError
+    from nnssl.finetune.pretrained import NoCheckpointAttachedError, PretrainedCheckpointNotFoundError
     from nnssl.finetune.trainers import SwinSSLTrainer
 
     with pytest.raises(NoCheckpointAttachedError, match="nnssl_attach -d Dataset540_X --checkpoint"):
         SwinSSLTrainer({**_swin_plans(), "continue_training": False}, "3d_fullres", 0, DATASET_JSON,
                        torch.device("cpu"))
-    gone = _swin_plans(nnssl_pretrained={"checkpoint": str(tmp_path / "gone.pt"), "method": "smit", "name": "smit"})
-    with pytest.raises(FileNotFoundError, match="does not exist: .*gone.pt"):
+    gone = _swin_plans(nnssl_pretrained={"name": "smit", "method": "smit", "sha256": "ab" * 32,
+                                         "file": "smit__base__D500/checkpoint_final.pth"})
+    with pytest.raises(PretrainedCheckpointNotFoundError,
+                       match=f"sha256 {'ab' * 32}\\) was not found. Searched: smit__base__D500/checkpoint_final.pth, "
+                             f".*nnssl_pretrain/smit__base__D500/checkpoint_final.pth"):
         SwinSSLTrainer({**gone, "continue_training": False}, "3d_fullres", 0, DATASET_JSON, torch.device("cpu"))
+    # plans of earlier nnssl versions named the checkpoint by absolute path: re-attach
+    legacy = _swin_plans(nnssl_pretrained={"checkpoint": str(tmp_path / "gone.pt"), "method": "smit", "name": "smit"})
+    with pytest.raises(ValueError, match="by absolute path .*gone.pt.*re-attach it with nnssl_attach"):
+        SwinSSLTrainer({**legacy, "continue_training": False}, "3d_fullres", 0, DATASET_JSON, torch.device("cpu"))
     assert not any(env["nnUNet_results"].iterdir())
 
 
@@ -259,3 +267,69 @@ def test_test_knobs_validated(monkeypatch):
         _positive_int_env(ENV_ITERS)
     monkeypatch.setenv(ENV_ITERS, "7")
     assert _positive_int_env(ENV_ITERS) == 7
+
+
+def _tiny_checkpoint(path: Path, seed: int) -> Path:
+    from nnssl.checkpoint import save_checkpoint
+    from nnssl.encoders.swin import EncoderConfig, SwinEncoder
+
+    torch.manual_seed(seed)
+    cfg = EncoderConfig.preset("tiny")
+    save_checkpoint(path, {"method": "dino", "encoder_config": cfg.to_dict(),
+                           "encoder": SwinEncoder(cfg).swin_state_dict()})
+    return path
+
+
+def test_checkpoint_found_by_hash_where_the_search_looks(env, tmp_path, monkeypatch):
+    """Plans name the checkpoint by sha256 and a relative path; training looks at the path as given, then in the nnssl
+    results folder, then for the file name anywhere under it, and uses only a file with the right hash."""
+    from nnssl.finetune.pretrained import (PretrainedCheckpointNotFoundError, describe_checkpoint,
+                                           resolve_pretrained_checkpoint)
+
+    results = tmp_path / "nnssl_results"
+    monkeypatch.setenv("nnssl_results", str(results))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    ckpt = _tiny_checkpoint(results / "dino__tiny__D500" / "checkpoint_final.pth", seed=1)
+    entry, note = describe_checkpoint(ckpt, "dino", "dino")
+    assert entry["file"] == "dino__tiny__D500/checkpoint_final.pth" and note is None
+    conf = {"nnssl_pretrained": entry}
+    assert resolve_pretrained_checkpoint(conf, "D", "p") == results / entry["file"]
+    # the run folder moved: found by name under the results folder; a different checkpoint left at the old place
+    # (a repeated pretraining run) is never used
+    moved = results / "archive" / "dino_run" / "checkpoint_final.pth"
+    moved.parent.mkdir(parents=True)
+    ckpt.rename(moved)
+    _tiny_checkpoint(ckpt, seed=2)
+    assert resolve_pretrained_checkpoint(conf, "D", "p") == moved
+    moved.unlink()
+    with pytest.raises(PretrainedCheckpointNotFoundError) as e:
+        resolve_pretrained_checkpoint(conf, "D", "p")
+    message = str(e.value)
+    assert f"sha256 {entry['sha256']}" in message and f"{ckpt} (sha256 " in message
+    assert "Copy that checkpoint into the nnssl results folder" in message
+    # a relative path as given is resolved from the current directory
+    _tiny_checkpoint(elsewhere / "ckpts" / "a.pt", seed=3)
+    entry, note = describe_checkpoint("ckpts/a.pt", "a", "dino")
+    assert entry["file"] == "ckpts/a.pt" and note is None
+    assert resolve_pretrained_checkpoint({"nnssl_pretrained": entry}, "D", "p") == Path("ckpts/a.pt")
+    # an absolute path outside the results folder: only the name is stored, and the note says so
+    outside = _tiny_checkpoint(tmp_path / "downloads" / "b.pt", seed=4)
+    entry, note = describe_checkpoint(outside, "b", "dino")
+    assert entry["file"] == "b.pt" and "lies outside the nnssl results folder" in note
+
+
+def test_attached_plans_hold_no_absolute_path(planned, capsys):
+    pre, ckpt = planned
+    # nnssl_results is unset: the nnssl results folder is $nnUNet_results/nnssl_pretrain, where nnssl_pretrain writes
+    inside = pre.parent.parent / "nnUNet_results" / "nnssl_pretrain" / "dino__tiny__D500" / "checkpoint_final.pth"
+    inside.parent.mkdir(parents=True)
+    inside.write_bytes(ckpt.read_bytes())
+    assert attach_main(["-d", "540", "--checkpoint", str(inside), "--name", "inside"]) == 0
+    assert attach_main(["-d", "540", "--checkpoint", str(ckpt), "--name", "outside"]) == 0
+    assert "lies outside the nnssl results folder" in capsys.readouterr().out
+    for name, file in (("inside", "dino__tiny__D500/checkpoint_final.pth"), ("outside", "dino.pt")):
+        text = (pre / f"nnUNetSwinPlans_{name}.json").read_text()
+        assert str(pre.parent.parent) not in text, name
+        assert json.loads(text)["configurations"]["3d_fullres"]["nnssl_pretrained"]["file"] == file

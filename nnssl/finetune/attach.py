@@ -1,9 +1,13 @@
-"""Attach a pretraining checkpoint to a dataset's Swin plans: plans ``nnUNetSwinPlans_<name>``."""
+"""Attach a pretraining checkpoint to a dataset's Swin plans: plans ``nnUNetSwinPlans_<name>``.
+
+The attached plans identify the checkpoint by name, method and sha256 and hold no absolute path (see
+``nnssl.finetune.pretrained`` for where training looks for the file).
+"""
 from __future__ import annotations
 
 import json
 from copy import deepcopy
-from pathlib import Path
+from typing import Callable
 
 from nnssl.io import atomic_write
 from nnssl.nnunet.datasets import dataset_folder
@@ -11,12 +15,16 @@ from nnssl.nnunet.naming import CONFIGURATION, SWIN_PLANS, attached_plans_name, 
     check_plans_suffix
 from nnssl.nnunet.plans import ENCODER_KEY, PRETRAINED_KEY, require_swin_plans
 
+
 def attach_checkpoint(dataset: str | int, checkpoint: str, name: str | None = None, plans: str = SWIN_PLANS,
-                      configuration: str = CONFIGURATION, overwrite: bool = False) -> str:
+                      configuration: str = CONFIGURATION, overwrite: bool = False,
+                      note: Callable[[str], None] = print) -> str:
     """Write ``<plans>_<name>.json`` next to the Swin plans; returns its path. Raises ValueError/OSError on bad
-    input (not a Swin plans file, unreadable checkpoint, encoder that cannot take the plans' patch size, ...)."""
+    input (not a Swin plans file, unreadable checkpoint, encoder that cannot take the plans' patch size, ...).
+    ``note`` receives remarks that do not stop the attachment (a larger encoder, a checkpoint stored by name only)."""
     from nnssl.checkpoint import load_checkpoint
     from nnssl.encoders.swin import EncoderConfig, check_swin_input_size
+    from nnssl.finetune.pretrained import describe_checkpoint
 
     folder = dataset_folder(dataset, "nnUNet_preprocessed")
     check_plans_identifier(plans, what="-p")
@@ -28,8 +36,7 @@ def attach_checkpoint(dataset: str | int, checkpoint: str, name: str | None = No
     if base["configurations"][configuration].get(PRETRAINED_KEY):
         raise ValueError(f"-p {plans}: these plans already attach a checkpoint; attach to the Swin plans they were "
                          f"copied from (e.g. {SWIN_PLANS})")
-    ckpt_path = Path(checkpoint).resolve()
-    ckpt = load_checkpoint(ckpt_path)
+    ckpt = load_checkpoint(checkpoint)
     method = str(ckpt.get("method", ""))
     name = name or method
     check_plans_suffix(name, what="--name")
@@ -53,11 +60,14 @@ def attach_checkpoint(dataset: str | int, checkpoint: str, name: str | None = No
     new_conf = new["configurations"][configuration]
     new_conf[ENCODER_KEY] = encoder
     # data_identifier is kept: the attached plans train on the Swin plans' preprocessed data
-    new_conf[PRETRAINED_KEY] = {"checkpoint": str(ckpt_path), "method": method, "name": name}
+    entry, where = describe_checkpoint(checkpoint, name, method)
+    new_conf[PRETRAINED_KEY] = entry
     old_enc = conf.get(ENCODER_KEY, {})
     if old_enc and old_enc.get("feature_size", 0) < encoder["feature_size"]:
-        print(f"note: the checkpoint's encoder (feature size {encoder['feature_size']}) is larger than the one the "
-              f"batch size was planned for ({old_enc.get('feature_size')}); lower batch_size in {target.name} if "
-              f"memory runs out")
+        note(f"note: the checkpoint's encoder (feature size {encoder['feature_size']}) is larger than the one the "
+             f"batch size was planned for ({old_enc.get('feature_size')}); lower batch_size in {target.name} if "
+             f"memory runs out")
+    if where:
+        note(f"note: {where}")
     atomic_write(target, lambda f: json.dump(new, f, indent=4), binary=False)
     return str(target)

@@ -2,10 +2,16 @@
 
 Top level: ``"nnssl_plans": true`` (marks a Swin plans file). Inside ``configurations.<config>``:
 ``"nnssl_encoder"`` (EncoderConfig.to_dict() without in_channels) and, in ``nnUNetSwinPlans_<name>`` only,
-``"nnssl_pretrained": {"checkpoint": abs path, "method": str, "name": str}``.
+``"nnssl_pretrained": {"name": str, "method": str, "sha256": hex, "file": relative path}``.
+
+Plans travel: nnU-Net copies them into every model folder (``plans.json``), into exported model zips and, with
+``nnUNetv2_move_plans_between_datasets``, to other datasets. So they hold no absolute path of the machine that wrote
+them: the checkpoint is identified by its content hash, and ``file`` is only where to look first (resolved at training
+time by ``nnssl.finetune.pretrained.resolve_pretrained_checkpoint``).
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from nnssl.encoders.swin import EncoderConfig, check_swin_input_size
@@ -17,6 +23,11 @@ PLANS_MARKER = "nnssl_plans"
 ENCODER_KEY = "nnssl_encoder"
 #: Per configuration, in attached plans only: what identifies the pretraining checkpoint.
 PRETRAINED_KEY = "nnssl_pretrained"
+#: Fields of the PRETRAINED_KEY entry: the ``<name>`` of the plans identifier, the checkpoint's pretraining method,
+#: the sha256 of the checkpoint file (what identifies it) and a relative path where to look for it first.
+PRETRAINED_NAME, PRETRAINED_METHOD, PRETRAINED_SHA256, PRETRAINED_FILE = "name", "method", "sha256", "file"
+#: The field earlier nnssl versions wrote instead of sha256 and file: the checkpoint's absolute path.
+LEGACY_PRETRAINED_PATH = "checkpoint"
 
 
 class NotSwinPlansError(ValueError):
@@ -60,5 +71,16 @@ def encoder_config(configuration: dict, in_channels: int) -> EncoderConfig:
     return cfg
 
 
+def make_pretrained_entry(name: str, method: str, sha256: str, file: str) -> dict[str, str]:
+    """The PRETRAINED_KEY entry; ValueError for an absolute ``file`` (plans must not hold this machine's paths)."""
+    if os.path.isabs(file) or file.startswith("~"):
+        raise ValueError(f"the checkpoint location stored in plans must be relative, got {file!r}")
+    if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+        raise ValueError(f"{sha256!r} is not a hex sha256 digest")
+    return {PRETRAINED_NAME: name, PRETRAINED_METHOD: method, PRETRAINED_SHA256: sha256,
+            PRETRAINED_FILE: file.replace(os.sep, "/")}
+
+
 def pretrained_entry(configuration: dict) -> dict[str, Any] | None:
+    """The configuration's PRETRAINED_KEY entry (None when the plans attach no checkpoint)."""
     return configuration.get(PRETRAINED_KEY)
