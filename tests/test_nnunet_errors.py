@@ -154,19 +154,59 @@ def test_trainer_refuses_non_swin_plans(env):
     pm = PlansManager(plans)
     with pytest.raises(NotSwinPlansError):
         SwinScratchTrainer.build_network_architecture(pm, pm.get_configuration("3d_fullres"), 1, 2, False)
-    with pytest.raises(NotSwinPlansError, match="no configuration '2d'"):
-        SwinScratchTrainer({**_swin_plans(), "continue_training": False}, "2d", 0, DATASET_JSON, torch.device("cpu"))
     assert not any(env["nnUNet_results"].iterdir())          # no output folder left behind
+
+
+def _plans_with(configuration: str, conf: dict, marker: bool = True) -> dict:
+    plans = _swin_plans()
+    plans["configurations"][configuration] = conf
+    if not marker:
+        del plans["nnssl_plans"]
+    return {**plans, "continue_training": False}
+
+
+@pytest.mark.parametrize("configuration,edit,match", [
+    # 2D is refused whatever the plans (nnU-Net's own plans hold a 2d configuration)
+    ("2d", lambda p: p, r"is 2D, and the Swin trainers train 3D networks only: SwinUNETR's encoder is 3D"),
+    ("2d", lambda p: {k: v for k, v in p.items() if k != "nnssl_plans"}, "encoder is 3D"),
+    ("3d_lowres", None, r"no configuration '3d_lowres'.*plans one stage at full resolution.*train 3d_fullres"),
+    ("3d_cascade_fullres", None, r"do not train nnU-Net's cascade.*extra input channels.*nnUNetv2_ensemble"),
+])
+def test_configurations_the_swin_trainers_refuse(env, configuration, edit, match):
+    from nnssl.finetune.trainers import SwinScratchTrainer, SwinSSLTrainer
+    from nnssl.nnunet.plans import UnsupportedConfigurationError
+
+    plans = {**_swin_plans(), "continue_training": False}
+    if edit is not None:
+        plans = edit(_plans_with(configuration, {"inherits_from": "3d_fullres", "patch_size": [64, 64]}))
+    for cls in (SwinScratchTrainer, SwinSSLTrainer):
+        with pytest.raises(UnsupportedConfigurationError, match=match):
+            cls(dict(plans), configuration, 0, DATASET_JSON, torch.device("cpu"))
+    assert not any(env["nnUNet_results"].iterdir())
+
+
+def test_hand_added_cascade_stage_refused(env):
+    from nnssl.finetune.trainers import SwinScratchTrainer
+    from nnssl.nnunet.plans import UnsupportedConfigurationError
+
+    plans = _plans_with("3d_cascade_fullres", {"inherits_from": "3d_fullres", "previous_stage": "3d_lowres"})
+    with pytest.raises(UnsupportedConfigurationError, match="is a cascade stage .*previous_stage '3d_lowres'"):
+        SwinScratchTrainer(plans, "3d_cascade_fullres", 0, DATASET_JSON, torch.device("cpu"))
 
 
 @pytest.mark.parametrize("patch,match", [((40, 64, 64), r"axis 0 has size 40 \(use 32 or 64\)"),
                                          ((32, 32, 32), "bottleneck")])
-def test_patch_size_swin_cannot_take(patch, match):
+def test_patch_size_swin_cannot_take(env, patch, match):
     from nnssl.finetune.network import build_network_from_configuration
+    from nnssl.finetune.trainers import SwinScratchTrainer
 
-    conf = _swin_plans(patch=patch)["configurations"]["3d_fullres"]
+    plans = _swin_plans(patch=patch)
     with pytest.raises(ValueError, match=match):
-        build_network_from_configuration(conf, 1, 2)
+        build_network_from_configuration(plans["configurations"]["3d_fullres"], 1, 2)
+    # the trainer refuses it before nnU-Net creates a folder (e.g. plans moved from another dataset, then edited)
+    with pytest.raises(ValueError, match=f"plans 'nnUNetSwinPlans', configuration '3d_fullres': .*{match}"):
+        SwinScratchTrainer({**plans, "continue_training": False}, "3d_fullres", 0, DATASET_JSON, torch.device("cpu"))
+    assert not any(env["nnUNet_results"].iterdir())
 
 
 def test_ssl_trainer_without_checkpoint_says_how_to_attach(env, tmp_path):

@@ -34,7 +34,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from nnssl.finetune.fewshot import select_fewshot, subset_seed, write_subset_record, SUBSET_FILE
 from nnssl.finetune.network import build_network_from_configuration
 from nnssl.nnunet.naming import EPOCHS, SHOTS, TrainerName, model_folder_name, parse_trainer_name
-from nnssl.nnunet.plans import PRETRAINED_KEY, require_swin_plans
+from nnssl.nnunet.plans import PRETRAINED_KEY, encoder_config, require_swin_plans
 from nnssl.finetune.pretrained import attached_entry, load_pretrained_encoder, resolve_pretrained_checkpoint
 from nnssl.finetune.schedule import warmup_cosine_lr
 
@@ -99,6 +99,7 @@ class SwinScratchTrainer(nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
         require_swin_plans(plans, configuration)
+        _check_patch_size(plans, configuration)
         self._check_before_init(plans, configuration, fold)
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.enable_deep_supervision = False
@@ -271,6 +272,16 @@ class SwinSSLTrainer(SwinScratchTrainer):
         return load_pretrained_encoder(network, self.configuration_manager.configuration,
                                        self.plans_manager.dataset_name, self.plans_manager.plans_name,
                                        self.num_input_channels, log=self.print_to_log_file)
+
+
+def _check_patch_size(plans: dict, configuration: str) -> None:
+    """Refuse, before nnU-Net creates any folder, a patch size SwinUNETR cannot take (e.g. plans moved from another
+    dataset and then edited, or hand-written configurations)."""
+    conf = PlansManager(plans).get_configuration(configuration).configuration
+    try:
+        encoder_config(conf, 1)
+    except ValueError as e:
+        raise ValueError(f"plans '{plans.get('plans_name', '?')}', configuration '{configuration}': {e}") from None
 
 
 _BASES: dict[str, type] = {"Scratch": SwinScratchTrainer, "SSL": SwinSSLTrainer}

@@ -34,19 +34,60 @@ class NotSwinPlansError(ValueError):
     """A plans file without the nnssl marker was given to a Swin trainer."""
 
 
+class UnsupportedConfigurationError(ValueError):
+    """A configuration the Swin trainers cannot train (2D, nnU-Net's low-resolution stage or cascade)."""
+
+
+#: What to say for nnU-Net's configurations that Swin plans do not hold, and what to use instead.
+_NOT_PLANNED = {
+    "3d_lowres": "nnssl plans one stage at full resolution (nnssl_plan_and_preprocess writes 3d_fullres only), so "
+                 "Swin plans have no 3d_lowres: train 3d_fullres (the sliding window covers images of any size), or "
+                 "train nnU-Net's CNN cascade with nnUNetTrainer -p nnUNetPlans and ensemble it with the Swin model "
+                 "(nnUNetv2_ensemble)",
+    "3d_cascade_fullres": "the Swin trainers do not train nnU-Net's cascade: nnssl plans no 3d_lowres stage whose "
+                          "segmentations 3d_cascade_fullres takes as extra input channels. Train 3d_fullres, or train "
+                          "nnU-Net's CNN cascade with nnUNetTrainer -p nnUNetPlans and ensemble it with the Swin "
+                          "model (nnUNetv2_ensemble)",
+}
+
+
+def _refuse_2d(name: str, configuration: str, conf: dict | None) -> None:
+    patch = (conf or {}).get("patch_size")
+    if configuration == "2d" or (patch is not None and len(patch) == 2):
+        raise UnsupportedConfigurationError(
+            f"configuration '{configuration}' of plans '{name}' is 2D, and the Swin trainers train 3D networks only: "
+            f"SwinUNETR's encoder is 3D (3D patch embedding, windows and patch merging). Use 3d_fullres with Swin "
+            f"plans ({SWIN_PLANS}), or nnU-Net's own nnUNetTrainer -p nnUNetPlans for a 2D model.")
+
+
 def require_swin_plans(plans: dict, configuration: str | None = None) -> None:
-    """Raise NotSwinPlansError unless `plans` were written by nnssl's planner (and hold `configuration`)."""
+    """Raise unless `plans` were written by nnssl's planner and `configuration` is one the Swin trainers train.
+
+    2D configurations raise UnsupportedConfigurationError (whatever the plans), plans without the nnssl marker
+    NotSwinPlansError, configurations the plans lack or cascade stages UnsupportedConfigurationError, each naming what
+    to use instead.
+    """
     name = plans.get("plans_name", "?")
+    configurations = plans.get("configurations", {})
+    if configuration is not None:
+        _refuse_2d(name, configuration, configurations.get(configuration))
     if plans.get(PLANS_MARKER) is not True:
         raise NotSwinPlansError(
             f"plans '{name}' are not a Swin plans file (no \"{PLANS_MARKER}\": true): the Swin trainers need "
             f"patch sizes divisible by 32 and an encoder config. Run nnssl_plan_and_preprocess -d DATASET and "
             f"train with -p {SWIN_PLANS} (or -p {plans_name('NAME')} after nnssl_attach -d DATASET --checkpoint CKPT "
             f"--name NAME).")
-    if configuration is not None and configuration not in plans.get("configurations", {}):
-        raise NotSwinPlansError(
-            f"plans '{name}' have no configuration '{configuration}'; Swin plans hold "
-            f"{', '.join(plans.get('configurations', {})) or 'nothing'} (use 3d_fullres).")
+    if configuration is None:
+        return
+    if configuration not in configurations:
+        reason = _NOT_PLANNED.get(configuration, "use 3d_fullres")
+        raise UnsupportedConfigurationError(
+            f"plans '{name}' have no configuration '{configuration}' (Swin plans hold "
+            f"{', '.join(configurations) or 'nothing'}): {reason}.")
+    if configurations[configuration].get("previous_stage") is not None:
+        raise UnsupportedConfigurationError(
+            f"configuration '{configuration}' of plans '{name}' is a cascade stage (previous_stage "
+            f"'{configurations[configuration]['previous_stage']}'): {_NOT_PLANNED['3d_cascade_fullres']}.")
 
 
 def encoder_config(configuration: dict, in_channels: int) -> EncoderConfig:
