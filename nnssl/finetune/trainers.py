@@ -31,6 +31,7 @@ from torch._dynamo import OptimizedModule
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
+from nnssl.checkpoint import LoadReport
 from nnssl.finetune.fewshot import select_fewshot, subset_seed, write_subset_record, SUBSET_FILE
 from nnssl.finetune.network import build_network_from_configuration
 from nnssl.nnunet.naming import EPOCHS, SHOTS, TrainerName, model_folder_name, parse_trainer_name
@@ -262,7 +263,7 @@ class SwinSSLTrainer(SwinScratchTrainer):
         if not self._restoring_checkpoint:
             self.pretrained_report = self.load_pretrained_encoder_into(self._unwrapped_network())
 
-    def load_pretrained_encoder_into(self, network: nn.Module):
+    def load_pretrained_encoder_into(self, network: nn.Module) -> LoadReport:
         """Load the attached checkpoint's encoder into ``network``; returns the LoadReport.
 
         Under DDP every rank calls this in initialize() and reads the same file (verified by the sha256 in the
