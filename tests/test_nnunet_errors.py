@@ -373,3 +373,29 @@ def test_attached_plans_hold_no_absolute_path(planned, capsys):
         text = (pre / f"nnUNetSwinPlans_{name}.json").read_text()
         assert str(pre.parent.parent) not in text, name
         assert json.loads(text)["configurations"]["3d_fullres"]["nnssl_pretrained"]["file"] == file
+
+
+def test_find_best_configuration_names_what_is_missing(planned, capsys):
+    from nnssl.cli.find_best_configuration import main as find_best_main
+
+    pre, _ = planned
+    results = pre.parent.parent / "nnUNet_results" / "Dataset540_X"
+    assert find_best_main(["540", "-m", "SwinSSLTrainer__nnUNetSwinPlans__x__3d_fullres"]) == 2
+    assert "exactly two '__'" in capsys.readouterr().err
+    model = "SwinScratchTrainer__nnUNetSwinPlans__3d_fullres"
+    assert find_best_main(["540", "-m", model]) == 2
+    assert "unknown dataset id 540: no folder Dataset540_* in nnUNet_results" in capsys.readouterr().err
+    results.mkdir(parents=True)
+    assert find_best_main(["540", "-m", model]) == 2
+    assert "does not exist: train every fold first (nnUNetv2_train Dataset540_X 3d_fullres FOLD -tr " \
+           "SwinScratchTrainer -p nnUNetSwinPlans --npz)" in capsys.readouterr().err
+    for fold in range(5):
+        (results / model / f"fold_{fold}" / "validation").mkdir(parents=True)
+        (results / model / f"fold_{fold}" / "validation" / "summary.json").write_text("{}")
+    (results / model / "fold_1" / "validation" / "summary.json").unlink()
+    assert find_best_main(["540", "-m", model, "--disable_ensembling"]) == 2
+    assert "fold 1 of " + model + " has no validation/summary.json" in capsys.readouterr().err
+    assert find_best_main(["540", "-m", model, "-f", "0"]) == 2
+    assert "fold 0 of " + model + " saved no probabilities" in capsys.readouterr().err
+    assert find_best_main(["540", "-m", "nnUNetTrainer__nnUNetPlans__3d_fullres"]) == 2
+    assert "plans nnUNetPlans of nnUNetTrainer__nnUNetPlans__3d_fullres do not exist" in capsys.readouterr().err
