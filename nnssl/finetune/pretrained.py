@@ -28,8 +28,8 @@ from torch import nn
 from nnssl.io import file_sha256
 from nnssl.nnunet.environment import nnssl_results_root
 from nnssl.nnunet.naming import SWIN_PLANS, attached_plans_name
-from nnssl.nnunet.plans import (LEGACY_PRETRAINED_PATH, PRETRAINED_FILE, PRETRAINED_KEY, PRETRAINED_SHA256,
-                                make_pretrained_entry)
+from nnssl.nnunet.plans import (ENCODER_KEY, LEGACY_PRETRAINED_PATH, PRETRAINED_FILE, PRETRAINED_KEY,
+                                PRETRAINED_METHOD, PRETRAINED_SHA256, make_pretrained_entry)
 
 
 class NoCheckpointAttachedError(ValueError):
@@ -125,7 +125,7 @@ def resolve_pretrained_checkpoint(configuration: dict, dataset: str, plans_name:
     searched = ", ".join(str(p) for p in locations) or "nowhere (the entry has no file)"
     found = f" Files of that name with other contents: {'; '.join(others)}." if others else ""
     raise PretrainedCheckpointNotFoundError(
-        f"the pretraining checkpoint attached in plans '{plans_name}' (method {entry.get('method')}, file "
+        f"the pretraining checkpoint attached in plans '{plans_name}' (method {entry.get(PRETRAINED_METHOD)}, file "
         f"{entry.get(PRETRAINED_FILE)!r}, sha256 {wanted}) was not found. Searched: {searched}.{found} Copy that "
         f"checkpoint into the nnssl results folder ({root if root is not None else 'set nnssl_results'}) or run "
         f"from the folder its relative path starts in; or attach another checkpoint with nnssl_attach -d {dataset} "
@@ -162,7 +162,7 @@ def load_pretrained_encoder(network: nn.Module, configuration: dict, dataset: st
         # fine-tune a truncated encoder in silence
         raise ValueError(
             f"the checkpoint {path} holds {len(report.unexpected)} encoder tensor(s) the network does not have, e.g. "
-            f"{report.unexpected[:5]}: the plans' encoder {configuration.get('nnssl_encoder')} differs from the "
+            f"{report.unexpected[:5]}: the plans' encoder {configuration.get(ENCODER_KEY)} differs from the "
             f"checkpoint's {ckpt.get('encoder_config')}. Re-attach with nnssl_attach (it copies the encoder config).")
     sha = configuration[PRETRAINED_KEY][PRETRAINED_SHA256]
     log(f"nnssl: pretrained encoder from {path} (method {ckpt.get('method')}, sha256 {sha[:12]}...): "
