@@ -15,6 +15,7 @@ CONSOLE_SCRIPTS = [
     "nnssl_cka=nnssl.cli.cka:main",
     "nnssl_splits=nnssl.cli.splits:main",
     "nnssl_attention=nnssl.cli.attention:main",
+    "nnssl_find_best_configuration=nnssl.cli.find_best_configuration:main",
 ]
 
 setup(

@@ -1,9 +1,10 @@
-"""Atomic file writing: a temporary file in the target folder, fsync, then rename over the target.
+"""Atomic file writing (a temporary file in the target folder, fsync, then rename over the target) and content hashes.
 
 A crash or interruption mid-write leaves the previous file intact and no half-written one behind.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -37,3 +38,24 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO], None], binary: b
             os.unlink(tmp)
         raise
     return path
+
+
+#: Files are hashed in chunks of this many bytes (checkpoints can be larger than memory allows to read at once).
+_HASH_CHUNK = 1 << 22
+#: (resolved path, size, mtime_ns) -> sha256, so that a trainer that checks a checkpoint at construction and again in
+#: initialize() reads it once.
+_SHA256_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of the file's bytes (cached per path, size and modification time)."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _SHA256_CACHE:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(_HASH_CHUNK), b""):
+                digest.update(chunk)
+        _SHA256_CACHE[key] = digest.hexdigest()
+    return _SHA256_CACHE[key]

@@ -98,15 +98,16 @@ def make_dataset(raw_root: str | Path, dataset_id: int, name: str = "Spheres", n
 
 
 def nnunet_env(root: str | Path, fast: bool = True) -> dict[str, str]:
-    """Environment for running nnU-Net on CPU in tests: temp nnUNet_* folders under root (created), one process,
-    nnssl's trainers on nnUNet_extTrainer, and (fast=True) the documented test knobs of the Swin trainers."""
+    """Environment for running nnU-Net on CPU in tests: temp nnUNet_* and nnssl_results folders under root (created),
+    one process, nnssl's trainers on nnUNet_extTrainer, and (fast=True) the documented test knobs of the Swin
+    trainers."""
     import os
 
     from nnssl.nnunet.environment import trainers_path
 
     root = Path(root)
     env = {}
-    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnssl_results"):
         (root / name).mkdir(parents=True, exist_ok=True)
         env[name] = str(root / name)
     env.update({"nnUNet_extTrainer": trainers_path(), "nnUNet_def_n_proc": "1", "nnUNet_n_proc_DA": "0",

@@ -201,7 +201,7 @@ def test_recorder_uses_the_eager_path_and_restores_flash_attention():
 # ----------------------------------------------------------------------------------------------------------------------
 # nnssl_attention on a fabricated fine-tuning fold
 # ----------------------------------------------------------------------------------------------------------------------
-TRAINER, PLANS = "SwinSSLTrainer_5shot_draw2", "nnUNetSwinPlans__toy"
+TRAINER, PLANS = "SwinSSLTrainer_5shot_draw2", "nnUNetSwinPlans_toy"
 
 
 @pytest.fixture

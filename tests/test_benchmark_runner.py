@@ -34,7 +34,7 @@ def test_jobs_cover_the_grid_in_dependency_order(tmp_path):
     assert trainers == {"SwinScratchTrainer_5shot_2epochs", "SwinScratchTrainer_2epochs",
                         "SwinSSLTrainer_5shot_2epochs", "SwinSSLTrainer_2epochs"}
     plans = {j.command[j.command.index("-p") + 1] for j in finetunes}
-    assert plans == {"nnUNetSwinPlans", "nnUNetSwinPlans__smit"}
+    assert plans == {"nnUNetSwinPlans", "nnUNetSwinPlans_smit"}
     assert [j.key for j in jobs if j.stage == "pretrain"] == ["pretrain/smit"]
     assert len([j for j in jobs if j.stage == "cka"]) == 4  # pretrained method only
     attention = {j.key: j for j in jobs if j.stage == "attention"}
@@ -218,7 +218,7 @@ def test_a_checkpoint_of_another_encoder_gets_a_scratch_baseline_of_that_encoder
     finetune = {j.key: j.command for j in jobs if j.stage == "finetune"}
     cmd = finetune[f"finetune/901/scratch-{tag}/5/0"]
     assert cmd[cmd.index("-tr") + 1] == "SwinScratchTrainer_5shot_2epochs"
-    assert cmd[cmd.index("-p") + 1] == f"nnUNetSwinPlans__scratch-{tag}"
+    assert cmd[cmd.index("-p") + 1] == f"nnUNetSwinPlans_scratch-{tag}"
     assert not [k for k in finetune if "scratch-f12" in k]  # the tiny encoder's baseline is the base plans' scratch
     assert not [j for j in jobs if j.stage == "cka" and "scratch" in j.key]
     warnings: list[str] = []

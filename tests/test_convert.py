@@ -1140,6 +1140,7 @@ def test_imported_checkpoint_attaches_and_loads_for_fine_tuning(tmp_path, monkey
     from nnssl.finetune.network import build_network_from_configuration
     from nnssl.finetune.pretrained import load_pretrained_encoder
 
+    monkeypatch.setenv("nnssl_results", str(tmp_path))  # the imported checkpoint lives in the nnssl results folder
     torch.save(release_layout(randomize_(monai_swin(LEGACY), seed=8), LEGACY), tmp_path / "model_swinvit.pt")
     assert convert_main([str(tmp_path / "model_swinvit.pt"), str(tmp_path / "ssl.pt"), "--from", "swinunetr-ssl"]) == 0
     assert "--name imported-swinunetr-ssl" in capsys.readouterr().out
@@ -1152,7 +1153,7 @@ def test_imported_checkpoint_attaches_and_loads_for_fine_tuning(tmp_path, monkey
     monkeypatch.setenv("nnUNet_preprocessed", str(pre))
     ssl_ckpt = str(tmp_path / "ssl.pt")
     assert attach_main(["-d", "901", "--checkpoint", ssl_ckpt, "--name", "imported-swinunetr-ssl"]) == 0
-    attached = json.loads((pre / "Dataset901_Test" / "nnUNetSwinPlans__imported-swinunetr-ssl.json").read_text())
+    attached = json.loads((pre / "Dataset901_Test" / "nnUNetSwinPlans_imported-swinunetr-ssl.json").read_text())
     conf = attached["configurations"]["3d_fullres"]
     # The merge order the tensors do not show travels into the plans and builds the fine-tuning network.
     assert EncoderConfig.from_dict({**conf["nnssl_encoder"], "in_channels": 1}) == LEGACY

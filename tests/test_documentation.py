@@ -53,7 +53,7 @@ def workspace(tmp_path_factory):
 
 def test_walkthrough_produces_what_it_promises(workspace):
     root, _ = workspace
-    fold = root / "results" / "Dataset901_PhantomCTOrgans" / "SwinSSLTrainer_1epochs__nnUNetSwinPlans__simmim__3d_fullres" / "fold_0"
+    fold = root / "results" / "Dataset901_PhantomCTOrgans" / "SwinSSLTrainer_1epochs__nnUNetSwinPlans_simmim__3d_fullres" / "fold_0"
     assert (fold / "validation" / "summary.json").is_file()
     log = "".join(p.read_text() for p in fold.glob("training_log_*.txt"))
     assert re.search(r"loaded (\d+)/\1 encoder tensors", log)

@@ -12,7 +12,7 @@ from nnssl.checkpoint import save_checkpoint
 from nnssl.encoders.swin import EncoderConfig, SwinEncoder, build_swinunetr
 from preprocessed_fixture import write_preprocessed_dataset
 
-TRAINER, PLANS = "SwinSSLTrainer_5shot", "nnUNetSwinPlans__toy"
+TRAINER, PLANS = "SwinSSLTrainer_5shot", "nnUNetSwinPlans_toy"
 
 
 def _fold(results, dataset_name, network_weights, enc_cfg):

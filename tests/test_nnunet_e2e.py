@@ -48,7 +48,7 @@ def world(tmp_path_factory):
     make_dataset(env["nnUNet_raw"], 522, name="Unlabeled", num_cases=3, images_only=True,
                  shapes=[SHAPE, (28, 33, 31), (31, 30, 29)], seed=2)
     with pytest.MonkeyPatch.context() as mp:
-        for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer"):
+        for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer", "nnssl_results"):
             mp.setenv(k, env[k])
         from nnssl.cli.plan_and_preprocess import main
 
@@ -65,7 +65,7 @@ def world(tmp_path_factory):
 
 @pytest.fixture()
 def nn_env(world, monkeypatch):
-    for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer"):
+    for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_extTrainer", "nnssl_results"):
         monkeypatch.setenv(k, world["env"][k])
     return world
 
@@ -198,30 +198,35 @@ def _trainer(cls_name: str, plans_name: str, world, fold: int = 0):
 
 @pytest.fixture(scope="module")
 def attached(world):
-    ckpt_path = world["root"] / "ckpt" / "simmim.pt"
+    # where nnssl_pretrain would have written it: the plans then name it relative to the nnssl results folder
+    ckpt_path = Path(world["env"]["nnssl_results"]) / "simmim__tiny__D0" / "checkpoint_final.pth"
     payload = _checkpoint(ckpt_path)
     from nnssl.cli.attach import main
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("nnUNet_preprocessed", world["env"]["nnUNet_preprocessed"])
+        mp.setenv("nnssl_results", world["env"]["nnssl_results"])
         assert main(["-d", "521", "--checkpoint", str(ckpt_path), "--name", "test"]) == 0
     return ckpt_path, payload
 
 
 def test_attach_writes_plans(attached, world):
     ckpt_path, payload = attached
-    plans = json.loads((world["pre"] / DATASET / "nnUNetSwinPlans__test.json").read_text())
+    plans = json.loads((world["pre"] / DATASET / "nnUNetSwinPlans_test.json").read_text())
     base = json.loads((world["pre"] / DATASET / "nnUNetSwinPlans.json").read_text())
     conf = plans["configurations"]["3d_fullres"]
-    assert plans["plans_name"] == "nnUNetSwinPlans__test" and plans["nnssl_plans"] is True
-    assert conf["nnssl_pretrained"] == {"checkpoint": str(ckpt_path.resolve()), "method": "simmim", "name": "test"}
+    assert plans["plans_name"] == "nnUNetSwinPlans_test" and plans["nnssl_plans"] is True
+    from nnssl.io import file_sha256
+
+    assert conf["nnssl_pretrained"] == {"name": "test", "method": "simmim", "sha256": file_sha256(ckpt_path),
+                                        "file": "simmim__tiny__D0/checkpoint_final.pth"}
     assert conf["nnssl_encoder"] == {k: v for k, v in payload["encoder_config"].items() if k != "in_channels"}
     assert conf["data_identifier"] == base["configurations"]["3d_fullres"]["data_identifier"]  # no re-preprocessing
 
 
 def test_ssl_trainer_loads_checkpoint_weights(attached, nn_env):
     _, payload = attached
-    trainer = _trainer("SwinSSLTrainer", "nnUNetSwinPlans__test", nn_env)
+    trainer = _trainer("SwinSSLTrainer", "nnUNetSwinPlans_test", nn_env)
     trainer.initialize()
     state = trainer.network.state_dict()
     for key, value in payload["encoder"].items():
@@ -237,14 +242,14 @@ def test_ssl_trainer_loads_checkpoint_weights(attached, nn_env):
     assert not torch.equal(scratch.network.state_dict()[key], payload["encoder"][key])
 
 
-def test_ssl_trainer_adapts_input_channels(nn_env, tmp_path):
-    from nnssl.finetune.pretrained import load_pretrained_encoder
+def test_ssl_trainer_adapts_input_channels(nn_env, tmp_path, monkeypatch):
+    from nnssl.finetune.pretrained import describe_checkpoint, load_pretrained_encoder
     from nnssl.finetune.network import build_network_from_configuration
 
+    monkeypatch.setenv("nnssl_results", str(tmp_path))
     payload = _checkpoint(tmp_path / "one_channel.pt", seed=3)
     conf = json.loads((nn_env["pre"] / DATASET / "nnUNetSwinPlans.json").read_text())["configurations"]["3d_fullres"]
-    conf = {**conf, "nnssl_pretrained": {"checkpoint": str(tmp_path / "one_channel.pt"), "method": "simmim",
-                                         "name": "x"}}
+    conf = {**conf, "nnssl_pretrained": describe_checkpoint(tmp_path / "one_channel.pt", "x", "simmim")[0]}
     net = build_network_from_configuration(conf, 3, 3)
     messages = []
     load_pretrained_encoder(net, conf, DATASET, "p", 3, log=messages.append)
@@ -261,11 +266,11 @@ def test_ssl_trainer_adapts_input_channels(nn_env, tmp_path):
 ])
 def test_ssl_trainer_refuses_mismatched_encoder(attached, nn_env, change, match):
     # plans whose encoder differs from the attached checkpoint's (e.g. edited by hand)
-    plans = json.loads((nn_env["pre"] / DATASET / "nnUNetSwinPlans__test.json").read_text())
+    plans = json.loads((nn_env["pre"] / DATASET / "nnUNetSwinPlans_test.json").read_text())
     plans["configurations"]["3d_fullres"]["nnssl_encoder"].update(change)
-    plans["plans_name"] = "nnUNetSwinPlans__mismatch"
-    (nn_env["pre"] / DATASET / "nnUNetSwinPlans__mismatch.json").write_text(json.dumps(plans))
-    trainer = _trainer("SwinSSLTrainer", "nnUNetSwinPlans__mismatch", nn_env)
+    plans["plans_name"] = "nnUNetSwinPlans_mismatch"
+    (nn_env["pre"] / DATASET / "nnUNetSwinPlans_mismatch.json").write_text(json.dumps(plans))
+    trainer = _trainer("SwinSSLTrainer", "nnUNetSwinPlans_mismatch", nn_env)
     with pytest.raises(ValueError, match=match) as e:
         trainer.initialize()
     assert "swinViT." in str(e.value)
@@ -274,8 +279,8 @@ def test_ssl_trainer_refuses_mismatched_encoder(attached, nn_env, change, match)
 @pytest.fixture(scope="module")
 def ssl_run(attached, world):
     _nnunet("nnUNetv2_train", "521", "3d_fullres", "0", "-tr", "SwinSSLTrainer_1epochs", "-p",
-            "nnUNetSwinPlans__test", "-device", "cpu", env=world["env"])
-    return world["res"] / DATASET / "SwinSSLTrainer_1epochs__nnUNetSwinPlans__test__3d_fullres"
+            "nnUNetSwinPlans_test", "-device", "cpu", env=world["env"])
+    return world["res"] / DATASET / "SwinSSLTrainer_1epochs__nnUNetSwinPlans_test__3d_fullres"
 
 
 def test_ssl_finetune_one_epoch(ssl_run):
@@ -297,7 +302,7 @@ def test_predict_writes_segmentations(ssl_run, attached, world, tmp_path):
         shutil.copy(world["raw"] / DATASET / "imagesTr" / f"{case}_0000.nii.gz", inp)
     try:
         _nnunet("nnUNetv2_predict", "-i", str(inp), "-o", str(out), "-d", "521", "-c", "3d_fullres", "-f", "0",
-                "-tr", "SwinSSLTrainer_1epochs", "-p", "nnUNetSwinPlans__test", "-device", "cpu",
+                "-tr", "SwinSSLTrainer_1epochs", "-p", "nnUNetSwinPlans_test", "-device", "cpu",
                 "-chk", "checkpoint_final.pth", "-npp", "1", "-nps", "1", "--disable_tta", env=world["env"])
     finally:
         hidden.rename(ckpt_path)
@@ -312,7 +317,7 @@ def test_fewshot_subset_identical_across_methods_and_recorded(attached, nn_env):
     from nnssl.finetune.fewshot import select_fewshot
 
     scratch = _trainer("SwinScratchTrainer_5shot", "nnUNetSwinPlans", nn_env)
-    ssl = _trainer("SwinSSLTrainer_5shot", "nnUNetSwinPlans__test", nn_env)
+    ssl = _trainer("SwinSSLTrainer_5shot", "nnUNetSwinPlans_test", nn_env)
     tr_s, val_s = scratch.do_split()
     tr_l, val_l = ssl.do_split()
     assert tr_s == tr_l and len(tr_s) == 5
@@ -333,17 +338,18 @@ def test_fewshot_subset_identical_across_methods_and_recorded(attached, nn_env):
         _trainer("SwinScratchTrainer_10shot", "nnUNetSwinPlans", nn_env).do_split()
 
 
-def test_normalisation_difference_is_logged(nn_env, tmp_path):
+def test_normalisation_difference_is_logged(nn_env, tmp_path, monkeypatch):
     from nnssl.checkpoint import save_checkpoint
     from nnssl.finetune.network import build_network_from_configuration
-    from nnssl.finetune.pretrained import load_pretrained_encoder
+    from nnssl.finetune.pretrained import describe_checkpoint, load_pretrained_encoder
 
+    monkeypatch.setenv("nnssl_results", str(tmp_path))
     payload = _checkpoint(tmp_path / "ct.pt")
     conf = json.loads((nn_env["pre"] / DATASET / "nnUNetSwinPlans.json").read_text())["configurations"]["3d_fullres"]
     messages = []
     for name, schemes in (("ct.pt", ["CTNormalization"]), ("mri.pt", ["ZScoreNormalization"])):
         save_checkpoint(tmp_path / name, {**payload, "provenance": {"normalization": {"schemes": schemes}}})
-        c = {**conf, "nnssl_pretrained": {"checkpoint": str(tmp_path / name), "method": "simmim", "name": "x"}}
+        c = {**conf, "nnssl_pretrained": describe_checkpoint(tmp_path / name, "x", "simmim")[0]}
         load_pretrained_encoder(build_network_from_configuration(c, 1, 3), c, DATASET, "p", 1, log=messages.append)
     warnings = [m for m in messages if "WARNING intensity normalisation differs" in m]
     assert len(warnings) == 1 and "ZScoreNormalization" in warnings[0] and "CTNormalization" in warnings[0]

@@ -20,6 +20,7 @@ def env(tmp_path, monkeypatch):
         (tmp_path / name).mkdir()
         monkeypatch.setenv(name, str(tmp_path / name))
     monkeypatch.setenv("nnUNet_extTrainer", trainers_path())
+    monkeypatch.delenv("nnssl_results", raising=False)   # the nnssl results folder: $nnUNet_results/nnssl_pretrain
     return {k: tmp_path / k for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
 
 
@@ -153,31 +154,78 @@ def test_trainer_refuses_non_swin_plans(env):
     pm = PlansManager(plans)
     with pytest.raises(NotSwinPlansError):
         SwinScratchTrainer.build_network_architecture(pm, pm.get_configuration("3d_fullres"), 1, 2, False)
-    with pytest.raises(NotSwinPlansError, match="no configuration '2d'"):
-        SwinScratchTrainer({**_swin_plans(), "continue_training": False}, "2d", 0, DATASET_JSON, torch.device("cpu"))
     assert not any(env["nnUNet_results"].iterdir())          # no output folder left behind
+
+
+def _plans_with(configuration: str, conf: dict, marker: bool = True) -> dict:
+    plans = _swin_plans()
+    plans["configurations"][configuration] = conf
+    if not marker:
+        del plans["nnssl_plans"]
+    return {**plans, "continue_training": False}
+
+
+@pytest.mark.parametrize("configuration,edit,match", [
+    # 2D is refused whatever the plans (nnU-Net's own plans hold a 2d configuration)
+    ("2d", lambda p: p, r"is 2D, and the Swin trainers train 3D networks only: SwinUNETR's encoder is 3D"),
+    ("2d", lambda p: {k: v for k, v in p.items() if k != "nnssl_plans"}, "encoder is 3D"),
+    ("3d_lowres", None, r"no configuration '3d_lowres'.*plans one stage at full resolution.*train 3d_fullres"),
+    ("3d_cascade_fullres", None, r"do not train nnU-Net's cascade.*extra input channels.*nnUNetv2_ensemble"),
+])
+def test_configurations_the_swin_trainers_refuse(env, configuration, edit, match):
+    from nnssl.finetune.trainers import SwinScratchTrainer, SwinSSLTrainer
+    from nnssl.nnunet.plans import UnsupportedConfigurationError
+
+    plans = {**_swin_plans(), "continue_training": False}
+    if edit is not None:
+        plans = edit(_plans_with(configuration, {"inherits_from": "3d_fullres", "patch_size": [64, 64]}))
+    for cls in (SwinScratchTrainer, SwinSSLTrainer):
+        with pytest.raises(UnsupportedConfigurationError, match=match):
+            cls(dict(plans), configuration, 0, DATASET_JSON, torch.device("cpu"))
+    assert not any(env["nnUNet_results"].iterdir())
+
+
+def test_hand_added_cascade_stage_refused(env):
+    from nnssl.finetune.trainers import SwinScratchTrainer
+    from nnssl.nnunet.plans import UnsupportedConfigurationError
+
+    plans = _plans_with("3d_cascade_fullres", {"inherits_from": "3d_fullres", "previous_stage": "3d_lowres"})
+    with pytest.raises(UnsupportedConfigurationError, match="is a cascade stage .*previous_stage '3d_lowres'"):
+        SwinScratchTrainer(plans, "3d_cascade_fullres", 0, DATASET_JSON, torch.device("cpu"))
 
 
 @pytest.mark.parametrize("patch,match", [((40, 64, 64), r"axis 0 has size 40 \(use 32 or 64\)"),
                                          ((32, 32, 32), "bottleneck")])
-def test_patch_size_swin_cannot_take(patch, match):
+def test_patch_size_swin_cannot_take(env, patch, match):
     from nnssl.finetune.network import build_network_from_configuration
+    from nnssl.finetune.trainers import SwinScratchTrainer
 
-    conf = _swin_plans(patch=patch)["configurations"]["3d_fullres"]
+    plans = _swin_plans(patch=patch)
     with pytest.raises(ValueError, match=match):
-        build_network_from_configuration(conf, 1, 2)
+        build_network_from_configuration(plans["configurations"]["3d_fullres"], 1, 2)
+    # the trainer refuses it before nnU-Net creates a folder (e.g. plans moved from another dataset, then edited)
+    with pytest.raises(ValueError, match=f"plans 'nnUNetSwinPlans', configuration '3d_fullres': .*{match}"):
+        SwinScratchTrainer({**plans, "continue_training": False}, "3d_fullres", 0, DATASET_JSON, torch.device("cpu"))
+    assert not any(env["nnUNet_results"].iterdir())
 
 
 def test_ssl_trainer_without_checkpoint_says_how_to_attach(env, tmp_path):
-    from nnssl.finetune.pretrained import NoCheckpointAttachedError
+    from nnssl.finetune.pretrained import NoCheckpointAttachedError, PretrainedCheckpointNotFoundError
     from nnssl.finetune.trainers import SwinSSLTrainer
 
     with pytest.raises(NoCheckpointAttachedError, match="nnssl_attach -d Dataset540_X --checkpoint"):
         SwinSSLTrainer({**_swin_plans(), "continue_training": False}, "3d_fullres", 0, DATASET_JSON,
                        torch.device("cpu"))
-    gone = _swin_plans(nnssl_pretrained={"checkpoint": str(tmp_path / "gone.pt"), "method": "smit", "name": "smit"})
-    with pytest.raises(FileNotFoundError, match="does not exist: .*gone.pt"):
+    gone = _swin_plans(nnssl_pretrained={"name": "smit", "method": "smit", "sha256": "ab" * 32,
+                                         "file": "smit__base__D500/checkpoint_final.pth"})
+    with pytest.raises(PretrainedCheckpointNotFoundError,
+                       match=f"sha256 {'ab' * 32}\\) was not found. Searched: smit__base__D500/checkpoint_final.pth, "
+                             f".*nnssl_pretrain/smit__base__D500/checkpoint_final.pth"):
         SwinSSLTrainer({**gone, "continue_training": False}, "3d_fullres", 0, DATASET_JSON, torch.device("cpu"))
+    # plans of earlier nnssl versions named the checkpoint by absolute path: re-attach
+    legacy = _swin_plans(nnssl_pretrained={"checkpoint": str(tmp_path / "gone.pt"), "method": "smit", "name": "smit"})
+    with pytest.raises(ValueError, match="by absolute path .*gone.pt.*re-attach it with nnssl_attach"):
+        SwinSSLTrainer({**legacy, "continue_training": False}, "3d_fullres", 0, DATASET_JSON, torch.device("cpu"))
     assert not any(env["nnUNet_results"].iterdir())
 
 
@@ -231,7 +279,7 @@ def _attach_error(capsys, *argv) -> str:
 def test_attach_errors(planned, capsys, tmp_path):
     pre, ckpt = planned
     assert attach_main(["-d", "540", "--checkpoint", str(ckpt)]) == 0          # name defaults to the method
-    assert json.loads((pre / "nnUNetSwinPlans__dino.json").read_text())["plans_name"] == "nnUNetSwinPlans__dino"
+    assert json.loads((pre / "nnUNetSwinPlans_dino.json").read_text())["plans_name"] == "nnUNetSwinPlans_dino"
     assert "exists; pass --overwrite" in _attach_error(capsys, "-d", "540", "--checkpoint", str(ckpt))
     assert "--name 'a__b'" in _attach_error(capsys, "-d", "540", "--checkpoint", str(ckpt), "--name", "a__b")
     foreign = tmp_path / "foreign.pt"
@@ -248,7 +296,7 @@ def test_attach_errors(planned, capsys, tmp_path):
     del plans["nnssl_plans"]
     (pre / "nnUNetSwinPlans.json").write_text(json.dumps(plans))
     assert "not a Swin plans file" in _attach_error(capsys, "-d", "540", "--checkpoint", str(ckpt), "--name", "y")
-    assert not (pre / "nnUNetSwinPlans__x.json").exists() and not (pre / "nnUNetSwinPlans__y.json").exists()
+    assert not (pre / "nnUNetSwinPlans_x.json").exists() and not (pre / "nnUNetSwinPlans_y.json").exists()
 
 
 def test_test_knobs_validated(monkeypatch):
@@ -265,9 +313,101 @@ def test_attach_architecture_only_writes_scratch_plans_of_the_checkpoints_encode
     pre, ckpt = planned
     assert attach_main(["-d", "540", "--checkpoint", str(ckpt), "--architecture-only"]) == 0
     out = capsys.readouterr().out
-    written = [p for p in pre.glob("nnUNetSwinPlans__scratch-*.json")]
+    written = [p for p in pre.glob("nnUNetSwinPlans_scratch-*.json")]
     assert len(written) == 1 and "-tr SwinScratchTrainer" in out
     conf = json.loads(written[0].read_text())["configurations"]["3d_fullres"]
     assert "nnssl_pretrained" not in conf and conf["nnssl_encoder"]["feature_size"] == 12
     assert "scratch-<encoder>" in _attach_error(capsys, "-d", "540", "--checkpoint", str(ckpt), "--architecture-only",
                                                 "--name", "dino")
+
+
+def _tiny_checkpoint(path: Path, seed: int) -> Path:
+    from nnssl.checkpoint import save_checkpoint
+    from nnssl.encoders.swin import EncoderConfig, SwinEncoder
+
+    torch.manual_seed(seed)
+    cfg = EncoderConfig.preset("tiny")
+    save_checkpoint(path, {"method": "dino", "encoder_config": cfg.to_dict(),
+                           "encoder": SwinEncoder(cfg).swin_state_dict()})
+    return path
+
+
+def test_checkpoint_found_by_hash_where_the_search_looks(env, tmp_path, monkeypatch):
+    """Plans name the checkpoint by sha256 and a relative path; training looks at the path as given, then in the nnssl
+    results folder, then for the file name anywhere under it, and uses only a file with the right hash."""
+    from nnssl.finetune.pretrained import (PretrainedCheckpointNotFoundError, describe_checkpoint,
+                                           resolve_pretrained_checkpoint)
+
+    results = tmp_path / "nnssl_results"
+    monkeypatch.setenv("nnssl_results", str(results))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    ckpt = _tiny_checkpoint(results / "dino__tiny__D500" / "checkpoint_final.pth", seed=1)
+    entry, note = describe_checkpoint(ckpt, "dino", "dino")
+    assert entry["file"] == "dino__tiny__D500/checkpoint_final.pth" and note is None
+    conf = {"nnssl_pretrained": entry}
+    assert resolve_pretrained_checkpoint(conf, "D", "p") == results / entry["file"]
+    # the run folder moved: found by name under the results folder; a different checkpoint left at the old place
+    # (a repeated pretraining run) is never used
+    moved = results / "archive" / "dino_run" / "checkpoint_final.pth"
+    moved.parent.mkdir(parents=True)
+    ckpt.rename(moved)
+    _tiny_checkpoint(ckpt, seed=2)
+    assert resolve_pretrained_checkpoint(conf, "D", "p") == moved
+    moved.unlink()
+    with pytest.raises(PretrainedCheckpointNotFoundError) as e:
+        resolve_pretrained_checkpoint(conf, "D", "p")
+    message = str(e.value)
+    assert f"sha256 {entry['sha256']}" in message and f"{ckpt} (sha256 " in message
+    assert "Copy that checkpoint into the nnssl results folder" in message
+    # a relative path as given is resolved from the current directory
+    _tiny_checkpoint(elsewhere / "ckpts" / "a.pt", seed=3)
+    entry, note = describe_checkpoint("ckpts/a.pt", "a", "dino")
+    assert entry["file"] == "ckpts/a.pt" and note is None
+    assert resolve_pretrained_checkpoint({"nnssl_pretrained": entry}, "D", "p") == Path("ckpts/a.pt")
+    # an absolute path outside the results folder: only the name is stored, and the note says so
+    outside = _tiny_checkpoint(tmp_path / "downloads" / "b.pt", seed=4)
+    entry, note = describe_checkpoint(outside, "b", "dino")
+    assert entry["file"] == "b.pt" and "lies outside the nnssl results folder" in note
+
+
+def test_attached_plans_hold_no_absolute_path(planned, capsys):
+    pre, ckpt = planned
+    # nnssl_results is unset: the nnssl results folder is $nnUNet_results/nnssl_pretrain, where nnssl_pretrain writes
+    inside = pre.parent.parent / "nnUNet_results" / "nnssl_pretrain" / "dino__tiny__D500" / "checkpoint_final.pth"
+    inside.parent.mkdir(parents=True)
+    inside.write_bytes(ckpt.read_bytes())
+    assert attach_main(["-d", "540", "--checkpoint", str(inside), "--name", "inside"]) == 0
+    assert attach_main(["-d", "540", "--checkpoint", str(ckpt), "--name", "outside"]) == 0
+    assert "lies outside the nnssl results folder" in capsys.readouterr().out
+    for name, file in (("inside", "dino__tiny__D500/checkpoint_final.pth"), ("outside", "dino.pt")):
+        text = (pre / f"nnUNetSwinPlans_{name}.json").read_text()
+        assert str(pre.parent.parent) not in text, name
+        assert json.loads(text)["configurations"]["3d_fullres"]["nnssl_pretrained"]["file"] == file
+
+
+def test_find_best_configuration_names_what_is_missing(planned, capsys):
+    from nnssl.cli.find_best_configuration import main as find_best_main
+
+    pre, _ = planned
+    results = pre.parent.parent / "nnUNet_results" / "Dataset540_X"
+    assert find_best_main(["540", "-m", "SwinSSLTrainer__nnUNetSwinPlans__x__3d_fullres"]) == 2
+    assert "exactly two '__'" in capsys.readouterr().err
+    model = "SwinScratchTrainer__nnUNetSwinPlans__3d_fullres"
+    assert find_best_main(["540", "-m", model]) == 2
+    assert "unknown dataset id 540: no folder Dataset540_* in nnUNet_results" in capsys.readouterr().err
+    results.mkdir(parents=True)
+    assert find_best_main(["540", "-m", model]) == 2
+    assert "does not exist: train every fold first (nnUNetv2_train Dataset540_X 3d_fullres FOLD -tr " \
+           "SwinScratchTrainer -p nnUNetSwinPlans --npz)" in capsys.readouterr().err
+    for fold in range(5):
+        (results / model / f"fold_{fold}" / "validation").mkdir(parents=True)
+        (results / model / f"fold_{fold}" / "validation" / "summary.json").write_text("{}")
+    (results / model / "fold_1" / "validation" / "summary.json").unlink()
+    assert find_best_main(["540", "-m", model, "--disable_ensembling"]) == 2
+    assert "fold 1 of " + model + " has no validation/summary.json" in capsys.readouterr().err
+    assert find_best_main(["540", "-m", model, "-f", "0"]) == 2
+    assert "fold 0 of " + model + " saved no probabilities" in capsys.readouterr().err
+    assert find_best_main(["540", "-m", "nnUNetTrainer__nnUNetPlans__3d_fullres"]) == 2
+    assert "plans nnUNetPlans of nnUNetTrainer__nnUNetPlans__3d_fullres do not exist" in capsys.readouterr().err

@@ -65,17 +65,17 @@ def tree_root(tmp_path):
     (raw / CT / "dataset.json").write_text(json.dumps(CT_JSON))
     _run(root, CT, "SwinScratchTrainer__nnUNetSwinPlans__3d_fullres", "0", {"1": L, "2": S},
          ema=[0.1, 0.4, 0.7, 0.75, 0.78, 0.8])
-    _run(root, CT, "SwinSSLTrainer__nnUNetSwinPlans__smit__3d_fullres", "0", {"1": L + D, "2": S + D},
+    _run(root, CT, "SwinSSLTrainer__nnUNetSwinPlans_smit__3d_fullres", "0", {"1": L + D, "2": S + D},
          ema=[0.5, 0.7, 0.78, 0.8, 0.8, 0.8])
-    _run(root, CT, "SwinSSLTrainer__nnUNetSwinPlans__simmim__3d_fullres", "0", {"1": L + D2, "2": S + D2})
+    _run(root, CT, "SwinSSLTrainer__nnUNetSwinPlans_simmim__3d_fullres", "0", {"1": L + D2, "2": S + D2})
     _run(root, CT, "SwinScratchTrainer_5shot__nnUNetSwinPlans__3d_fullres", "0", {"1": L - 0.3, "2": S - 0.3},
          ema=[0.1, 0.2, 0.3], ckpt="checkpoint_latest.pth")
-    _run(root, CT, "SwinSSLTrainer_5shot__nnUNetSwinPlans__smit__3d_fullres", "0", {"1": L + D - 0.1, "2": S + D - 0.1})
-    _run(root, CT, "SwinSSLTrainer__nnUNetSwinPlans__smit__3d_fullres", "1", None)  # unfinished fold
+    _run(root, CT, "SwinSSLTrainer_5shot__nnUNetSwinPlans_smit__3d_fullres", "0", {"1": L + D - 0.1, "2": S + D - 0.1})
+    _run(root, CT, "SwinSSLTrainer__nnUNetSwinPlans_smit__3d_fullres", "1", None)  # unfinished fold
     _run(root, CT, "nnUNetTrainer__nnUNetPlans__3d_fullres", "0", {"1": L})  # not part of the benchmark
     m = np.array([0.5, 0.55, 0.6, 0.65, 0.7, 0.6])
     _run(root, MR, "SwinScratchTrainer__nnUNetSwinPlans__3d_fullres", "0", {"1": m}, ds_json=MR_JSON)
-    _run(root, MR, "SwinSSLTrainer__nnUNetSwinPlans__smit__3d_fullres", "0", {"1": m + 0.1}, ds_json=MR_JSON)
+    _run(root, MR, "SwinSSLTrainer__nnUNetSwinPlans_smit__3d_fullres", "0", {"1": m + 0.1}, ds_json=MR_JSON)
     write_cka_json(root / "cka" / f"{MR}_smit_all.json", dataset=MR, method="smit", shots="all",
                    matrices={"linear": np.diag([0.91, 0.82, 0.73]) + 0.05}, n_examples=6)
     return root, raw
@@ -94,12 +94,12 @@ def _row(table, first):
 
 
 def test_parse_run_name():
-    r = parse_run_name("SwinSSLTrainer_5shot_2epochs__nnUNetSwinPlans__smit__3d_fullres")
+    r = parse_run_name("SwinSSLTrainer_5shot_2epochs__nnUNetSwinPlans_smit__3d_fullres")
     assert (r.method, r.shots, r.epochs, r.configuration) == ("smit", "5", 2, "3d_fullres")
     r = parse_run_name("SwinScratchTrainer__nnUNetSwinPlans__3d_fullres")
     assert (r.method, r.shots, r.epochs) == ("scratch", "all", None)
     for bad, why in [("SwinSSLTrainer__nnUNetSwinPlans__3d_fullres", "no pretrained method"),
-                     ("SwinScratchTrainer__nnUNetSwinPlans__smit__3d_fullres", "ambiguous"),
+                     ("SwinScratchTrainer__nnUNetSwinPlans_smit__3d_fullres", "ambiguous"),
                      ("nnUNetTrainer__nnUNetPlans__3d_fullres", "does not match"),
                      ("SwinSSLTrainer__nnUNetPlans__3d_fullres", "neither"), ("fold_0", "not a")]:
         with pytest.raises(ValueError, match=why):
@@ -112,7 +112,7 @@ def test_load_results_parses_the_tree(tree_root):
     assert tree.dataset_names() == [CT, MR]
     assert len(tree.folds) == 7
     ignored = dict(tree.ignored)
-    assert "not finished" in ignored[f"{CT}/SwinSSLTrainer__nnUNetSwinPlans__smit__3d_fullres/fold_1"]
+    assert "not finished" in ignored[f"{CT}/SwinSSLTrainer__nnUNetSwinPlans_smit__3d_fullres/fold_1"]
     assert "does not match" in ignored[f"{CT}/nnUNetTrainer__nnUNetPlans__3d_fullres"]
     ct = tree.datasets[CT]
     assert ct.modality == "CT" and ct.source == raw / CT / "dataset.json"

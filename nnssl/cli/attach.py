@@ -1,4 +1,4 @@
-"""nnssl_attach: attach a pretraining checkpoint to a target dataset's Swin plans (writes nnUNetSwinPlans__<name>)."""
+"""nnssl_attach: attach a pretraining checkpoint to a target dataset's Swin plans (writes nnUNetSwinPlans_<name>)."""
 from __future__ import annotations
 
 import argparse
@@ -11,15 +11,15 @@ from nnssl.nnunet.naming import SWIN_PLANS
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="nnssl_attach",
-        description="Write plans nnUNetSwinPlans__<name> for a target dataset: a copy of its Swin plans whose encoder is "
+        description="Write plans nnUNetSwinPlans_<name> for a target dataset: a copy of its Swin plans whose encoder is "
                     "the checkpoint's and which name the checkpoint, so that nnUNetv2_train ... -tr SwinSSLTrainer "
-                    "-p nnUNetSwinPlans__<name> fine-tunes from it (results in their own folder per name).")
+                    "-p nnUNetSwinPlans_<name> fine-tunes from it (results in their own folder per name).")
     p.add_argument("-d", required=True, help="target dataset id or name (already planned with "
                                              "nnssl_plan_and_preprocess)")
     p.add_argument("--checkpoint", required=True, help="nnssl pretraining checkpoint (from nnssl_pretrain or "
                                                        "nnssl_convert)")
     p.add_argument("--name", default=None, help="suffix of the plans identifier (default: the checkpoint's method, "
-                                                "e.g. smit -> nnUNetSwinPlans__smit)")
+                                                "e.g. smit -> nnUNetSwinPlans_smit)")
     p.add_argument("-p", default=SWIN_PLANS, help="Swin plans to copy (default: %(default)s)")
     p.add_argument("-c", default="3d_fullres", help="configuration (default 3d_fullres)")
     p.add_argument("--overwrite", action="store_true", help="replace existing plans of the same name")

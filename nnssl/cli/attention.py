@@ -10,7 +10,7 @@ from nnssl.cli.common import fail
 
 EPILOG = """example:
   nnssl_attention --pretrained $nnssl_results/smit__base__D900/checkpoint_final.pth -d 901 \\
-      -tr SwinSSLTrainer_5shot -p nnUNetSwinPlans__smit -f 0 --out $nnUNet_results/attention/901__smit__5__fold0.json
+      -tr SwinSSLTrainer_5shot -p nnUNetSwinPlans_smit -f 0 --out $nnUNet_results/attention/901__smit__5__fold0.json
 The JSON (schema in documentation/report.md) is picked up by nnssl_report from <results>/attention/ or --attention.
 Attention weights are read from MONAI's eager attention path (the fused SDPA path is switched off while recording).
 """
@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-d", "--dataset", required=True,
                    help="target dataset id or name (its preprocessed images and _seg labels are used)")
     p.add_argument("-tr", "--trainer", required=True, help="trainer of the fine-tuning run, e.g. SwinSSLTrainer_5shot")
-    p.add_argument("-p", "--plans", required=True, help="plans of the fine-tuning run, e.g. nnUNetSwinPlans__smit")
+    p.add_argument("-p", "--plans", required=True, help="plans of the fine-tuning run, e.g. nnUNetSwinPlans_smit")
     p.add_argument("-c", "--configuration", default="3d_fullres", help="(default: %(default)s)")
     p.add_argument("-f", "--fold", default="0", help="fold of the fine-tuning run (default: %(default)s)")
     p.add_argument("--images", type=int, default=8,
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         method = args.method or method_of_plans(args.plans)
     except ValueError as e:
         return fail(f"{e}: give the trainer and plans of an nnssl fine-tuning run (-tr SwinSSLTrainer..., "
-                    "-p nnUNetSwinPlans__<method>)")
+                    "-p nnUNetSwinPlans_<method>)")
     if args.images < 1 or args.batch < 1:
         return fail(f"--images {args.images} and --batch {args.batch} must both be >= 1")
     try:

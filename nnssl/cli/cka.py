@@ -9,7 +9,7 @@ from nnssl.cli.common import fail
 
 EPILOG = """example:
   nnssl_cka --pretrained $nnssl_results/smit__base__D900/checkpoint_final.pth -d 901 \\
-      -tr SwinSSLTrainer_5shot -p nnUNetSwinPlans__smit -f 0 --out $nnUNet_results/cka/901__smit__5__fold0.json
+      -tr SwinSSLTrainer_5shot -p nnUNetSwinPlans_smit -f 0 --out $nnUNet_results/cka/901__smit__5__fold0.json
 The JSON (schema in documentation/report.md) is picked up by nnssl_report from <results>/cka/ or --cka.
 """
 
@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained", required=True, help="the nnssl pretraining checkpoint the fine-tuning started from")
     p.add_argument("-d", "--dataset", required=True, help="target dataset id or name (its preprocessed images are used)")
     p.add_argument("-tr", "--trainer", required=True, help="trainer of the fine-tuning run, e.g. SwinSSLTrainer_5shot")
-    p.add_argument("-p", "--plans", required=True, help="plans of the fine-tuning run, e.g. nnUNetSwinPlans__smit")
+    p.add_argument("-p", "--plans", required=True, help="plans of the fine-tuning run, e.g. nnUNetSwinPlans_smit")
     p.add_argument("-c", "--configuration", default="3d_fullres", help="(default: %(default)s)")
     p.add_argument("-f", "--fold", default="0", help="fold of the fine-tuning run (default: %(default)s)")
     p.add_argument("--images", type=int, default=16, help="number of crops of the fold's validation cases (default: %(default)s)")
@@ -57,6 +57,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"linear CKA pretrained vs fine-tuned per stage: {diag}")
     print(f"wrote {path}")
     return 0
+
+
+def _method_of(plans: str) -> str:
+    """The method an nnssl plans identifier names (the identifier itself for other plans)."""
+    from nnssl.nnunet.naming import method_of_plans
+
+    try:
+        return method_of_plans(plans)
+    except ValueError:
+        return plans
 
 
 if __name__ == "__main__":

@@ -1,41 +1,135 @@
 """Loading a pretraining checkpoint's encoder into the fine-tuning network (SwinSSLTrainer).
 
-The checkpoint is attached through the plans (``nnssl_attach`` writes ``nnUNetSwinPlans__<name>`` with
-``"nnssl_pretrained": {"checkpoint", "method", "name"}``), following nnU-Net's own pattern of per-experiment plans.
-Loading uses the checkpoint contract: ``nnssl.checkpoint.load_checkpoint`` + ``load_encoder_into`` (which fails on any
-missing or mismatched encoder tensor and adapts the patch embedding to another number of input channels).
+The checkpoint is attached through the plans (``nnssl_attach`` writes ``nnUNetSwinPlans_<name>`` with
+``"nnssl_pretrained": {"name", "method", "sha256", "file"}``), following nnU-Net's own pattern of per-experiment plans.
+Plans hold no absolute path (they are copied into model folders and exported zips, and moved between datasets), so
+the file is found at training time by :func:`resolve_pretrained_checkpoint`:
+
+1. ``file`` as a path: relative to the current directory (the path as given to ``nnssl_attach`` when that was
+   relative);
+2. ``<nnssl results>/<file>``, the nnssl results folder being ``$nnssl_results``, else
+   ``$nnUNet_results/nnssl_pretrain`` (where ``nnssl_pretrain`` writes; ``file`` is relative to it when the checkpoint
+   was attached from there);
+3. any file of the same name anywhere under the nnssl results folder (a run folder that was moved or renamed).
+
+A candidate is used only if its sha256 is the one in the plans: a different file at the same place (a pretraining run
+repeated since) is reported, never loaded. Loading then uses the checkpoint contract:
+``nnssl.checkpoint.load_checkpoint`` + ``load_encoder_into`` (which fails on any missing or mismatched encoder tensor
+and adapts the patch embedding to another number of input channels).
 """
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, Callable
 
 from torch import nn
 
-from nnssl.nnunet.plans import PRETRAINED_KEY, SWIN_PLANS
+from nnssl.io import file_sha256
+from nnssl.nnunet.environment import nnssl_results_root
+from nnssl.nnunet.naming import SWIN_PLANS, attached_plans_name
+from nnssl.nnunet.plans import (ENCODER_KEY, LEGACY_PRETRAINED_PATH, PRETRAINED_FILE, PRETRAINED_KEY,
+                                PRETRAINED_METHOD, PRETRAINED_SHA256, make_pretrained_entry)
 
 
 class NoCheckpointAttachedError(ValueError):
     """SwinSSLTrainer was started with plans that name no pretraining checkpoint."""
 
 
-def attach_hint(dataset: str, plans_name: str) -> str:
-    return (f"attach one with: nnssl_attach -d {dataset} --checkpoint /path/to/checkpoint.pt [--name NAME] "
-            f"-p {plans_name if not plans_name.startswith(SWIN_PLANS + '__') else SWIN_PLANS}, then train with "
-            f"-p {SWIN_PLANS}__NAME (or use SwinScratchTrainer for training from scratch)")
+class PretrainedCheckpointNotFoundError(FileNotFoundError):
+    """No file with the attached checkpoint's sha256 was found where the search looks."""
 
 
-def pretrained_checkpoint_path(configuration: dict, dataset: str, plans_name: str) -> str:
+def attach_hint(dataset: str, base_plans: str = SWIN_PLANS) -> str:
+    """How to attach a checkpoint to the Swin plans ``base_plans`` and train with the result."""
+    return (f"attach one with: nnssl_attach -d {dataset} --checkpoint /path/to/checkpoint.pt --name NAME "
+            f"-p {base_plans}, then train with -p {attached_plans_name(base_plans, 'NAME')} (or use "
+            f"SwinScratchTrainer for training from scratch)")
+
+
+def describe_checkpoint(path: str | os.PathLike, name: str, method: str) -> tuple[dict[str, str], str | None]:
+    """The plans entry that identifies the checkpoint at ``path``, and a note when ``file`` can only be its name.
+
+    ``file`` is the path relative to the nnssl results folder when the checkpoint lies in it, else the path as given
+    when that is relative, else only the file name (and the note says where training will look for it).
+    """
+    given = Path(path)
+    resolved = given.resolve()
+    root = nnssl_results_root()
+    note = None
+    if root is not None and resolved.is_relative_to(root.resolve()):
+        file = resolved.relative_to(root.resolve()).as_posix()
+    elif not given.is_absolute():
+        file = given.as_posix()
+    else:
+        file = resolved.name
+        where = root if root is not None else "$nnssl_results, unset here"
+        note = (f"{resolved} lies outside the nnssl results folder ({where}); plans hold no absolute paths, so they "
+                f"store its name and sha256 only, and training looks for it in the current directory and anywhere "
+                f"under the nnssl results folder: copy it there (on every machine that fine-tunes)")
+    return make_pretrained_entry(name, method, file_sha256(resolved), file), note
+
+
+def search_locations(entry: dict[str, Any]) -> list[Path]:
+    """Where :func:`resolve_pretrained_checkpoint` looks, in order (module docstring); existing files only for the
+    recursive search."""
+    file = Path(str(entry.get(PRETRAINED_FILE) or ""))
+    locations = [file] if str(file) not in ("", ".") else []
+    root = nnssl_results_root()
+    if root is not None and locations:
+        locations.append(root / file)
+        if root.is_dir():
+            locations.extend(sorted(p for p in root.rglob(file.name) if p.is_file()))
+    unique: list[Path] = []
+    for p in locations:
+        if p.absolute() not in [u.absolute() for u in unique]:
+            unique.append(p)
+    return unique
+
+
+def attached_entry(configuration: dict, dataset: str, plans_name: str) -> dict[str, Any]:
+    """The plans' checkpoint entry; NoCheckpointAttachedError (how to attach) when there is none, ValueError for
+    entries of earlier nnssl versions (an absolute path instead of a hash)."""
     entry = configuration.get(PRETRAINED_KEY)
-    if not entry or not entry.get("checkpoint"):
+    if not entry:
         raise NoCheckpointAttachedError(
             f"plans '{plans_name}' name no pretraining checkpoint (no \"{PRETRAINED_KEY}\"): SwinSSLTrainer "
-            f"fine-tunes a pretrained encoder; " + attach_hint(dataset, plans_name))
-    path = entry["checkpoint"]
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"the checkpoint attached in plans '{plans_name}' does not exist: {path}. Restore it "
-                                f"or re-attach: " + attach_hint(dataset, plans_name))
-    return path
+            f"fine-tunes a pretrained encoder; "
+            + attach_hint(dataset, SWIN_PLANS if plans_name == "?" else plans_name))
+    if not entry.get(PRETRAINED_SHA256):
+        legacy = f" (it names {entry[LEGACY_PRETRAINED_PATH]})" if entry.get(LEGACY_PRETRAINED_PATH) else ""
+        raise ValueError(
+            f"plans '{plans_name}' identify their checkpoint the way earlier nnssl versions did, by absolute path"
+            f"{legacy}, not by content hash: re-attach it with nnssl_attach ... --overwrite")
+    return entry
+
+
+def resolve_pretrained_checkpoint(configuration: dict, dataset: str, plans_name: str) -> Path:
+    """The checkpoint file the plans attach (search in the module docstring), verified by its sha256.
+
+    Raises PretrainedCheckpointNotFoundError naming the hash, every place searched and files that were found there
+    with another hash.
+    """
+    entry = attached_entry(configuration, dataset, plans_name)
+    wanted = entry[PRETRAINED_SHA256]
+    others = []
+    locations = search_locations(entry)
+    for candidate in locations:
+        if not candidate.is_file():
+            continue
+        digest = file_sha256(candidate)
+        if digest == wanted:
+            return candidate
+        others.append(f"{candidate} (sha256 {digest[:12]}...)")
+    root = nnssl_results_root()
+    searched = ", ".join(str(p) for p in locations) or "nowhere (the entry has no file)"
+    found = f" Files of that name with other contents: {'; '.join(others)}." if others else ""
+    raise PretrainedCheckpointNotFoundError(
+        f"the pretraining checkpoint attached in plans '{plans_name}' (method {entry.get(PRETRAINED_METHOD)}, file "
+        f"{entry.get(PRETRAINED_FILE)!r}, sha256 {wanted}) was not found. Searched: {searched}.{found} Copy that "
+        f"checkpoint into the nnssl results folder ({root if root is not None else 'set nnssl_results'}) or run "
+        f"from the folder its relative path starts in; or attach another checkpoint with nnssl_attach -d {dataset} "
+        f"--checkpoint CKPT --name NAME --overwrite")
 
 
 def normalization_differences(ckpt: dict[str, Any], configuration: dict) -> list[str]:
@@ -60,7 +154,7 @@ def load_pretrained_encoder(network: nn.Module, configuration: dict, dataset: st
     """
     from nnssl.checkpoint import load_checkpoint, load_encoder_into
 
-    path = pretrained_checkpoint_path(configuration, dataset, plans_name)
+    path = resolve_pretrained_checkpoint(configuration, dataset, plans_name)
     ckpt = load_checkpoint(path)
     report = load_encoder_into(network, ckpt, in_channels)
     if report.unexpected:
@@ -68,9 +162,11 @@ def load_pretrained_encoder(network: nn.Module, configuration: dict, dataset: st
         # fine-tune a truncated encoder in silence
         raise ValueError(
             f"the checkpoint {path} holds {len(report.unexpected)} encoder tensor(s) the network does not have, e.g. "
-            f"{report.unexpected[:5]}: the plans' encoder {configuration.get('nnssl_encoder')} differs from the "
+            f"{report.unexpected[:5]}: the plans' encoder {configuration.get(ENCODER_KEY)} differs from the "
             f"checkpoint's {ckpt.get('encoder_config')}. Re-attach with nnssl_attach (it copies the encoder config).")
-    log(f"nnssl: pretrained encoder from {path} (method {ckpt.get('method')}): {report.summary()}")
+    sha = configuration[PRETRAINED_KEY][PRETRAINED_SHA256]
+    log(f"nnssl: pretrained encoder from {path} (method {ckpt.get('method')}, sha256 {sha[:12]}...): "
+        f"{report.summary()}")
     if report.adapted:
         src_ch = ckpt.get("encoder_config", {}).get("in_channels")
         log(f"nnssl: the checkpoint has {src_ch} input channel(s), the target {in_channels}: patch embedding "

@@ -31,16 +31,20 @@ from torch._dynamo import OptimizedModule
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
+from nnssl.checkpoint import LoadReport
 from nnssl.finetune.fewshot import select_fewshot, subset_seed, write_subset_record, SUBSET_FILE
 from nnssl.finetune.network import build_network_from_configuration
-from nnssl.nnunet.naming import EPOCHS, SHOTS, TrainerName, parse_trainer_name
-from nnssl.nnunet.plans import require_swin_plans
-from nnssl.finetune.pretrained import load_pretrained_encoder, pretrained_checkpoint_path
+from nnssl.nnunet.naming import EPOCHS, SHOTS, TrainerName, model_folder_name, parse_trainer_name
+from nnssl.nnunet.plans import PRETRAINED_KEY, encoder_config, require_swin_plans
+from nnssl.finetune.pretrained import attached_entry, load_pretrained_encoder, resolve_pretrained_checkpoint
 from nnssl.finetune.schedule import warmup_cosine_lr
 
 ENV_ITERS = "NNSSL_ITERATIONS_PER_EPOCH"
 ENV_VAL_ITERS = "NNSSL_VAL_ITERATIONS_PER_EPOCH"
 ENV_NO_MIRROR = "NNSSL_DISABLE_MIRRORING"
+#: The checkpoints nnU-Net continues (--c) or validates (--val) from, in the order it looks for them
+#: (nnunetv2/run/run_training.py:69-74 and :80).
+NNUNET_CHECKPOINTS = ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth")
 
 
 def _positive_int_env(name: str) -> Optional[int]:
@@ -96,7 +100,8 @@ class SwinScratchTrainer(nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
         require_swin_plans(plans, configuration)
-        self._check_before_init(plans, configuration)
+        _check_patch_size(plans, configuration)
+        self._check_before_init(plans, configuration, fold)
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.enable_deep_supervision = False
         self.initial_lr = 1e-4
@@ -118,8 +123,26 @@ class SwinScratchTrainer(nnUNetTrainer):
         if self.nnssl_knobs:
             self.print_to_log_file(f"nnssl: test/demo knobs active: {self.nnssl_knobs}")
 
-    def _check_before_init(self, plans: dict, configuration: str) -> None:
+    def _check_before_init(self, plans: dict, configuration: str, fold: int | str) -> None:
         """Hook for checks that must fail before nnU-Net creates the output folder."""
+
+    @classmethod
+    def _existing_nnunet_checkpoint(cls, plans: dict, configuration: str, fold: int | str) -> Optional[str]:
+        """The checkpoint nnU-Net's --c or --val would restore in this trainer's fold folder, if there is one.
+
+        Computed before nnU-Net's constructor runs, from the same parts it joins into ``output_folder``
+        (nnunetv2/training/nnUNetTrainer/nnUNetTrainer.py:130-135).
+        """
+        results = os.environ.get("nnUNet_results")
+        if not results:
+            return None
+        fold_folder = os.path.join(results, plans.get("dataset_name", ""),
+                                   model_folder_name(cls.__name__, plans.get("plans_name", ""), configuration),
+                                   f"fold_{fold}")
+        for name in NNUNET_CHECKPOINTS:
+            if os.path.isfile(os.path.join(fold_folder, name)):
+                return os.path.join(fold_folder, name)
+        return None
 
     @staticmethod
     def build_network_architecture(plans_manager: PlansManager,
@@ -208,21 +231,63 @@ class SwinScratchTrainer(nnUNetTrainer):
 class SwinSSLTrainer(SwinScratchTrainer):
     """SwinScratchTrainer whose encoder starts from the pretraining checkpoint attached to the plans.
 
-    ``nnssl_attach -d D --checkpoint CKPT --name NAME`` writes plans ``nnUNetSwinPlans__NAME``; initialize() loads the
-    encoder (all ``swinViT.*`` tensors, failing on any missing or mismatched one), logs "loaded N/N encoder tensors",
-    adapts the patch embedding to another number of input channels and warns when the normalisation differs.
+    ``nnssl_attach -d D --checkpoint CKPT --name NAME`` writes plans ``nnUNetSwinPlans_NAME``; a run that starts fresh
+    loads the encoder in initialize() (all ``swinViT.*`` tensors, failing on any missing or mismatched one), logs
+    "loaded N/N encoder tensors", adapts the patch embedding to another number of input channels and warns when the
+    normalisation differs. A run that restores nnU-Net's own checkpoint (``--c``, ``--val``) never loads the
+    pretrained encoder and does not need its file: the run's weights are the checkpoint's.
     """
 
-    def _check_before_init(self, plans: dict, configuration: str) -> None:
-        # fail with the how-to-attach message before nnU-Net creates any output folder
-        pretrained_checkpoint_path(plans["configurations"][configuration], plans.get("dataset_name", "DATASET"),
-                                   plans.get("plans_name", "?"))
+    #: set by load_checkpoint() before nnU-Net initialises the trainer to restore a checkpoint into it
+    _restoring_checkpoint: bool = False
+    pretrained_report = None
+
+    def _check_before_init(self, plans: dict, configuration: str, fold: int | str) -> None:
+        # fail with the how-to-attach (or where-it-was-searched) message before nnU-Net creates any output folder
+        conf = plans["configurations"][configuration]
+        dataset, plans_name = plans.get("dataset_name", "DATASET"), plans.get("plans_name", "?")
+        if self._existing_nnunet_checkpoint(plans, configuration, fold) is not None:
+            # continuing or validating: the weights come from nnU-Net's checkpoint, the pretraining file may be gone
+            if not conf.get(PRETRAINED_KEY):
+                attached_entry(conf, dataset, plans_name)  # raises: plans that never attached a checkpoint
+            return
+        resolve_pretrained_checkpoint(conf, dataset, plans_name)
+
+    def load_checkpoint(self, filename_or_checkpoint) -> None:
+        """nnU-Net's load_checkpoint; when it initialises the trainer first (--c, --val), the pretrained encoder is
+        not loaded: the checkpoint's weights replace the network's anyway, and its file is not needed."""
+        if not self.was_initialized:
+            self._restoring_checkpoint = True
+            source = filename_or_checkpoint if isinstance(filename_or_checkpoint, str) else "a checkpoint dict"
+            self.print_to_log_file(f"nnssl: restoring nnU-Net's checkpoint {source}; the pretrained encoder is not "
+                                   f"loaded (the run continues from its own weights)")
+        super().load_checkpoint(filename_or_checkpoint)
 
     def initialize(self):
         super().initialize()
-        self.pretrained_report = load_pretrained_encoder(
-            self._unwrapped_network(), self.configuration_manager.configuration, self.plans_manager.dataset_name,
-            self.plans_manager.plans_name, self.num_input_channels, log=self.print_to_log_file)
+        if not self._restoring_checkpoint:
+            self.pretrained_report = self.load_pretrained_encoder_into(self._unwrapped_network())
+
+    def load_pretrained_encoder_into(self, network: nn.Module) -> LoadReport:
+        """Load the attached checkpoint's encoder into ``network``; returns the LoadReport.
+
+        Under DDP every rank calls this in initialize() and reads the same file (verified by the sha256 in the
+        plans), so all ranks start from identical weights; the report goes through print_to_log_file, which nnU-Net
+        writes on rank 0 only (nnunetv2/training/nnUNetTrainer/nnUNetTrainer.py:515-516).
+        """
+        return load_pretrained_encoder(network, self.configuration_manager.configuration,
+                                       self.plans_manager.dataset_name, self.plans_manager.plans_name,
+                                       self.num_input_channels, log=self.print_to_log_file)
+
+
+def _check_patch_size(plans: dict, configuration: str) -> None:
+    """Refuse, before nnU-Net creates any folder, a patch size SwinUNETR cannot take (e.g. plans moved from another
+    dataset and then edited, or hand-written configurations)."""
+    conf = PlansManager(plans).get_configuration(configuration).configuration
+    try:
+        encoder_config(conf, 1)
+    except ValueError as e:
+        raise ValueError(f"plans '{plans.get('plans_name', '?')}', configuration '{configuration}': {e}") from None
 
 
 _BASES: dict[str, type] = {"Scratch": SwinScratchTrainer, "SSL": SwinSSLTrainer}

@@ -13,6 +13,20 @@ NNUNET_ENV_VARS: dict[str, str] = {
 }
 
 
+#: Where nnssl_pretrain writes when nnssl_results is unset: beside nnU-Net's results.
+PRETRAIN_SUBFOLDER = "nnssl_pretrain"
+
+
+def nnssl_results_root() -> Path | None:
+    """The nnssl results folder: ``$nnssl_results``, else ``$nnUNet_results/nnssl_pretrain`` (where nnssl_pretrain
+    writes its runs); None when neither variable is set."""
+    root = os.environ.get("nnssl_results")
+    if root:
+        return Path(root)
+    results = os.environ.get("nnUNet_results")
+    return Path(results) / PRETRAIN_SUBFOLDER if results else None
+
+
 def trainers_path() -> str:
     """Absolute path of the installed trainers folder (package ``nnssl_trainers``), for ``nnUNet_extTrainer``."""
     import nnssl_trainers

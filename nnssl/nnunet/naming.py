@@ -10,9 +10,16 @@ Trainers follow nnU-Net's convention (one class per experiment, named for what i
 ``Kind`` is ``Scratch`` (random initialisation) or ``SSL`` (the pretrained encoder attached to the plans). ``k`` is a
 few-shot regime from :data:`SHOTS`, ``r >= 1`` a repeated draw of the k-shot subset (draw 0, today's subset, has no
 suffix), ``E`` a short schedule from :data:`EPOCHS`. Plans are ``nnUNetSwinPlans`` (from scratch, the encoder the
-planner wrote) or ``nnUNetSwinPlans__<name>`` (written by ``nnssl_attach``: a pretrained encoder, or with
+planner wrote) or ``nnUNetSwinPlans_<name>`` (written by ``nnssl_attach``: a pretrained encoder, or with
 ``scratch-<encoder>`` names a from-scratch encoder of another architecture). Model folders are nnU-Net's
 ``<Trainer>__<Plans>__<configuration>``.
+
+Plans identifiers never contain ``__``: nnU-Net splits model folder names at ``__`` into exactly three parts when it
+selects models, writes inference instructions and exports ensembles (``convert_identifier_to_trainer_plans_config``
+in ``nnunetv2/utilities/file_path_utilities.py:13-14``, unpacked into three names in
+``nnunetv2/evaluation/find_best_configuration.py:183-198`` and ``nnunetv2/model_sharing/model_export.py:97``).
+Earlier nnssl versions wrote ``nnUNetSwinPlans__<name>``; :func:`method_of_plans` still reads such names so that old
+results stay readable, nothing writes them.
 """
 from __future__ import annotations
 
@@ -111,35 +118,54 @@ def trainer_name(method: str, shots: str | int | None = None, epochs: int | None
     return TrainerName("Scratch" if is_scratch(method) else "SSL", k, int(draw), epochs).name
 
 
+#: Joins a base plans identifier and an attached checkpoint's name: ``nnUNetSwinPlans`` + ``smit``.
+ATTACHED_SEPARATOR = "_"
+#: The separator of earlier nnssl versions (read, never written: nnU-Net's model selection cannot parse it).
+_LEGACY_SEPARATOR = "__"
+
+
 def check_plans_suffix(name: str, what: str = "name") -> str:
-    """Validate the ``<name>`` of ``nnUNetSwinPlans__<name>`` (letters, digits, single '-' or '_'); ``what`` names
+    """Validate the ``<name>`` of ``nnUNetSwinPlans_<name>`` (letters, digits, single '-' or '_'); ``what`` names
     the option the value came from in the error."""
     if not name or not _NAME_RE.match(name) or "__" in name:
         raise ValueError(f"{what} {name!r}: use letters, digits and single '-' or '_' (e.g. smit, dino-small); it "
-                         f"becomes the plans identifier {SWIN_PLANS}__<name>")
+                         f"becomes the plans identifier {SWIN_PLANS}{ATTACHED_SEPARATOR}<name>")
     return name
 
 
+def check_plans_identifier(identifier: str, what: str = "plans") -> str:
+    """A plans identifier nnU-Net's tools can parse back out of a model folder name: no ``__`` in it."""
+    if not identifier or "__" in identifier or "/" in identifier or identifier.endswith(".json"):
+        raise ValueError(f"{what} {identifier!r}: a plans identifier (the plans file name without .json) must not "
+                         f"contain '__' or '/': nnU-Net splits model folder names <Trainer>__<Plans>__<configuration> "
+                         f"at '__' when it selects models and exports them")
+    return identifier
+
+
+def attached_plans_name(base: str, name: str) -> str:
+    """The identifier ``nnssl_attach`` writes: ``nnUNetSwinPlans`` + ``smit`` -> ``nnUNetSwinPlans_smit`` (``base`` may
+    be any Swin plans, e.g. plans moved from the pretraining dataset)."""
+    return check_plans_identifier(base) + ATTACHED_SEPARATOR + check_plans_suffix(name)
+
+
 def plans_name(method: str) -> str:
-    """Plans identifier of a method's runs: ``nnUNetSwinPlans`` for scratch, else ``nnUNetSwinPlans__<method>``."""
+    """Plans identifier of a method's runs: ``nnUNetSwinPlans`` for scratch, else ``nnUNetSwinPlans_<method>``."""
     if method == SCRATCH:
         return SWIN_PLANS
-    return f"{SWIN_PLANS}__{check_plans_suffix(method)}"
+    return attached_plans_name(SWIN_PLANS, method)
 
 
 def method_of_plans(plans: str) -> str:
-    """Inverse of :func:`plans_name`; ValueError for plans that are not nnssl's."""
+    """Inverse of :func:`plans_name` (also for the ``nnUNetSwinPlans__<method>`` of earlier
+    nnssl versions); ValueError for
+    plans that are not nnssl's."""
     if plans == SWIN_PLANS:
         return SCRATCH
-    prefix = SWIN_PLANS + "__"
-    if plans.startswith(prefix) and len(plans) > len(prefix):
-        return check_plans_suffix(plans[len(prefix):])
-    raise ValueError(f"plans {plans!r} are neither {SWIN_PLANS} nor {SWIN_PLANS}__<name>")
-
-
-def base_plans(plans: str) -> str:
-    """``nnUNetSwinPlans__smit`` -> ``nnUNetSwinPlans`` (the plans an attached plans file was copied from)."""
-    return plans.split("__", 1)[0]
+    for separator in (_LEGACY_SEPARATOR, ATTACHED_SEPARATOR):  # the longer first: "__x" is legacy, not "_" + "_x"
+        prefix = SWIN_PLANS + separator
+        if plans.startswith(prefix) and len(plans) > len(prefix):
+            return check_plans_suffix(plans[len(prefix):])
+    raise ValueError(f"plans {plans!r} are neither {SWIN_PLANS} nor {SWIN_PLANS}{ATTACHED_SEPARATOR}<name>")
 
 
 def scratch_method(encoder_tag: str) -> str:
@@ -185,7 +211,7 @@ class RunName:
 def parse_run_name(folder_name: str) -> RunName:
     """Parse ``<Trainer>__<Plans>__<configuration>``; ValueError saying why a name does not follow the convention.
 
-    >>> parse_run_name("SwinSSLTrainer_5shot__nnUNetSwinPlans__smit__3d_fullres").method
+    >>> parse_run_name("SwinSSLTrainer_5shot__nnUNetSwinPlans_smit__3d_fullres").method
     'smit'
     """
     parts = folder_name.split("__")
@@ -196,16 +222,18 @@ def parse_run_name(folder_name: str) -> RunName:
     t = parse_trainer_name(trainer)
     method = method_of_plans(plans)
     if t.pretrained and is_scratch(method):
-        raise ValueError(f"{trainer} with plans {plans} has no pretrained method; expected {SWIN_PLANS}__<method>")
+        raise ValueError(f"{trainer} with plans {plans} has no pretrained method; expected "
+                         f"{SWIN_PLANS}{ATTACHED_SEPARATOR}<method>")
     if not t.pretrained and not is_scratch(method):
         raise ValueError(f"{trainer} (from scratch) with pretraining plans {plans!r} is ambiguous; use {SWIN_PLANS} "
-                         f"or {SWIN_PLANS}__{SCRATCH_PREFIX}<encoder>")
+                         f"or {SWIN_PLANS}{ATTACHED_SEPARATOR}{SCRATCH_PREFIX}<encoder>")
     return RunName(trainer=trainer, plans=plans, configuration=configuration, method=method, shots=t.shots_label,
                    epochs=t.epochs, draw=t.draw)
 
 
 __all__ = [
-    "CONFIGURATION", "DEFAULT_PLANS", "EPOCHS", "KINDS", "encoder_tag", "MAX_DRAW", "RunName", "SCRATCH", "SCRATCH_PREFIX", "SHOTS",
-    "SWIN_PLANS", "TrainerName", "base_plans", "check_plans_suffix", "is_scratch", "method_of_plans",
+    "ATTACHED_SEPARATOR", "CONFIGURATION", "DEFAULT_PLANS", "EPOCHS", "KINDS", "MAX_DRAW", "RunName", "SCRATCH",
+    "SCRATCH_PREFIX", "SHOTS", "SWIN_PLANS", "TrainerName", "attached_plans_name", "check_plans_identifier",
+    "check_plans_suffix", "encoder_tag", "is_scratch", "method_of_plans",
     "model_folder_name", "parse_run_name", "parse_trainer_name", "plans_name", "scratch_method", "trainer_name",
 ]

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 from nnssl.checkpoint import load_checkpoint, save_checkpoint
 from nnssl.data.preprocessed import PreprocessedSource, RandomCropDataset, StepSampler, find_sources
 from nnssl.encoders.swin import EncoderConfig, SwinEncoder, check_swin_input_size
+from nnssl.nnunet.environment import nnssl_results_root
 from nnssl.nnunet.naming import CONFIGURATION, SWIN_PLANS
 from nnssl.recipes import OptimRecipe, ResolvedOptim
 from nnssl.tasks import PretextTask, config_from_overrides, get_task_class
@@ -104,12 +105,9 @@ class PretrainConfig:
 
 def default_output_dir(cfg: PretrainConfig) -> Path:
     """$nnssl_results/<method>__<encoder>__D<ids>, or beside nnU-Net's results when nnssl_results is unset."""
-    root = os.environ.get("nnssl_results")
-    if not root:
-        results = os.environ.get("nnUNet_results")
-        if not results:
-            raise ValueError("set nnssl_results (or nnUNet_results) or pass --output: nowhere to write the run")
-        root = str(Path(results) / "nnssl_pretrain")
+    root = nnssl_results_root()
+    if root is None:
+        raise ValueError("set nnssl_results (or nnUNet_results) or pass --output: nowhere to write the run")
     datasets = "-".join(str(d) for d in cfg.datasets)
     return Path(root) / f"{cfg.method}__{cfg.encoder}__D{datasets}"
 
