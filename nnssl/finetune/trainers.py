@@ -35,6 +35,7 @@ from nnssl.finetune.fewshot import select_fewshot, subset_seed, write_subset_rec
 from nnssl.finetune.network import build_network_from_configuration
 from nnssl.nnunet.naming import EPOCHS, SHOTS, TrainerName, parse_trainer_name
 from nnssl.nnunet.plans import require_swin_plans
+from nnssl.nnunet.raw_dataset import require_labels
 from nnssl.finetune.pretrained import load_pretrained_encoder, pretrained_checkpoint_path
 from nnssl.finetune.schedule import warmup_cosine_lr
 
@@ -96,6 +97,7 @@ class SwinScratchTrainer(nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
         require_swin_plans(plans, configuration)
+        require_labels(dataset_json, plans.get("dataset_name", "the dataset"))
         self._check_before_init(plans, configuration)
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.enable_deep_supervision = False
