@@ -12,6 +12,7 @@ A checkpoint is a ``torch.save`` dict (documented in documentation/checkpoints.m
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,17 +30,66 @@ FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format", "format_version", "method", "encoder_config", "encoder")
 
 
-def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
+def all_finite(tensors: Iterable[Tensor]) -> Tensor:
+    """One fused check: a 0-dim bool tensor, True when no floating-point tensor of ``tensors`` holds NaN or Inf.
+
+    The max-norm of each tensor (``torch._foreach_norm`` with ord inf, one kernel per device and dtype) is NaN or Inf
+    exactly when the tensor holds one (no overflow, unlike the 2-norm); the result stays on the device (no host
+    synchronisation until it is read).
+    """
+    by_device: dict[torch.device, list[Tensor]] = {}
+    for t in tensors:
+        if torch.is_tensor(t) and t.is_floating_point() and t.numel():
+            by_device.setdefault(t.device, []).append(t.detach())
+    flags = [torch.isfinite(torch.stack([n.float() for n in torch._foreach_norm(ts, float("inf"))])).all()
+             for ts in by_device.values()]
+    if not flags:
+        return torch.ones((), dtype=torch.bool)
+    return torch.stack([f.cpu() for f in flags]).all() if len(flags) > 1 else flags[0]
+
+
+def nonfinite_names(state: Mapping[str, Any]) -> list[str]:
+    """Names of the floating-point tensors of ``state`` that hold NaN or Inf (one fused check first, so the common
+    all-finite case costs one reduction)."""
+    if bool(all_finite(state.values())):
+        return []
+    return [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and v.numel()
+            and not bool(torch.isfinite(v).all())]
+
+
+def describe_nonfinite(bad: list[str], total: int, what: str = "encoder tensors") -> str:
+    return f"{len(bad)} of {total} {what} hold NaN or Inf values (e.g. {', '.join(bad[:3])})"
+
+
+def _tensor_bytes(obj: Any) -> int:
+    """Bytes of the tensors inside a payload (the size of its torch.save file, roughly)."""
+    if torch.is_tensor(obj):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, Mapping):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any],
+                    keep_previous: str | os.PathLike | None = None) -> Path:
     """Write ``payload`` atomically: a temporary file in the same folder, fsync, then rename over ``path``.
 
-    A crash mid-write leaves the previous checkpoint intact.
+    A crash mid-write leaves the previous checkpoint intact; ``keep_previous`` keeps the replaced one under that name
+    (a second generation to fall back to). An encoder with NaN or Inf values is refused (CheckpointError): such a
+    file would load, attach and fine-tune at a NaN loss without a word. A full device raises nnssl.io.NoSpaceError.
     """
     path = Path(path)
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, **payload}
     missing = [k for k in REQUIRED_KEYS if k not in payload]
     if missing:
         raise CheckpointError(f"refusing to write a checkpoint without {missing}")
-    atomic_write(path, lambda f: torch.save(payload, f))
+    bad = nonfinite_names(payload["encoder"])
+    if bad:
+        raise CheckpointError(f"refusing to write {path}: {describe_nonfinite(bad, len(payload['encoder']))}")
+    atomic_write(path, lambda f: torch.save(payload, f), keep_previous=keep_previous,
+                 size_hint=_tensor_bytes(payload))
     return path
 
 
@@ -47,11 +97,15 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     """Load and validate an nnssl checkpoint; errors name the problem and what to do."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        raise FileNotFoundError(f"checkpoint {path} does not exist: give the checkpoint_final.pth of an nnssl_pretrain "
+                                "run or a file written by nnssl_convert")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as e:  # a truncated or foreign file
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({e})") from e
+        reason = str(e).split(". ")[0].strip().rstrip(".")
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({reason}): it is truncated or no "
+                              "checkpoint; copy it again or use another one (a run folder keeps "
+                              "checkpoint_previous.pth)") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(
             f"{path} is not an nnssl checkpoint; convert public weights first with "
@@ -65,6 +119,14 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if missing:
         raise CheckpointError(f"{path} lacks {missing}: it was not written by nnssl_pretrain or nnssl_convert")
     EncoderConfig.from_dict(ckpt["encoder_config"])  # validates
+    if not isinstance(ckpt["encoder"], Mapping):
+        raise CheckpointError(f"{path}: 'encoder' is not a mapping of tensor names to tensors")
+    bad = nonfinite_names(ckpt["encoder"])
+    if bad:
+        raise CheckpointError(
+            f"{path} is unusable: {describe_nonfinite(bad, len(ckpt['encoder']))}; the run that wrote it diverged. "
+            "Use an earlier checkpoint (a run folder keeps checkpoint_previous.pth) or pretrain again with a lower "
+            "--lr")
     return ckpt
 
 

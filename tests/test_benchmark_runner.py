@@ -240,3 +240,59 @@ def test_draws_repeat_the_k_shot_runs_only(tmp_path):
                                                                              "cka/901/smit/5/0/draw2"}
     with pytest.raises(SpecError, match="no k-shot regime"):
         spec_from_dict({**SPEC, "downstream": {"datasets": [901], "shots": ["all"], "draws": 2}})
+
+
+def _recorded_job(tmp_path: Path, key: str, command: list[str], **kw) -> Job:
+    out = tmp_path / key
+    job = Job(key, "pretrain", command, done_marker=out / "done", settings_file=out / ".nnssl_job.json", outputs=out,
+              **kw)
+    return job
+
+
+def test_done_is_keyed_on_the_settings_a_job_succeeded_with(tmp_path, capsys):
+    """A job's outputs count as done only with its own settings; after an edit the grid names what changed and
+    refuses, or reruns the job with --rerun-changed after moving its outputs aside."""
+    from nnssl.benchmark import stamps
+    from nnssl.benchmark.runner import ChangedSettingsError
+
+    paths = Paths.under(tmp_path)
+    make = ["bash", "-c", 'mkdir -p "$1" && echo "$2" >> "$1/done"', "job"]
+    job = _recorded_job(tmp_path, "a", [*make, str(tmp_path / "a"), "--steps", "5"])
+    stamps.assign_identities([job])
+    assert job.state() == "todo"
+    assert run_jobs([job], paths, tmp_path / "logs", progress=False) == 0
+    assert job.state() == "done" and json.loads(job.settings_file.read_text())["identity"] == job.identity["identity"]
+
+    edited = _recorded_job(tmp_path, "a", [*make, str(tmp_path / "a"), "--steps", "7"])
+    stamps.assign_identities([edited])
+    assert edited.state() == "changed" and edited.changes() == ["--steps 5 -> 7"]
+    with pytest.raises(ChangedSettingsError, match=r"1 job\(s\) have outputs made with other settings: a "
+                                                   r"\(--steps 5 -> 7\)\. Pass --rerun-changed"):
+        run_jobs([edited], paths, tmp_path / "logs", progress=False)
+    assert (tmp_path / "a" / "done").read_text() == "--steps\n"  # untouched
+    assert run_jobs([edited], paths, tmp_path / "logs", progress=False, rerun_changed=True) == 0
+    assert edited.state() == "done"
+    stale = list(tmp_path.glob("a.stale-*"))
+    assert len(stale) == 1 and (stale[0] / "done").is_file()  # the old outputs, moved aside, not deleted
+
+    # outputs from before records existed count as done, with a note
+    old = _recorded_job(tmp_path, "b", ["false"])
+    stamps.assign_identities([old])
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "done").write_text("")
+    capsys.readouterr()
+    assert old.state() == "unrecorded" and run_jobs([old], paths, tmp_path / "logs", progress=False) == 0
+    assert "1 finished job(s) have no settings record" in capsys.readouterr().err
+
+
+def test_a_pretraining_edit_makes_its_attach_finetune_and_cka_jobs_changed(tmp_path):
+    spec = {**SPEC, "methods": ["scratch", "simmim"], "pretraining": {**SPEC["pretraining"], "options": {}}}
+    jobs = {j.key: j for j in build_jobs(spec_from_dict(spec), Paths.under(tmp_path), tmp_path / "r")}
+    edited = {j.key: j for j in build_jobs(spec_from_dict({**spec, "pretraining": {**spec["pretraining"], "steps": 7}}),
+                                           Paths.under(tmp_path), tmp_path / "r")}
+    differs = {k for k in jobs if jobs[k].identity and jobs[k].identity["identity"] != edited[k].identity["identity"]}
+    assert differs == {k for k in jobs if "simmim" in k}  # scratch fine-tuning does not read the checkpoint
+    from nnssl.benchmark.stamps import describe_changes
+
+    assert describe_changes(jobs["finetune/901/simmim/5/0"].identity, edited["finetune/901/simmim/5/0"].identity) == \
+        ["its input attach/simmim/901 changed"]

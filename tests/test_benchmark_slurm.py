@@ -212,7 +212,7 @@ def test_finetune_tasks_always_continue_and_skip_finished_folds(tmp_path, stubs)
     env, log = stubs
     out, paths, jobs = export(tmp_path, {**GRID, "device": "cpu", "slurm": None})
     lines = (out / "finetune-smit.commands").read_text().splitlines()
-    assert len(lines) == 8 and all(l.rstrip("; fi").endswith("--c") for l in lines)
+    assert len(lines) == 8 and all(l.split("; nnssl_record")[0].endswith("--c") for l in lines)
 
     proc = run_script(out, "finetune-smit.sbatch", env, SLURM_ARRAY_TASK_ID="1")
     assert proc.returncode == 0, proc.stderr
@@ -313,3 +313,28 @@ def test_cli_export_and_dry_run(tmp_path, capsys):
     assert [re.match(r"todo  \[(\w+)\]", l).group(1) for l in lines] == [j.stage for j in jobs]
     assert "nnssl_pretrain -m smit" in lines[[j.key for j in jobs].index("pretrain/smit")]
     assert not any("torchrun" in l for l in lines)
+
+
+def test_job_scripts_key_done_on_the_settings_like_the_runner(tmp_path, stubs):
+    """A job script records the settings it succeeded with; re-exported after an edit, it refuses the old outputs
+    (exit 3, naming the fix) instead of counting them as done, and status.sh lists them."""
+    from nnssl.benchmark import stamps
+
+    env, log = stubs
+    grid = {**GRID, "device": "cpu", "slurm": None}
+    out, paths, jobs = export(tmp_path, grid)
+    job = next(j for j in jobs if j.key == "pretrain/smit")
+    job.done_marker.parent.mkdir(parents=True)  # the folder nnssl_pretrain makes (the stub trains nothing)
+    assert run_script(out, "pretrain-smit.sbatch", env).returncode == 0
+    job.done_marker.write_text("")
+    assert stamps.record_state(job) == "match"  # the runner reads the script's record as its own
+    proc = run_script(out, "pretrain-smit.sbatch", env)
+    assert proc.returncode == 0 and "finished: pretrain/smit" in proc.stdout
+
+    edited = {**grid, "pretraining": {**grid["pretraining"], "steps": 9}}
+    out, _, _ = export(tmp_path, edited)
+    proc = run_script(out, "pretrain-smit.sbatch", env)
+    assert proc.returncode == 3 and "outputs of pretrain/smit were made with other settings" in proc.stderr
+    assert "--rerun-changed" in proc.stderr and len(calls(log, "nnssl_pretrain")) == 1
+    status = subprocess.run(["bash", "status.sh"], cwd=out, env=env, capture_output=True, text=True)
+    assert "made with other settings: pretrain/smit" in status.stdout

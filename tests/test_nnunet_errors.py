@@ -411,3 +411,76 @@ def test_find_best_configuration_names_what_is_missing(planned, capsys):
     assert "fold 0 of " + model + " saved no probabilities" in capsys.readouterr().err
     assert find_best_main(["540", "-m", "nnUNetTrainer__nnUNetPlans__3d_fullres"]) == 2
     assert "plans nnUNetPlans of nnUNetTrainer__nnUNetPlans__3d_fullres do not exist" in capsys.readouterr().err
+
+
+FINGERPRINT = {"spacings": [[1.0, 1.0, 1.0]] * 3, "shapes_after_crop": [[20, 20, 20]] * 3,
+               "foreground_intensity_properties_per_channel": {"0": {
+                   "mean": 0.0, "median": 0.0, "std": 100.0, "min": -200.0, "max": 200.0, "percentile_99_5": 150.0,
+                   "percentile_00_5": -150.0}},
+               "median_relative_size_after_cropping": 1.0}
+
+
+def test_preprocessing_is_recorded_complete_last_and_flags_constant_images(env, monkeypatch, capsys):
+    """The completion record comes after the last case and names the constant images; a data folder that falls
+    short of dataset.json (an interrupted run) is refused by pretraining with the command that completes it."""
+    import numpy as np
+    from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
+    import nnunetv2.experiment_planning.plan_and_preprocess_api as api
+
+    from nnssl.data.preprocessed import DataError, complete_marker_path, find_source, read_complete_marker
+
+    folder = make_dataset(env["nnUNet_raw"], 536, num_cases=3, shape=(20, 20, 20))
+    pre = env["nnUNet_preprocessed"] / folder.name
+    pre.mkdir()
+    (pre / "dataset_fingerprint.json").write_text(json.dumps(FINGERPRINT))
+
+    def preprocess(dataset_id, plans_identifier, configurations, num_processes, **kw):
+        data = pre / f"{plans_identifier}_3d_fullres"
+        data.mkdir()
+        for i in range(3):
+            image = np.zeros((1, 20, 20, 20), np.float32) if i == 1 else np.random.rand(1, 20, 20, 20).astype(np.float32)
+            nnUNetDatasetBlosc2.save_case(image, np.zeros((1, 20, 20, 20), np.int8), {"spacing": [1.0] * 3},
+                                          str(data / f"case_{i:03d}"))
+
+    monkeypatch.setattr(api, "preprocess_dataset", preprocess)
+    plan_and_preprocess(536, encoder="tiny", num_processes=1, num_processes_fingerprint=1, progress=False)
+    data = pre / "nnUNetSwinPlans_3d_fullres"
+    assert read_complete_marker(data)["constant_cases"] == ["case_001"]
+    assert "1 of 3 cases of Dataset536_Spheres have a constant image (e.g. all zero): case_001" in capsys.readouterr().err
+    assert len(find_source(536).identifiers) == 3
+
+    # as a SIGKILL mid-way leaves it: no record, a case missing, one without its properties file
+    assert not [p for p in data.iterdir() if p.suffix not in ('.b2nd', '.pkl')]  # nnU-Net infers the format
+    complete_marker_path(data).unlink()
+    for suffix in (".b2nd", "_seg.b2nd", ".pkl"):
+        (data / f"case_002{suffix}").unlink()
+    (data / "case_001.pkl").unlink()
+    with pytest.raises(DataError, match=r"is incomplete \(1 of 3 cases, 1 half-written \(case_001\)\).*"
+                                        r"`nnssl_plan_and_preprocess -d 536`"):
+        find_source(536)
+
+
+def test_a_failed_first_planning_leaves_no_dataset_folder(env, monkeypatch):
+    import nnunetv2.experiment_planning.plan_and_preprocess_api as api
+
+    folder = make_dataset(env["nnUNet_raw"], 537, num_cases=2, shape=(8, 8, 8))
+
+    def crash(dataset_id, **kw):
+        (env["nnUNet_preprocessed"] / folder.name).mkdir()
+        raise RuntimeError("simulated crash during fingerprinting")
+
+    monkeypatch.setattr(api, "extract_fingerprint_dataset", crash)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        plan_and_preprocess(537, encoder="tiny", num_processes=1, num_processes_fingerprint=1, progress=False)
+    assert not (env["nnUNet_preprocessed"] / folder.name).exists()
+
+
+def test_trainers_refuse_an_images_only_dataset(env):
+    from nnssl.finetune.trainers import SwinScratchTrainer
+    from nnssl.nnunet.raw_dataset import ImagesOnlyDatasetError
+
+    images_only = {**DATASET_JSON, "labels": {"background": 0}, "images_only": True}
+    with pytest.raises(ImagesOnlyDatasetError, match="Dataset540_X is images-only .*no labels to fine-tune on"):
+        SwinScratchTrainer({**_swin_plans(), "continue_training": False}, "3d_fullres", 0, images_only,
+                           torch.device("cpu"))
+    assert not any(env["nnUNet_results"].iterdir())

@@ -90,7 +90,8 @@ def test_existing_run_needs_resume_and_same_settings(toy_env):
         run_pretraining(_cfg(steps=2, lr=5e-4), toy_env / "run", resume=True, progress=False)
 
 
-def test_nan_guard_stops_and_keeps_the_last_checkpoint(toy_env, monkeypatch):
+def test_nan_guard_stops_keeps_the_last_checkpoint_and_its_advice_works(toy_env, monkeypatch):
+    """The stop names the step; its advice (resume with a lower lr) is accepted only as an explicit, logged change."""
     from toy_task import ToyTask
 
     original = ToyTask.forward
@@ -102,9 +103,21 @@ def test_nan_guard_stops_and_keeps_the_last_checkpoint(toy_env, monkeypatch):
         return out
 
     monkeypatch.setattr(ToyTask, "forward", forward)
-    with pytest.raises(TrainingDiverged, match="step 3"):
+    with pytest.raises(TrainingDiverged, match="at step 3 .*--resume --allow-changed lr,clip_grad --lr"):
         run_pretraining(_cfg(steps=4, checkpoint_every=2), toy_env / "run", progress=False)
     assert load_checkpoint(toy_env / "run" / "checkpoint_latest.pth")["step"] == 2
+    assert not (toy_env / "run" / "checkpoint_final.pth").exists()
+    monkeypatch.setattr(ToyTask, "forward", original)
+
+    with pytest.raises(ValueError, match="add --allow-changed lr"):
+        run_pretraining(_cfg(steps=4, lr=5e-4), toy_env / "run", resume=True, progress=False)
+    final = run_pretraining(_cfg(steps=4, lr=5e-4), toy_env / "run", resume=True, progress=False,
+                            allow_changed=["lr", "clip_grad"])
+    assert load_checkpoint(final)["config"]["lr"] == 5e-4
+    config = json.loads((toy_env / "run" / "config.json").read_text())
+    assert config["resume_changes"] == [{"step": 2, "changed": {"lr": [1e-3, 5e-4]}}]
+    records = [json.loads(l) for l in (toy_env / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [0, 1, 2, 2, 3] and records[2]["event"] == "resume"
 
 
 def test_swin_incompatible_crop_is_refused():

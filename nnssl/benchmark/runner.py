@@ -4,6 +4,8 @@ Every job is an ordinary nnssl / nnU-Net command, so what the runner does is exa
 array job) would type. A job whose marker exists is skipped; a fine-tuning or pretraining job that left a
 ``checkpoint_latest.pth`` is resumed (``--c`` / ``--resume``), so an interrupted grid continues where it stopped.
 Each job names the jobs it needs (``Job.after``); nnssl.benchmark.slurm exports the grid as SLURM jobs from them.
+Pretraining, attaching, fine-tuning and CKA jobs also record the settings they succeeded with
+(nnssl.benchmark.stamps): outputs of other settings are never reused in silence.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+from nnssl.benchmark import stamps
 from nnssl.benchmark.spec import OPTIM_SETTINGS, BenchmarkSpec
 from nnssl.nnunet.naming import (CONFIGURATION, SCRATCH, SWIN_PLANS, encoder_tag, is_scratch, model_folder_name,
                                  plans_name, scratch_method, trainer_name)
@@ -76,6 +79,26 @@ class Job:
     #: the resume flags are safe on a fresh start too (nnU-Net's --c trains from scratch when there is no
     #: checkpoint), so a job that may be re-queued can always pass them
     always_resume: bool = False
+    #: the settings record written on success (nnssl.benchmark.stamps), the jobs whose outputs this one reads (their
+    #: identities are part of its own), its identity (filled by build_jobs) and what --rerun-changed moves aside
+    settings_file: Path | None = None
+    keyed_on: list[str] = field(default_factory=list)
+    identity: dict | None = None
+    outputs: Path | None = None
+
+    def state(self) -> str:
+        """"todo", "done", "changed" (the outputs were made with other settings) or "unrecorded" (outputs without a
+        settings record, from an older nnssl: counted as done)."""
+        if not self.is_done():
+            return "todo"
+        if self.settings_file is None:
+            return "done"
+        return {"match": "done", "changed": "changed", "missing": "unrecorded"}[stamps.record_state(self)]
+
+    def changes(self) -> list[str]:
+        """What differs from the recorded settings (for a "changed" job)."""
+        record = stamps.read_record(self)
+        return stamps.describe_changes(record, self.identity or {}) if record is not None else []
 
     def is_done(self) -> bool:
         if self.stamp is not None and not self.stamp.exists():
@@ -191,15 +214,18 @@ def build_jobs(spec: BenchmarkSpec, paths: Paths, report_dir: Path, warnings: li
             cmd += ["-o", f"{key}={value}"]
         jobs.append(Job(f"pretrain/{m}", "pretrain", cmd, done_marker=out / "checkpoint_final.pth",
                         resume_marker=out / "checkpoint_latest.pth", resume_args=["--resume"],
-                        after=["preprocess"], method=m))
+                        after=["preprocess"], method=m, settings_file=out / stamps.RECORD_NAME, outputs=out))
         pretrained_by[m] = f"pretrain/{m}"
     for m in spec.pretrained_methods:
         for d in _ids(down.datasets):
+            attached = paths.preprocessed / _dataset_glob(paths.preprocessed, d) / f"{plans_name(m)}.json"
             jobs.append(Job(
                 f"attach/{m}/{d}", "attach",
                 ["nnssl_attach", "-d", d, "--checkpoint", str(checkpoint_path(spec, paths, m)), "--name", m],
-                done_marker=paths.preprocessed / _dataset_glob(paths.preprocessed, d) / f"{plans_name(m)}.json",
+                done_marker=attached,
                 after=[pretrained_by.get(m, "preprocess")], method=m,  # an existing checkpoint needs no pretraining
+                settings_file=stamps.record_beside(attached), outputs=attached,
+                keyed_on=[pretrained_by[m]] if m in pretrained_by else [],
             ))
     # A fair baseline has the compared encoder's architecture: one from-scratch run per distinct encoder of the
     # pretrained methods (on the same plans, hence the same patch and batch size), beside the base plans' scratch.
@@ -209,11 +235,12 @@ def build_jobs(spec: BenchmarkSpec, paths: Paths, report_dir: Path, warnings: li
             m = scratch_method(tag)
             scratch_methods.append(m)
             for d in _ids(down.datasets):
+                attached = paths.preprocessed / _dataset_glob(paths.preprocessed, d) / f"{plans_name(m)}.json"
                 jobs.append(Job(
                     f"attach/{m}/{d}", "attach",
                     ["nnssl_attach", "-d", d, "--checkpoint", str(ckpt), "--name", m, "--architecture-only"],
-                    done_marker=paths.preprocessed / _dataset_glob(paths.preprocessed, d) / f"{plans_name(m)}.json",
-                    after=["preprocess"], method=m))
+                    done_marker=attached, after=["preprocess"], method=m,
+                    settings_file=stamps.record_beside(attached), outputs=attached))
     train_env = {"nnUNet_n_proc_DA": "0", "nnUNet_def_n_proc": "1"} if cpu else {}
     if down.iterations_per_epoch:
         train_env["NNSSL_ITERATIONS_PER_EPOCH"] = str(down.iterations_per_epoch)
@@ -236,7 +263,9 @@ def build_jobs(spec: BenchmarkSpec, paths: Paths, report_dir: Path, warnings: li
                                     done_marker=fold_dir / "validation" / "summary.json",
                                     resume_marker=fold_dir / "checkpoint_latest.pth", resume_args=["--c"],
                                     env=train_env, method=m, always_resume=True,
-                                    after=["preprocess" if m == SCRATCH else f"attach/{m}/{d}"]))
+                                    after=["preprocess" if m == SCRATCH else f"attach/{m}/{d}"],
+                                    settings_file=fold_dir / stamps.RECORD_NAME, outputs=fold_dir,
+                                    keyed_on=[] if m == SCRATCH else [f"attach/{m}/{d}"]))
                     if not is_scratch(m):
                         out = report_dir / "cka" / (f"{d}__{m}__{shots}__fold{fold}" + (f"__draw{draw}" if draw else "")
                                                     + ".json")
@@ -246,31 +275,80 @@ def build_jobs(spec: BenchmarkSpec, paths: Paths, report_dir: Path, warnings: li
                              "-tr", trainer, "-p", plans_name(m), "-f", str(fold), "--device", spec.device,
                              "--images", str(down.cka_images), "--out", str(out)],
                             done_marker=out, after=[f"finetune/{run}"], method=m,
+                            settings_file=stamps.record_beside(out), outputs=out, keyed_on=[f"finetune/{run}"],
                         ))
                         if down.attention:
-                            jobs.append(_attention_job(spec, paths, report_dir, d, m, shots, fold, trainer))
+                            jobs.append(_attention_job(spec, paths, report_dir, d, m, shots, fold, draw, trainer))
     report_cmd = ["nnssl_report", str(paths.results), "--out", str(report_dir), "--cka", str(report_dir / "cka")]
     if any(j.stage == "attention" for j in jobs):
         report_cmd += ["--attention", str(report_dir / "attention")]
     jobs.append(Job("report", "report", report_cmd, after=[j.key for j in jobs], after_any=True))
+    stamps.assign_identities(jobs)
     return jobs
 
 
 def _attention_job(spec: BenchmarkSpec, paths: Paths, report_dir: Path, d: str, m: str, shots: str, fold: int,
-                   trainer: str) -> Job:
+                   draw: int, trainer: str) -> Job:
     """nnssl_attention on a pretrained method's fine-tuning fold (after it, like its CKA job)."""
-    out = report_dir / "attention" / f"{d}__{m}__{shots}__fold{fold}.json"
-    return Job(f"attention/{d}/{m}/{shots}/{fold}", "attention",
+    run = f"{d}/{m}/{shots}/{fold}" + (f"/draw{draw}" if draw else "")
+    out = report_dir / "attention" / (f"{d}__{m}__{shots}__fold{fold}" + (f"__draw{draw}" if draw else "") + ".json")
+    return Job(f"attention/{run}", "attention",
                ["nnssl_attention", "--pretrained", str(checkpoint_path(spec, paths, m)), "-d", d, "-tr", trainer,
                 "-p", plans_name(m), "-f", str(fold), "--device", spec.device,
                 "--images", str(spec.downstream.attention_images), "--out", str(out)],
-               done_marker=out, after=[f"finetune/{d}/{m}/{shots}/{fold}"], method=m)
+               done_marker=out, after=[f"finetune/{run}"], method=m,
+               settings_file=stamps.record_beside(out), outputs=out, keyed_on=[f"finetune/{run}"])
+
+class ChangedSettingsError(ValueError):
+    """Jobs whose outputs were made with other settings; the message names them, the changes and the fix."""
 
 
-def run_jobs(jobs: list[Job], paths: Paths, log_dir: Path, progress: bool = True, keep_going: bool = False) -> int:
-    """Run the jobs not yet done, in order; each job's output goes to log_dir/<key>.log. Returns failures."""
+def check_changed(jobs: list[Job], rerun_changed: bool = False) -> list[str]:
+    """Refuse (ChangedSettingsError) outputs of other settings unless ``rerun_changed``; returns notes (jobs counted
+    as done without a settings record, jobs to be rerun)."""
+    changed = [j for j in jobs if j.state() == "changed"]
+    notes = []
+    unrecorded = [j.key for j in jobs if j.state() == "unrecorded"]
+    if unrecorded:
+        notes.append(f"{len(unrecorded)} finished job(s) have no settings record (made by an older nnssl) and count as "
+                     f"done without a check of their settings: {', '.join(unrecorded[:3])}"
+                     f"{' ...' if len(unrecorded) > 3 else ''}")
+    if not changed:
+        return notes
+    listed = "; ".join(f"{j.key} ({', '.join(j.changes())})" for j in changed[:4]) + (
+        f"; and {len(changed) - 4} more" if len(changed) > 4 else "")
+    if not rerun_changed:
+        raise ChangedSettingsError(
+            f"{len(changed)} job(s) have outputs made with other settings: {listed}. Pass --rerun-changed to run them "
+            "again (their outputs are moved aside to <name>.stale-<time>), or restore the settings they were made "
+            "with")
+    notes.append(f"rerunning {len(changed)} job(s) whose settings changed: {listed}")
+    return notes
+
+
+def _move_aside(job: Job) -> str | None:
+    """--rerun-changed: move a changed job's outputs (and its record) aside so that it starts afresh."""
+    target = stamps.resolve(job.outputs) if job.outputs is not None else None
+    if target is None or not target.exists():
+        return None
+    moved = stamps.stale_name(target)
+    target.rename(moved)
+    record = stamps.resolve(job.settings_file) if job.settings_file is not None else None
+    if record is not None and record.exists() and record.parent != moved:
+        record.unlink()
+    return f"moved the outputs of {job.key} (other settings) aside to {moved}"
+
+
+def run_jobs(jobs: list[Job], paths: Paths, log_dir: Path, progress: bool = True, keep_going: bool = False,
+             rerun_changed: bool = False) -> int:
+    """Run the jobs not yet done, in order; each job's output goes to log_dir/<key>.log. Returns failures.
+
+    Jobs whose outputs were made with other settings raise ChangedSettingsError before anything runs, unless
+    ``rerun_changed`` (then their outputs are moved aside and they run again)."""
     from tqdm.auto import tqdm
 
+    for note in check_changed(jobs, rerun_changed):
+        print(f"note: {note}", file=sys.stderr)
     log_dir.mkdir(parents=True, exist_ok=True)
     for folder in (paths.raw, paths.preprocessed, paths.results, paths.nnssl_results):
         folder.mkdir(parents=True, exist_ok=True)
@@ -281,8 +359,13 @@ def run_jobs(jobs: list[Job], paths: Paths, log_dir: Path, progress: bool = True
     bar = tqdm(jobs, desc="benchmark", unit="job", disable=not progress, dynamic_ncols=True)
     for job in bar:
         bar.set_postfix_str(job.key)
-        if job.is_done():
+        state = job.state()
+        if state in ("done", "unrecorded"):
             continue
+        if state == "changed":
+            moved = _move_aside(job)
+            if moved:
+                bar.write(f"note: {moved}")
         command = job.effective_command()
         log_file = log_dir / (job.key.replace("/", "__") + ".log")
         start = time.perf_counter()
@@ -292,6 +375,8 @@ def run_jobs(jobs: list[Job], paths: Paths, log_dir: Path, progress: bool = True
             rc = subprocess.run(command, env={**env, **job.env}, stdout=log, stderr=subprocess.STDOUT).returncode
         if rc == 0 and job.stamp is not None:
             job.stamp.write_text(" ".join(command) + "\n")
+        if rc == 0:
+            stamps.write_record(job)
         if rc != 0:
             failures += 1
             tail = log_file.read_text().splitlines()[-15:]

@@ -13,7 +13,9 @@ task i of an equally long array (CKA of fold i after fine-tuning fold i) waits p
 submission waits for all of its prerequisites (``afterok``). Every dependent submission carries
 ``--kill-on-invalid-dep=yes``: when a prerequisite fails, SLURM cancels the dependents instead of leaving them pending.
 
-Every job can run again: a finished job (its done marker exists) exits at once; pretraining passes ``--resume`` when a
+Every job can run again: a finished job (its done marker exists and its settings record, nnssl.benchmark.stamps, holds
+the exported settings, or it has no record) exits at once, one whose outputs were made with other settings stops
+with an error (the runner's rule: ``nnssl_benchmark --rerun-changed`` redoes them); pretraining passes ``--resume`` when a
 ``checkpoint_latest.pth`` exists (the test is in the job script: the export is written before anything has run);
 nnU-Net fine-tuning always passes ``--c``, which starts a new training when there is no checkpoint
 (nnunetv2 2.8, nnunetv2/run/run_training.py, maybe_load_checkpoint: "Cannot continue training because there seems
@@ -26,6 +28,7 @@ first node.
 """
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -48,7 +51,42 @@ nnssl_done() {
   done
 }
 
+# nnssl_job_state RECORD IDENTITY MARKER...: prints todo, done, unrecorded (outputs without a settings record, from an
+# older nnssl: counted as done) or changed (outputs made with other settings), as nnssl.benchmark.stamps decides.
+nnssl_job_state() {
+  local record=$1 identity=$2 found
+  shift 2
+  if ! nnssl_done "$@"; then echo todo; return; fi
+  found=$(compgen -G "$record" | sed -n 1p || true)
+  if [ -z "$found" ]; then echo unrecorded
+  elif grep -qF '"identity": "'"$identity"'"' "$found"; then echo done
+  else echo changed; fi
+}
+
+# nnssl_job_done KEY RECORD IDENTITY MARKER...: the job is finished (status 0) or still to run (1); outputs made with
+# other settings stop the job script with an error.
+nnssl_job_done() {
+  local key=$1 state
+  shift
+  state=$(nnssl_job_state "$@")
+  case $state in
+    done) return 0 ;;
+    unrecorded) echo "note: $key finished without a settings record (an older nnssl): counted as done"; return 0 ;;
+    changed) echo "error: the outputs of $key were made with other settings (record: $1). Redo them with" \
+               "nnssl_benchmark SPEC --rerun-changed, or move them aside and resubmit" >&2; exit 3 ;;
+  esac
+  return 1
+}
+
+# nnssl_record RECORD TEXT: write a job's settings record (RECORD's folder may hold a glob) after it succeeded.
+nnssl_record() {
+  local dir
+  dir=$(compgen -G "$(dirname "$1")" | sed -n 1p || true)
+  if [ -n "$dir" ]; then printf '%s\n' "$2" > "$dir/$(basename "$1")"; fi
+}
+
 # nnssl_check KEY LOG MARKER...: count a job as finished, or print it as not finished with its log.
+# nnssl_check_job KEY LOG RECORD IDENTITY MARKER...: the same for a job with a settings record.
 nnssl_finished=0
 nnssl_missing=0
 nnssl_check() {
@@ -60,6 +98,16 @@ nnssl_check() {
     nnssl_missing=$((nnssl_missing + 1))
     echo "not finished: $key (log: $log)"
   fi
+}
+nnssl_check_job() {
+  local key=$1 log=$2 state
+  shift 2
+  state=$(nnssl_job_state "$@")
+  case $state in
+    done|unrecorded) nnssl_finished=$((nnssl_finished + 1)) ;;
+    changed) nnssl_missing=$((nnssl_missing + 1)); echo "made with other settings: $key (record: $1)" ;;
+    *) nnssl_missing=$((nnssl_missing + 1)); echo "not finished: $key (log: $log)" ;;
+  esac
 }
 """
 
@@ -167,6 +215,13 @@ def _q(value: object) -> str:
     return shlex.quote(str(value))
 
 
+def _record_args(job: Job) -> list[str] | None:
+    """RECORD IDENTITY for the shell helpers of a job with a settings record, else None."""
+    if job.settings_file is None or job.identity is None:
+        return None
+    return [str(job.settings_file), job.identity["identity"]]
+
+
 def _markers(job: Job) -> list[str]:
     """What must exist for the job to count as finished (as Job.is_done: the runner's stamp, then the markers)."""
     if job.done_marker is None:
@@ -203,12 +258,19 @@ def _body(job: Job, launcher: list[str], setup: list[str]) -> tuple[list[str], s
     before += setup
     # as the runner: a stamp marks success for commands whose own outputs appear before they have finished
     after = [f"echo {_q(job.key)} > {_q(job.stamp)}"] if job.stamp is not None else []
+    if _record_args(job):  # and the settings it succeeded with
+        after.append(f"nnssl_record {_q(job.settings_file)} {_q(json.dumps(job.identity))}")
     return before, _command(job, launcher, "$RESUME" if resume else ""), after
 
 
 def _done_test(job: Job) -> str | None:
     markers = _markers(job)
-    return f"nnssl_done {' '.join(_q(m) for m in markers)}" if markers else None
+    if not markers:
+        return None
+    record = _record_args(job)
+    if record:
+        return f"nnssl_job_done {' '.join(_q(a) for a in [job.key, *record, *markers])}"
+    return f"nnssl_done {' '.join(_q(m) for m in markers)}"
 
 
 def _one_line(job: Job) -> str:
@@ -310,7 +372,11 @@ def _status(submissions: list[Submission]) -> str:
     for sub in submissions:
         for i, job in enumerate(sub.jobs):
             markers = _markers(job)
-            if markers:
+            record = _record_args(job)
+            if markers and record:
+                lines.append(f"nnssl_check_job {_q(job.key)} {_q(sub.log(i))} "
+                             f"{' '.join(_q(m) for m in [*record, *markers])}")
+            elif markers:
                 lines.append(f"nnssl_check {_q(job.key)} {_q(sub.log(i))} {' '.join(_q(m) for m in markers)}")
     lines += ['echo "$nnssl_finished jobs finished, $nnssl_missing not finished"', '[ "$nnssl_missing" -eq 0 ]']
     return "\n".join(lines) + "\n"

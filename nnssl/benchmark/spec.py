@@ -315,6 +315,10 @@ def _build(cls: type, data: Any, where: str) -> Any:
 
 
 def spec_from_dict(data: dict[str, Any]) -> BenchmarkSpec:
+    if not isinstance(data, dict):
+        what = "is empty" if data is None else f"holds a {type(data).__name__}, not a mapping"
+        raise SpecError(f"the spec {what}: write a mapping with name, pretraining and downstream entries (see "
+                        "documentation/benchmark.md)")
     data = dict(data)
     for key in ("name", "pretraining", "downstream"):
         if key not in data:
@@ -324,6 +328,15 @@ def spec_from_dict(data: dict[str, Any]) -> BenchmarkSpec:
     if data.get("slurm") is not None:
         data["slurm"] = _build(SlurmSpec, data["slurm"], "slurm")
     spec = _build(BenchmarkSpec, data, "spec")
+    if not isinstance(spec.name, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", spec.name):
+        raise SpecError(f"name: {spec.name!r} must be a word of letters, digits, '_', '-' and '.' (it names folders)")
+    for where, value in (("pretraining.datasets", spec.pretraining.datasets), ("downstream.datasets",
+                         spec.downstream.datasets), ("downstream.shots", spec.downstream.shots),
+                         ("downstream.folds", spec.downstream.folds), ("methods", spec.methods)):
+        if not isinstance(value, list):
+            raise SpecError(f"{where} must be a list, e.g. [{value!r}], got {type(value).__name__}")
+    if not all(isinstance(f, int) and not isinstance(f, bool) and f >= 0 for f in spec.downstream.folds):
+        raise SpecError(f"downstream.folds must be fold numbers >= 0, got {spec.downstream.folds!r}")
     spec.pretraining.datasets = [str(d) for d in spec.pretraining.datasets]
     spec.downstream.datasets = [str(d) for d in spec.downstream.datasets]
     spec.downstream.shots = [str(s) for s in spec.downstream.shots]
@@ -338,12 +351,22 @@ def load_spec(path: str | Path) -> BenchmarkSpec:
     if path.suffix in (".yaml", ".yml"):
         import yaml
 
-        data = yaml.safe_load(text)
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            where = getattr(e, "problem_mark", None)
+            at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise SpecError(f"{path} is not valid YAML{at} ({problem}): fix the syntax there") from None
     else:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise SpecError(f"{path} is not valid JSON ({e}); YAML specs need a .yaml or .yml suffix") from None
+    if not isinstance(data, dict):
+        what = "is empty" if data is None else f"holds a {type(data).__name__}, not a mapping"
+        raise SpecError(f"{path} {what}: write a mapping with name, pretraining and downstream entries (see "
+                        "documentation/benchmark.md)")
     return spec_from_dict(data)
 
 

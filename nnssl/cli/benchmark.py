@@ -13,6 +13,7 @@ EPILOG = """examples:
   nnssl_benchmark --demo --methods all           the demo with all ten methods
   nnssl_benchmark study.yaml --dry-run           print every command of the grid
   nnssl_benchmark study.yaml                     run it here (finished jobs are skipped, interrupted ones resumed)
+  nnssl_benchmark study.yaml --rerun-changed     after editing settings: redo the jobs made with the old ones
   nnssl_benchmark study.yaml --export-jobs jobs/ write SLURM jobs (per-method pretrain -> attach -> fine-tune) + submit.sh
 The spec format is described in documentation/benchmark.md. Without --workdir the grid uses nnU-Net's folders from
 nnUNet_raw, nnUNet_preprocessed and nnUNet_results (and nnssl_results for pretraining runs).
@@ -32,13 +33,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--export-jobs", metavar="DIR", help="write the grid as SLURM job scripts with per-job dependencies "
                                                          "(resources: the spec's slurm section) and exit")
     p.add_argument("--keep-going", action="store_true", help="continue with the next jobs after a failure")
+    p.add_argument("--rerun-changed", action="store_true",
+                   help="run again the jobs whose outputs were made with other settings (after a spec edit), moving "
+                        "their outputs aside to <name>.stale-<time>; without it such a grid is refused")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from nnssl.benchmark.runner import Paths, build_jobs, run_jobs
+    from nnssl.benchmark.runner import ChangedSettingsError, Paths, build_jobs, run_jobs
     from nnssl.benchmark.slurm import export_jobs
     from nnssl.benchmark.spec import demo_spec, load_spec
     from nnssl.nnunet.naming import SCRATCH
@@ -66,15 +70,26 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.dry_run:
         for job in jobs:
-            state = "done " if job.is_done() else "todo "
-            print(f"{state} [{job.stage}] {job.shell()}")
+            state = job.state()
+            mark = {"todo": "todo ", "done": "done ", "unrecorded": "done*", "changed": "CHANGED"}[state]
+            detail = f"   # made with other settings: {', '.join(job.changes())}" if state == "changed" else ""
+            print(f"{mark} [{job.stage}] {job.shell()}{detail}")
+        if any(j.state() == "unrecorded" for j in jobs):
+            print("(done*: finished without a settings record, by an older nnssl: counted as done)")
         return 0
     if args.export_jobs:
-        written = export_jobs(jobs, paths, Path(args.export_jobs), spec)
+        try:
+            written = export_jobs(jobs, paths, Path(args.export_jobs), spec)
+        except OSError as e:
+            return fail(f"cannot write the jobs to {args.export_jobs}: {e}")
         print(f"wrote {len(written)} files to {args.export_jobs}; submit with: bash {Path(args.export_jobs) / 'submit.sh'}")
         return 0
     start = time.perf_counter()
-    failures = run_jobs(jobs, paths, report_dir / "logs", progress=not args.no_progress, keep_going=args.keep_going)
+    try:
+        failures = run_jobs(jobs, paths, report_dir / "logs", progress=not args.no_progress,
+                            keep_going=args.keep_going, rerun_changed=args.rerun_changed)
+    except ChangedSettingsError as e:
+        return fail(str(e))
     minutes = (time.perf_counter() - start) / 60
     if failures:
         print(f"{failures} job(s) failed after {minutes:.1f} min; fix the cause and rerun the same command to resume",

@@ -10,6 +10,7 @@ import os
 import shutil
 import sys
 from functools import partial
+from pathlib import Path
 
 CONFIGURATION = "3d_fullres"
 
@@ -61,16 +62,35 @@ def plan_and_preprocess(dataset_id: int, encoder: str = "base", num_processes: i
     dataset_json = load_dataset_json(raw_folder)
 
     # nnU-Net imports read nnUNet_def_n_proc etc. at import time: import after the checks
+    from nnssl_planners.images_only import is_images_only
+
+    images_only = is_images_only(dataset_json)
+    print(f"{name}: {'images-only' if images_only else 'labeled'} dataset")
+    pre_folder = join(os.environ["nnUNet_preprocessed"], name)
+    created = not os.path.isdir(pre_folder)
+    try:
+        plans_file = _plan_and_preprocess(dataset_id, name, raw_folder, dataset_json, images_only, encoder,
+                                          num_processes, num_processes_fingerprint, verify, clean, gpu_memory_target,
+                                          preprocess, progress)
+    except BaseException:
+        if created and os.path.isdir(pre_folder):  # complete-or-absent: no dataset folder from a failed first run
+            shutil.rmtree(pre_folder, ignore_errors=True)
+        raise
+    return plans_file
+
+
+def _plan_and_preprocess(dataset_id: int, name: str, raw_folder: str, dataset_json: dict, images_only: bool,
+                         encoder: str, num_processes: int, num_processes_fingerprint: int, verify: bool, clean: bool,
+                         gpu_memory_target: float | None, preprocess: bool, progress: bool) -> str:
+    from batchgenerators.utilities.file_and_folder_operations import join
     from nnunetv2.experiment_planning.plan_and_preprocess_api import (extract_fingerprint_dataset,
                                                                       plan_experiment_dataset, preprocess_dataset)
     from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
 
-    from nnssl_planners.images_only import (ImagesOnlyFingerprintExtractor, is_images_only, preprocess_images_only,
+    from nnssl_planners.images_only import (ImagesOnlyFingerprintExtractor, preprocess_images_only,
                                             verify_images_only_dataset)
     from nnssl_planners.swin_planner import SWIN_PLANS_IDENTIFIER, SwinExperimentPlanner, preprocessed_data_complete
 
-    images_only = is_images_only(dataset_json)
-    print(f"{name}: {'images-only' if images_only else 'labeled'} dataset")
     if images_only:
         if verify:
             verify_images_only_dataset(name)
@@ -103,12 +123,16 @@ def plan_and_preprocess(dataset_id: int, encoder: str = "base", num_processes: i
                 print(f"{data_identifier} is complete: nothing to preprocess.")
             else:
                 data_folder = join(pre_folder, data_identifier)
+                from nnssl.data.preprocessed import complete_marker_path
+
+                complete_marker_path(Path(data_folder)).unlink(missing_ok=True)  # absent until complete again
                 if images_only:
                     preprocess_images_only(name, identifier, CONFIGURATION, num_processes)
                 else:
                     preprocess_dataset(dataset_id, identifier, [CONFIGURATION], [num_processes],
                                        show_progress_bar=progress)
-                data_folder = None
+            _finish_data_folder(name, Path(pre_folder) / data_identifier, cases)
+            data_folder = None
     except BaseException:
         # leave nothing half-written: restore the previous plans, drop a partly written data folder
         if previous_plans is None:
@@ -121,6 +145,27 @@ def plan_and_preprocess(dataset_id: int, encoder: str = "base", num_processes: i
             shutil.rmtree(data_folder)
         raise
     return plans_file
+
+
+def _finish_data_folder(name: str, data_folder: Path, cases: list[str]) -> None:
+    """Flag constant images (with their case names) and write the completion record last: pretraining refuses a
+    data folder without it whose cases fall short of dataset.json (an interrupted preprocessing)."""
+    from nnssl.data.preprocessed import constant_cases, read_complete_marker, write_complete_marker
+
+    marker = read_complete_marker(data_folder)
+    if marker is not None and sorted(marker["cases"]) == sorted(cases):
+        constant = list(marker.get("constant_cases", []))
+    else:
+        constant = constant_cases(data_folder, cases)
+        write_complete_marker(data_folder, cases, constant)
+    if constant:
+        names = ", ".join(constant[:10]) + (" ..." if len(constant) > 10 else "")
+        if len(constant) == len(cases):
+            what = f"every case of {name} has a constant image (e.g. all zero): pretraining will refuse it"
+        else:
+            what = f"{len(constant)} of {len(cases)} cases of {name} have a constant image (e.g. all zero)"
+        print(f"warning: {what}: {names}. Such images carry no signal: check those files in nnUNet_raw",
+              file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

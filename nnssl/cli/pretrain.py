@@ -14,8 +14,10 @@ EPILOG = """examples:
   nnssl_pretrain -m simmim -d 900 --encoder tiny --crop 64 --steps 20 --device cpu
   torchrun --nproc_per_node 4 $(which nnssl_pretrain) -m dino -d 900 901 --batch-size 4
   nnssl_pretrain -m smit -d 900 -o mask_ratio=0.6 -o ema_momentum=0.99   (method options: see --list)
+  nnssl_pretrain -m smit -d 900 --resume --allow-changed lr,clip_grad --lr 1e-4 --clip-grad 1.0   (after a NaN stop)
 output: $nnssl_results/<method>__<encoder>__D<ids>/ (or $nnUNet_results/nnssl_pretrain/... when nnssl_results is
-unset): checkpoint_latest.pth, checkpoint_final.pth, config.json, log.jsonl, loss.png.
+unset): checkpoint_latest.pth (+ checkpoint_previous.pth, the generation before), checkpoint_final.pth, config.json,
+log.jsonl, loss.png; .nnssl.lock while a run uses the folder.
 """
 
 
@@ -50,8 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-workers", type=int, default=2, help="data-loader worker processes per device (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of weights, crops and views (default: %(default)s)")
     p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoint_latest.pth writes (default: %(default)s)")
+    p.add_argument("--log-every", type=int, default=10,
+                   help="steps between reads of the loss values and of the NaN/Inf check on the host, and log.jsonl "
+                        "writes; a non-finite step is skipped on the device at once (default: %(default)s)")
     p.add_argument("--output", help="run folder (default: see below)")
-    p.add_argument("--resume", action="store_true", help="continue the run in the output folder from checkpoint_latest.pth")
+    p.add_argument("--resume", action="store_true", help="continue the run in the output folder from checkpoint_latest.pth "
+                                                         "(or checkpoint_previous.pth when the latest does not load)")
+    p.add_argument("--allow-changed", metavar="NAMES", default="",
+                   help="with --resume: optimisation settings that may differ from the run's, comma-separated (lr, "
+                        "min_lr, warmup_steps, weight_decay, weight_decay_end, clip_grad, betas); the change is logged")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (e.g. in batch jobs)")
     p.add_argument("--list", action="store_true", help="list the methods with family, paper and reference lr, then exit")
     p.add_argument("--show-config", action="store_true",
@@ -87,6 +96,21 @@ def parse_options(pairs: list[str]) -> dict[str, str]:
     return options
 
 
+def check_arguments(args: argparse.Namespace) -> None:
+    """ValueError naming the flag for counts and sizes no run can take (before any data are read)."""
+    for flag, value, low in (("--steps", args.steps, 1), ("--batch-size", args.batch_size, 1),
+                             ("--checkpoint-every", args.checkpoint_every, 1), ("--log-every", args.log_every, 1),
+                             ("--num-workers", args.num_workers, 0)):
+        if value is not None and value < low:
+            raise ValueError(f"{flag} must be >= {low}, got {value}")
+    if args.epochs is not None and not (math.isfinite(args.epochs) and args.epochs > 0):
+        raise ValueError(f"--epochs must be a number > 0, got {args.epochs:g}")
+    if any(c < 1 for c in args.crop):
+        raise ValueError(f"--crop sizes must be positive multiples of 32, got {args.crop}")
+    if args.allow_changed and not args.resume:
+        raise ValueError("--allow-changed only applies with --resume (a new run takes any settings)")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.list:
@@ -100,11 +124,14 @@ def main(argv: list[str] | None = None) -> int:
         args.datasets = args.datasets or ["DATASET"]
         if args.device == "cuda" and not torch.cuda.is_available():
             args.device = "cpu"  # the settings do not depend on the device
+    from nnssl.training.loop import TrainingDiverged
+
     try:
         from nnssl.data.preprocessed import find_sources
         from nnssl.tasks import config_from_overrides, get_task_class
         from nnssl.training.loop import PretrainConfig, run_pretraining
 
+        check_arguments(args)
         options = parse_options(args.option)
         config_from_overrides(get_task_class(args.method).Config, options)  # fail fast on unknown keys
         crop = args.crop * 3 if len(args.crop) == 1 else args.crop
@@ -122,16 +149,20 @@ def main(argv: list[str] | None = None) -> int:
             weight_decay_end=args.weight_decay_end, clip_grad=args.clip_grad,
             betas=tuple(args.betas) if args.betas else None, grad_checkpointing=args.grad_checkpointing,
             amp=not args.no_amp, device=args.device, num_workers=args.num_workers, seed=args.seed,
-            checkpoint_every=args.checkpoint_every, task_options=options,
+            checkpoint_every=args.checkpoint_every, task_options=options, log_every=args.log_every,
         )
         if args.show_config:
             from nnssl.training.loop import describe_run
 
             print(describe_run(cfg, int(os.environ.get("WORLD_SIZE", "1"))))
             return 0
-        final = run_pretraining(cfg, args.output, resume=args.resume, progress=not args.no_progress)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
+        allow = [a.strip() for a in args.allow_changed.split(",") if a.strip()]
+        final = run_pretraining(cfg, args.output, resume=args.resume, progress=not args.no_progress,
+                                allow_changed=allow)
+    except (ValueError, TrainingDiverged, OSError) as e:  # OSError: full device, read-only folder, missing files
         return fail(str(e))
+    except KeyboardInterrupt:
+        return fail("interrupted: the last checkpoint is intact; continue with the same command and --resume", 130)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"checkpoint: {final}")
         print(f"fine-tune it: nnssl_attach -d TARGET_ID --checkpoint {final} --name {args.method}")

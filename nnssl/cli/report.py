@@ -83,6 +83,14 @@ def main(argv: list[str] | None = None) -> int:
 
         tree = load_results(results, raw=args.raw, preprocessed=args.preprocessed, groups_override=groups,
                             read_logs=not args.no_logs, skip=[out], progress=True)
+        if not tree.folds:
+            for rel, why in tree.ignored:
+                print(f"  ignored {rel}: {why}")
+            ignored = f" ({len(tree.ignored)} folder(s) ignored, listed above)" if tree.ignored else ""
+            raise ValueError(
+                f"no finished fine-tuning runs in {results}{ignored}: "
+                "the report needs DatasetXXX_Name/<Trainer>__<Plans>__3d_fullres/fold_N/validation/summary.json. "
+                "Fine-tune first (nnUNetv2_train ... -tr SwinSSLTrainer) or point at nnU-Net's results folder")
         cka_files = find_cka_files(results / "cka", Path(args.cka) if args.cka else None)
         opts = ReportOptions(baseline=args.baseline, n_boot=args.bootstrap, seed=args.seed, level=args.level)
         attention_files = find_cka_files(results / "attention", Path(args.attention) if args.attention else None)

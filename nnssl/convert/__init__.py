@@ -279,9 +279,15 @@ def load_source(path: str | os.PathLike, source: str, allow_inexact: bool = Fals
         if prefix:
             state = _select_prefix(state, prefix, report)
         assert spec.read is not None
-        state = spec.read(state, report)  # first: a wrong --from gets the adapter's hint, not a --merging question
-        order = _merge_order_for(spec, merging, report)
-        encoder = finalize_encoder(state, report, expected, MERGE_ORDERS[order], None, allow_inexact)
+        try:
+            state = spec.read(state, report)  # first: a wrong --from gets the adapter's hint, not a --merging question
+            order = _merge_order_for(spec, merging, report)
+            encoder = finalize_encoder(state, report, expected, MERGE_ORDERS[order], None, allow_inexact)
+        except ConversionError as e:
+            hint = _other_source_hint(raw, path, source)
+            if hint:
+                raise type(e)(f"{e}. {hint}", e.report) from None
+            raise
     if orientation is not None:
         try:
             amap, src_axes, dst_axes = resolve_axis_map(orientation, spec)
@@ -293,6 +299,22 @@ def load_source(path: str | os.PathLike, source: str, allow_inexact: bool = Fals
         if not amap.is_identity:
             report.computation_source += "; then mapped by the orientation below"
     return encoder, report, ckpt
+
+
+def _other_source_hint(raw: Any, path: str | os.PathLike, source: str) -> str | None:
+    """When a conversion with ``--from source`` failed: the source the file's layout points at, if another one."""
+    try:
+        detected, evidence = detect_source(raw, path)
+    except ConversionError:
+        state, _ = unwrap_state_dict(raw)
+        if any(k.startswith(ENCODER_PREFIX) for k in strip_prefixes(state)):
+            return ("The file is a plain SwinUNETR state dict ('swinViT.*' keys): use --from monai-swinunetr with "
+                    "--merging monai or monai-legacy (or monai-bundle, voco, suprem if it came from them; --from auto "
+                    "lists them)")
+        return None
+    if detected == source:
+        return None
+    return f"The file looks like a {detected} checkpoint ({evidence}): use --from {detected}"
 
 
 def imported_payload(encoder: dict[str, Tensor], report: ConversionReport, in_path: str | os.PathLike,

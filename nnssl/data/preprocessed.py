@@ -26,6 +26,55 @@ class DataError(ValueError):
     """A dataset that cannot be used for pretraining; the message says why and what to do."""
 
 
+#: Written beside a configuration's data folder (``.<data folder>.nnssl_complete.json``; inside it would break
+#: nnU-Net's dataset-class inference, which reads every file ending there) by nnssl_plan_and_preprocess after the last
+#: case (complete-or-absent): {"cases": [identifiers], "constant_cases": [identifiers whose image is constant]}.
+COMPLETE_MARKER = ".nnssl_complete.json"
+
+
+def complete_marker_path(data_folder: Path) -> Path:
+    data_folder = Path(data_folder)
+    return data_folder.parent / f".{data_folder.name}{COMPLETE_MARKER}"
+#: A crop whose share of padding (the part outside the image) is at least WARN_PADDING_SHARE at the median image shape
+#: is warned about; one that leaves at least MAX_PADDING_SHARE padding even with the image that fills it best is
+#: refused (a 128^3 crop of 64^3 images is 7/8 padding; a 64^3 crop of 48^3 images, 58%, is only warned about: the
+#: Swin planner itself plans 64 voxels per axis for small images).
+WARN_PADDING_SHARE = 0.5
+MAX_PADDING_SHARE = 0.75
+
+
+def read_complete_marker(data_folder: Path) -> dict[str, Any] | None:
+    """The completion record of a data folder, or None (not written by nnssl, or unreadable)."""
+    try:
+        marker = json.loads(complete_marker_path(data_folder).read_text())
+    except (OSError, ValueError):
+        return None
+    return marker if isinstance(marker, dict) and isinstance(marker.get("cases"), list) else None
+
+
+def write_complete_marker(data_folder: Path, identifiers: Sequence[str], constant: Sequence[str]) -> Path:
+    from nnssl.io import atomic_write
+
+    record = {"cases": sorted(identifiers), "constant_cases": sorted(constant), "written_by": "nnssl_plan_and_preprocess"}
+    return atomic_write(complete_marker_path(data_folder), lambda f: json.dump(record, f, indent=1), binary=False)
+
+
+def _check_complete(data_folder: Path, identifiers: list[str], expected: int | None, dataset: int | str) -> None:
+    """Refuse a data folder that an interrupted preprocessing left incomplete: a case whose properties file (written
+    last by nnU-Net) is missing, or fewer cases than the completion record or dataset.json's numTraining."""
+    partial = [i for i in identifiers if not (data_folder / f"{i}.pkl").is_file()]
+    marker = read_complete_marker(data_folder)
+    if marker is not None:
+        expected = len(marker["cases"])
+    done = len(identifiers) - len(partial)
+    if partial or (expected is not None and done < expected):
+        detail = f"{done} of {expected} cases" if expected is not None else f"{done} complete cases"
+        if partial:
+            detail += f", {len(partial)} half-written ({', '.join(partial[:3])})"
+        raise DataError(f"{data_folder} is incomplete ({detail}): its preprocessing was interrupted. Complete it with "
+                        f"`nnssl_plan_and_preprocess -d {dataset}`")
+
+
 @dataclass
 class PreprocessedSource:
     """One preprocessed dataset: where its cases are and how they were made (for the checkpoint's provenance)."""
@@ -65,8 +114,8 @@ def find_source(dataset: int | str, plans_identifier: str = SWIN_PLANS,
         raise DataError(str(e)) from None
     plans_file = folder / f"{plans_identifier}.json"
     if not plans_file.is_file():
-        available = sorted(p.stem for p in folder.glob("*.json") if p.stem not in ("dataset", "dataset_fingerprint",
-                                                                                    "splits_final"))
+        available = sorted(p.stem for p in folder.glob("*.json") if not p.name.startswith(".")
+                           and p.stem not in ("dataset", "dataset_fingerprint", "splits_final"))
         raise DataError(
             f"{folder.name} has no plans {plans_identifier!r} (found: {available or 'none'}): run "
             f"`nnssl_plan_and_preprocess -d {dataset}` or pass -p with one of the plans found"
@@ -89,9 +138,17 @@ def find_source(dataset: int | str, plans_identifier: str = SWIN_PLANS,
          if not p.name.endswith(f"_seg{suffix}")}
     )
     if not identifiers:
-        raise DataError(f"{data_folder} holds no preprocessed cases (*.b2nd or *.npz)")
+        raise DataError(f"{data_folder} holds no preprocessed cases (*.b2nd or *.npz): run "
+                        f"`nnssl_plan_and_preprocess -d {dataset}`")
     dataset_json = folder / "dataset.json"
-    channel_names = json.loads(dataset_json.read_text()).get("channel_names", {}) if dataset_json.is_file() else {}
+    try:
+        meta = json.loads(dataset_json.read_text()) if dataset_json.is_file() else {}
+    except ValueError as e:
+        raise DataError(f"{dataset_json} is not valid JSON ({e}): run `nnssl_plan_and_preprocess -d {dataset}` "
+                        "again") from None
+    channel_names = meta.get("channel_names", {})
+    expected = meta.get("numTraining")
+    _check_complete(data_folder, identifiers, expected if isinstance(expected, int) else None, dataset)
     num_channels = len(channel_names) or len(cfg.get("normalization_schemes", [])) or 1
     intensity = plans.get("foreground_intensity_properties_per_channel", {})
     return PreprocessedSource(
@@ -139,6 +196,93 @@ def load_image(folder: Path, identifier: str) -> np.ndarray:
     return data
 
 
+def case_shape(folder: Path, identifier: str) -> tuple[int, ...]:
+    """The spatial shape of one preprocessed case (read from the blosc2 header where possible: no decompression)."""
+    path = folder / f"{identifier}.b2nd"
+    if path.is_file():
+        import blosc2
+
+        return tuple(int(s) for s in blosc2.open(urlpath=str(path), mode="r").shape[1:])
+    return tuple(int(s) for s in load_image(folder, identifier).shape[1:])
+
+
+def padding_share(shape: Sequence[float], crop: Sequence[int]) -> float:
+    """The share of a crop that lies outside an image of ``shape`` (and is padded)."""
+    inside = float(np.prod([min(float(s), c) / c for s, c in zip(shape, crop)]))
+    return 1.0 - inside
+
+
+def check_crop_fits(sources: Sequence[PreprocessedSource], crop: Sequence[int]) -> list[str]:
+    """Warnings about a crop much larger than the images; DataError when it exceeds every image.
+
+    A crop larger than an image is padded with the image's background. At the median image shape a padding share of
+    WARN_PADDING_SHARE or more is warned about; when even the image that fills the crop best leaves MAX_PADDING_SHARE
+    padding (e.g. a 128^3 crop of 64^3 images: 7/8), every crop is mostly padding and the run is refused.
+    """
+    crop = tuple(int(c) for c in crop)
+    shapes = [case_shape(s.folder, i) for s in sources for i in s.identifiers]
+    if not shapes:
+        return []
+    median = np.median(np.asarray(shapes, dtype=float), axis=0)
+    suggestion = tuple(max(32, int(m // 32) * 32) for m in median)
+    names = ", ".join(s.dataset_name for s in sources)
+    best = min(padding_share(sh, crop) for sh in shapes)
+    if best >= MAX_PADDING_SHARE:
+        largest = max(shapes, key=lambda sh: float(np.prod([min(a, c) for a, c in zip(sh, crop)])))
+        raise DataError(f"the crop {crop} exceeds every image of {names} (the one that fills it best, "
+                        f"{'x'.join(map(str, largest))}, leaves {best:.0%} of each crop padding): use a crop that fits "
+                        f"the images, e.g. --crop {' '.join(map(str, suggestion))}")
+    at_median = padding_share(median, crop)
+    if at_median >= WARN_PADDING_SHARE:
+        return [f"the crop {crop} exceeds the median image shape of {names} "
+                f"({'x'.join(f'{m:g}' for m in median)}): {at_median:.0%} of a typical crop is padding. Consider "
+                f"--crop {' '.join(map(str, suggestion))}"]
+    return []
+
+
+def is_constant_image(image: Any) -> bool:
+    """True when every voxel of every channel has one value (e.g. an all-zero image): a strided look first, the
+    whole image only when that is constant."""
+    sub = np.asarray(image[(slice(None),) + (slice(None, None, 4),) * 3])
+    if sub.size and sub.min() != sub.max():
+        return False
+    full = np.asarray(image[...])
+    return bool(full.size == 0 or full.min() == full.max())
+
+
+def constant_cases(folder: Path, identifiers: Sequence[str], stop_at_varying: bool = False) -> list[str]:
+    """The cases whose preprocessed image is constant; ``stop_at_varying``: stop at the first case that is not
+    (enough to tell whether all are)."""
+    constant = []
+    for identifier in identifiers:
+        if is_constant_image(load_image(folder, identifier)):
+            constant.append(identifier)
+        elif stop_at_varying:
+            break
+    return constant
+
+
+def check_not_constant(sources: Sequence[PreprocessedSource]) -> list[str]:
+    """DataError when every case of every dataset is constant (nothing to learn from); warnings naming the constant
+    cases that nnssl_plan_and_preprocess recorded."""
+    warnings, all_constant = [], True
+    for s in sources:
+        marker = read_complete_marker(s.folder)
+        if marker is not None and isinstance(marker.get("constant_cases"), list):
+            constant = [i for i in marker["constant_cases"] if i in set(s.identifiers)]
+            if constant and len(constant) < len(s.identifiers):
+                warnings.append(f"{len(constant)} of {len(s.identifiers)} cases of {s.dataset_name} have a constant "
+                                f"image ({', '.join(constant[:5])}): they add nothing but background crops")
+            all_constant &= len(constant) == len(s.identifiers)
+        elif all_constant:
+            all_constant = len(constant_cases(s.folder, s.identifiers, stop_at_varying=True)) == len(s.identifiers)
+    if all_constant:
+        names = ", ".join(s.dataset_name for s in sources)
+        raise DataError(f"every case of {names} has a constant image (e.g. all zero): there is nothing to pretrain on. "
+                        "Check the raw images, then run nnssl_plan_and_preprocess again with --clean")
+    return warnings
+
+
 class RandomCropDataset(Dataset):
     """Map-style dataset: index k -> one random crop (C, *crop) float32, a pure function of (seed, k).
 
@@ -173,6 +317,11 @@ class RandomCropDataset(Dataset):
 
     def _choose_case(self, index: int, rng: np.random.Generator) -> int:
         return int(rng.integers(len(self.cases)))
+
+    def case_name(self, index: int) -> str:
+        """``Dataset/case`` that sample ``index`` draws (the same draw as ``__getitem__``, without reading it)."""
+        folder, identifier = self.cases[self._choose_case(index, np.random.default_rng([self.seed, int(index)]))]
+        return f"{folder.parent.name}/{identifier}"
 
     def __getitem__(self, index: int) -> torch.Tensor:
         return self.sample(index).image

@@ -37,6 +37,7 @@ from nnssl.finetune.network import build_network_from_configuration
 from nnssl.nnunet.naming import EPOCHS, SHOTS, TrainerName, model_folder_name, parse_trainer_name
 from nnssl.nnunet.plans import PRETRAINED_KEY, encoder_config, require_swin_plans
 from nnssl.finetune.pretrained import attached_entry, load_pretrained_encoder, resolve_pretrained_checkpoint
+from nnssl.nnunet.raw_dataset import require_labels
 from nnssl.finetune.schedule import warmup_cosine_lr
 
 ENV_ITERS = "NNSSL_ITERATIONS_PER_EPOCH"
@@ -100,6 +101,7 @@ class SwinScratchTrainer(nnUNetTrainer):
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device('cuda')):
         require_swin_plans(plans, configuration)
+        require_labels(dataset_json, plans.get("dataset_name", "the dataset"))
         _check_patch_size(plans, configuration)
         self._check_before_init(plans, configuration, fold)
         super().__init__(plans, configuration, fold, dataset_json, device)

@@ -83,3 +83,18 @@ def _check_files(folder: Path, dj: dict, images_only: bool) -> None:
     missing = [c for c in cases if not (labels / f"{c}{ending}").is_file()]
     if missing:
         raise FileNotFoundError(f"{labels}: no label for case(s) {', '.join(sorted(missing)[:5])}")
+
+
+class ImagesOnlyDatasetError(ValueError):
+    """A fine-tuning trainer was given a dataset without labels."""
+
+
+def require_labels(dataset_json: dict, dataset: str = "the dataset") -> None:
+    """Raise ImagesOnlyDatasetError for an images-only dataset (``"images_only": true`` or only a background label):
+    fine-tuning on it would train on empty targets at a NaN loss and crash at validation."""
+    labels = dataset_json.get("labels") or {}
+    if dataset_json.get("images_only") is True or len(labels) < 2:
+        why = '"images_only": true' if dataset_json.get("images_only") is True else "no foreground label"
+        raise ImagesOnlyDatasetError(
+            f"{dataset} is images-only (dataset.json: {why}): it has no labels to fine-tune on. Pretrain on it "
+            "(nnssl_pretrain -d ...) and fine-tune on a labeled dataset")

@@ -8,18 +8,45 @@ from typing import Any
 from nnssl.io import atomic_write
 
 
+class LogError(ValueError):
+    """A log.jsonl that cannot be read; the message names the line and what to do."""
+
+
+def _parse(path: Path, text: str) -> tuple[list[dict[str, Any]], str | None]:
+    """The records of a log, and a note when a partial last line (a crash during an append) was left out."""
+    lines = text.splitlines()
+    records, note = [], None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as e:
+            if number == len(lines):
+                note = (f"dropped a partial last line of {path} (a crash during an append): "
+                        f"{line[:60]!r}{'...' if len(line) > 60 else ''}")
+                break
+            raise LogError(f"{path}, line {number}, is not a JSON record ({e}): repair or delete that line") from None
+        records.append(record)
+    return records, note
+
+
 class TrainingLog:
     """Appends one JSON object per step to ``log.jsonl``; ``plot()`` draws ``loss.png`` (total and parts).
 
-    On resume, records of steps at or after the resumed step are dropped (they were not checkpointed).
+    On resume, records of steps at or after the resumed step are dropped (they were not checkpointed), and so is a
+    partial last line left by a crash during an append (``note`` says so).
     """
 
     def __init__(self, out_dir: Path, enabled: bool = True, start_step: int = 0) -> None:
         self.path = Path(out_dir) / "log.jsonl"
         self.enabled = enabled
+        self.note: str | None = None
         if enabled and self.path.is_file():
-            kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("step", 0) < start_step]
+            records, self.note = _parse(self.path, self.path.read_text())
+            kept = [json.dumps(r) for r in records if r.get("step", 0) < start_step]
             atomic_write(self.path, lambda f: f.write("".join(line + "\n" for line in kept)), binary=False)
 
     def append(self, record: dict[str, Any]) -> None:
@@ -32,7 +59,7 @@ class TrainingLog:
     def records(self) -> list[dict[str, Any]]:
         if not self.path.is_file():
             return []
-        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+        return _parse(self.path, self.path.read_text())[0]
 
     def plot(self) -> Path | None:
         if not self.enabled:

@@ -4,6 +4,12 @@ It owns the mechanics the tasks do not: data, optimiser and schedules (precomput
 gradient clipping, a NaN/Inf guard, DDP through torchrun, progress bar, JSON-lines log and loss plot, atomic
 checkpoints and exact resume (model, teacher, optimiser, scaler, loss state, step, RNG; the data stream and the views
 are pure functions of the step, so a resumed run sees the same crops and views as an uninterrupted one).
+
+Nothing silently wrong: a step whose loss or gradients are not finite is skipped on the device
+(nnssl.training.finite) and the run stops at the next host read (every ``log_every`` steps and before every
+checkpoint) naming the steps and their cases; a state with a NaN or Inf tensor is never saved. Rank 0 holds the run
+folder locked (nnssl.training.runlock); two checkpoint generations are kept (``checkpoint_latest.pth`` and
+``checkpoint_previous.pth``), and resume falls back to the older one when the latest does not load.
 """
 from __future__ import annotations
 
@@ -22,23 +28,37 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from nnssl.checkpoint import load_checkpoint, save_checkpoint
-from nnssl.data.preprocessed import PreprocessedSource, RandomCropDataset, StepSampler, find_sources
+from nnssl.checkpoint import (CheckpointError, all_finite, describe_nonfinite, load_checkpoint, nonfinite_names,
+                              save_checkpoint)
+from nnssl.data.preprocessed import (PreprocessedSource, RandomCropDataset, StepSampler, check_crop_fits,
+                                     check_not_constant, find_sources)
 from nnssl.encoders.swin import EncoderConfig, SwinEncoder, check_swin_input_size
 from nnssl.nnunet.environment import nnssl_results_root
+from nnssl.io import atomic_write, describe_removed, remove_stale_temp_files
 from nnssl.nnunet.naming import CONFIGURATION, SWIN_PLANS
 from nnssl.recipes import OptimRecipe, ResolvedOptim
 from nnssl.tasks import PretextTask, config_from_overrides, get_task_class
 from nnssl.training.distributed import DistInfo, cleanup_distributed, init_distributed
+from nnssl.training.finite import PendingSteps, StepRecord, step_flag, step_if_finite
 from nnssl.training.log import TrainingLog
-from nnssl.training.optim import clip_gradients, make_optimizer, make_schedules
+from nnssl.training.optim import clip_gradients, load_optimizer_state, make_optimizer, make_schedules
+from nnssl.training.runlock import RunLock
 
 #: Settings that may differ between a run and its resumption (they do not change the optimisation).
-RESUME_MUTABLE = {"device", "num_workers", "checkpoint_every", "progress", "amp"}
+RESUME_MUTABLE = {"device", "num_workers", "checkpoint_every", "log_every", "progress", "amp"}
+#: Optimisation settings a resumption may change when asked explicitly (``--resume --allow-changed lr,clip_grad``);
+#: the change is printed and recorded in config.json ("resume_changes") and log.jsonl (an "event" record).
+RESUME_CHANGEABLE = ("lr", "min_lr", "warmup_steps", "weight_decay", "weight_decay_end", "clip_grad", "betas")
+#: The command-line flag of each PretrainConfig field a message may name.
+FLAGS = {"lr": "--lr", "min_lr": "--min-lr", "warmup_steps": "--warmup-steps", "weight_decay": "--weight-decay",
+         "weight_decay_end": "--weight-decay-end", "clip_grad": "--clip-grad", "betas": "--betas", "steps": "--steps",
+         "batch_size": "--batch-size", "checkpoint_every": "--checkpoint-every", "log_every": "--log-every",
+         "num_workers": "--num-workers"}
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
+    """The loss or the gradients became NaN or infinite, or the weights did; the message names the steps, their
+    cases, the intact checkpoint and how to continue."""
 
 
 @dataclass
@@ -68,21 +88,28 @@ class PretrainConfig:
     seed: int = 0
     checkpoint_every: int = 500
     task_options: dict[str, str] = field(default_factory=dict)
+    log_every: int = 10  # steps between host reads of the loss values and the finite flags (and log.jsonl writes)
 
     def __post_init__(self) -> None:
         self.crop = tuple(int(c) for c in self.crop)  # type: ignore[assignment]
         self.datasets = [str(d) for d in self.datasets]
-        if self.steps < 1 or self.batch_size < 1:
-            raise ValueError("steps and batch size must be >= 1")
+        for name, low in (("steps", 1), ("batch_size", 1), ("checkpoint_every", 1), ("log_every", 1),
+                          ("num_workers", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} ({FLAGS[name]}) must be an integer >= {low}, got {value!r}")
         if self.betas is not None:
             self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
+            if len(self.betas) != 2 or not all(math.isfinite(b) and 0 <= b < 1 for b in self.betas):
+                raise ValueError(f"betas (--betas) must be two numbers in [0, 1), got {self.betas}")
         for name, positive in (("lr", True), ("min_lr", False), ("weight_decay", False), ("weight_decay_end", False),
                                ("clip_grad", False)):
             value = getattr(self, name)
             if value is not None and (not math.isfinite(value) or value < 0 or (positive and value == 0)):
-                raise ValueError(f"{name} must be a finite number {'> 0' if positive else '>= 0'}, got {value}")
+                raise ValueError(f"{name} ({FLAGS[name]}) must be a finite number {'> 0' if positive else '>= 0'}, "
+                                 f"got {value}")
         if self.warmup_steps is not None and not 0 <= self.warmup_steps < self.steps:
-            raise ValueError(f"warmup_steps={self.warmup_steps} must lie in [0, steps={self.steps})")
+            raise ValueError(f"warmup_steps (--warmup-steps) = {self.warmup_steps} must lie in [0, steps={self.steps})")
         if self.device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
         if self.device == "cuda" and not torch.cuda.is_available():
@@ -181,13 +208,57 @@ def _to_device(views: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in views.items()}
 
 
-def _check_resumable(saved: dict[str, Any], cfg: PretrainConfig) -> None:
+def _check_resumable(saved: dict[str, Any], cfg: PretrainConfig,
+                     allow_changed: tuple[str, ...] | list[str] = ()) -> dict[str, list[Any]]:
+    """The settings that differ from the checkpoint's and may (``allow_changed``): {name: [saved, now]}.
+
+    ValueError for any other difference, saying how to resume (``--allow-changed`` for optimisation settings).
+    """
+    unknown = sorted(set(allow_changed) - set(RESUME_CHANGEABLE))
+    if unknown:
+        raise ValueError(f"--allow-changed {','.join(unknown)}: only the optimisation settings may change on resume "
+                         f"({', '.join(RESUME_CHANGEABLE)}); start a new run in another --output for other changes")
     current = cfg.to_dict()
     differing = sorted(k for k in current if k not in RESUME_MUTABLE and saved.get(k) != current[k])
-    if differing:
-        detail = "; ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {current[k]!r}" for k in differing)
-        raise ValueError(f"cannot resume: the run was started with other settings ({detail}). Resume with the same "
-                         "settings, or start a new run in another --output folder")
+    refused = [k for k in differing if k not in allow_changed]
+    if refused:
+        detail = "; ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {current[k]!r}" for k in refused)
+        if all(k in RESUME_CHANGEABLE for k in refused):
+            fix = (f"To continue with the new optimisation settings, add --allow-changed {','.join(refused)} (the "
+                   "change is logged); or resume with the settings in the run's config.json")
+        else:
+            fix = ("Resume with the same settings (see the run's config.json), or start a new run in another --output "
+                   "folder (only the optimisation settings can change on resume, with --allow-changed)")
+        raise ValueError(f"cannot resume: the run was started with other settings ({detail}). {fix}")
+    return {k: [saved.get(k), current[k]] for k in differing}
+
+
+def _load_for_resume(out_dir: Path, device: torch.device) -> tuple[dict[str, Any], str | None]:
+    """The newest checkpoint generation that loads and holds finite tensors, and a note when it is the older one."""
+    latest, previous = out_dir / "checkpoint_latest.pth", out_dir / "checkpoint_previous.pth"
+    problems: list[str] = []
+    for path in (latest, previous):
+        if not path.is_file():
+            problems.append(f"{path.name} does not exist")
+            continue
+        try:
+            ckpt = load_checkpoint(path, map_location=device)
+            missing = [k for k in ("task_state", "optimizer", "step", "rng", "config") if k not in ckpt]
+            if missing:
+                raise CheckpointError(f"{path} lacks {missing}: it holds no training state to resume from")
+            bad = nonfinite_names(ckpt["task_state"])
+            if bad:
+                raise CheckpointError(f"{path}: {describe_nonfinite(bad, len(ckpt['task_state']), 'task tensors')}")
+        except CheckpointError as e:
+            problems.append(str(e))
+            continue
+        note = None if path == latest else (f"{problems[0]}; resuming from {previous.name} (step {ckpt['step']}), the "
+                                            "generation before it")
+        return ckpt, note
+    if not latest.exists() and not previous.exists():
+        raise FileNotFoundError(f"--resume: no checkpoint_latest.pth in {out_dir}; start without --resume")
+    raise CheckpointError(f"--resume: no checkpoint of {out_dir} can be used ({'; '.join(problems)}); start a new run "
+                          "in another --output")
 
 
 def _provenance(sources: list[PreprocessedSource]) -> dict[str, Any]:
@@ -201,23 +272,69 @@ def _provenance(sources: list[PreprocessedSource]) -> dict[str, Any]:
 
 
 def run_pretraining(cfg: PretrainConfig, out_dir: str | os.PathLike | None = None, resume: bool = False,
-                    progress: bool = True) -> Path:
-    """Pretrain ``cfg.method``; returns the final checkpoint's path. Launch under torchrun for DDP."""
+                    progress: bool = True, allow_changed: tuple[str, ...] | list[str] = ()) -> Path:
+    """Pretrain ``cfg.method``; returns the final checkpoint's path. Launch under torchrun for DDP.
+
+    ``allow_changed``: with ``resume``, the optimisation settings (RESUME_CHANGEABLE) that may differ from the run's.
+    """
     info = init_distributed(cfg.device)
     try:
-        final, _task = _run(cfg, Path(out_dir) if out_dir else default_output_dir(cfg), resume, progress, info)
+        final, _task = _run(cfg, Path(out_dir) if out_dir else default_output_dir(cfg), resume, progress, info,
+                            allow_changed)
         return final
     finally:
         cleanup_distributed()
 
 
-def _run(cfg: PretrainConfig, out_dir: Path, resume: bool, progress: bool,
-         info: DistInfo) -> tuple[Path, PretextTask]:
+def _note(text: str) -> None:
+    print(f"note: {text}", file=sys.stderr, flush=True)
+
+
+def _on_every_rank(fn: Any, info: DistInfo, device: torch.device) -> Any:
+    """Run ``fn`` (on rank 0 only, e.g. taking the lock) so that all ranks fail together when it fails."""
+    result, error = None, None
+    try:
+        result = fn()
+    except Exception as e:  # re-raised below, on every rank
+        error = e
+    if info.enabled:
+        ok = torch.tensor([0.0 if error is not None else 1.0], device=device)
+        torch.distributed.all_reduce(ok, op=torch.distributed.ReduceOp.MIN)
+        if ok.item() < 1 and error is None:
+            raise ValueError("rank 0 could not start the run (its error says why)")
+    if error is not None:
+        raise error
+    return result
+
+
+def _run(cfg: PretrainConfig, out_dir: Path, resume: bool, progress: bool, info: DistInfo,
+         allow_changed: tuple[str, ...] | list[str] = ()) -> tuple[Path, PretextTask]:
+    if allow_changed and not resume:
+        raise ValueError("--allow-changed only applies with --resume (a new run takes any settings)")
     device = torch.device("cuda", info.local_rank) if cfg.device == "cuda" else torch.device("cpu")
     sources = find_sources(cfg.datasets, cfg.plans, cfg.configuration)
+    data_warnings = check_crop_fits(sources, cfg.crop) + check_not_constant(sources)
     task = build_task(cfg, sources[0].num_channels)
-    warnings = startup_warnings(cfg, task, info.world_size)
+    warnings = data_warnings + startup_warnings(cfg, task, info.world_size)
+    lock = RunLock(out_dir) if info.is_main else None
+    _on_every_rank(lambda: lock.acquire() if lock is not None else None, info, device)
+    try:
+        return _train(cfg, out_dir, resume, progress, info, allow_changed, device, sources, task, warnings, lock)
+    finally:
+        if lock is not None:
+            lock.release(remove_empty_folder=True)
+
+
+def _train(cfg: PretrainConfig, out_dir: Path, resume: bool, progress: bool, info: DistInfo,
+           allow_changed: tuple[str, ...] | list[str], device: torch.device, sources: list[PreprocessedSource],
+           task: PretextTask, warnings: list[str], lock: RunLock | None) -> tuple[Path, PretextTask]:
     if info.is_main:
+        assert lock is not None
+        for n in lock.notes:
+            _note(n)
+        removed = remove_stale_temp_files(out_dir, all_writers=True)  # the folder is ours: no writer is at work
+        if removed:
+            _note(describe_removed(removed))
         for w in warnings:
             print(f"warning: {w}", file=sys.stderr, flush=True)
     task.setup(cfg.steps)
@@ -231,28 +348,38 @@ def _run(cfg: PretrainConfig, out_dir: Path, resume: bool, progress: bool,
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
 
     latest, final = out_dir / "checkpoint_latest.pth", out_dir / "checkpoint_final.pth"
-    start_step = 0
+    previous = out_dir / "checkpoint_previous.pth"
+    start_step, last_saved = 0, None
+    changes: dict[str, list[Any]] = {}
     if resume:
-        if not latest.is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint_latest.pth in {out_dir}; start without --resume")
-        ckpt = load_checkpoint(latest, map_location=device)
-        _check_resumable(ckpt.get("config", {}), cfg)
+        ckpt, fallback = _load_for_resume(out_dir, device)
+        if fallback and info.is_main:
+            _note(fallback)
+        changes = _check_resumable(ckpt.get("config", {}), cfg, allow_changed)
         task.load_state_dict(ckpt["task_state"])
-        optimizer.load_state_dict(ckpt["optimizer"])
+        load_optimizer_state(optimizer, ckpt["optimizer"], optim.betas)
         if ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
-        start_step = int(ckpt["step"])
+        start_step = last_saved = int(ckpt["step"])
         _set_rng_state(ckpt["rng"])
-    elif latest.is_file() or final.is_file():
+        if changes and info.is_main:
+            _note(f"resuming at step {start_step} with changed optimisation settings: " + "; ".join(
+                f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items()) + f" (now {optim.describe()})")
+    elif latest.is_file() or final.is_file() or previous.is_file():
         raise FileExistsError(f"{out_dir} already holds a run: pass --resume to continue it, or choose another --output")
 
     log = TrainingLog(out_dir, enabled=info.is_main, start_step=start_step)
     if info.is_main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "config.json").write_text(json.dumps(
-            {**cfg.to_dict(), "encoder_config": task.encoder().cfg.to_dict(),
-             "task_config": dataclasses.asdict(task.cfg), "optimisation": optim.to_dict(), "warnings": warnings},
-            indent=2, default=str))
+        if log.note:
+            _note(log.note)
+        history = _resume_history(out_dir / "config.json") if resume else []
+        if changes:
+            history.append({"step": start_step, "changed": changes})
+            log.append({"step": start_step, "event": "resume", "changed": changes})
+        run_config = {**cfg.to_dict(), "encoder_config": task.encoder().cfg.to_dict(),
+                      "task_config": dataclasses.asdict(task.cfg), "optimisation": optim.to_dict(),
+                      "warnings": warnings, "resume_changes": history}
+        atomic_write(out_dir / "config.json", lambda f: json.dump(run_config, f, indent=2, default=str), binary=False)
 
     model: torch.nn.Module = task
     if info.enabled:
@@ -287,60 +414,117 @@ def _run(cfg: PretrainConfig, out_dir: Path, resume: bool, progress: bool,
             "rng": _rng_state(),
         }
 
+    # Under a GradScaler the scaler skips steps with non-finite gradients itself (and lowers its scale): the flag
+    # then checks the loss only.
+    check_grads = not scaler.is_enabled()
+    global_batch = cfg.batch_size * info.world_size
+
+    def how_to_continue() -> str:
+        lower = f"{optim.lr / 10:.2g}"
+        if last_saved is None:
+            return (f"no checkpoint was written yet. Start again (without --resume) with e.g. --lr {lower}, a longer "
+                    "--warmup-steps or --clip-grad 1.0")
+        return (f"{latest.name} (step {last_saved}) is intact. Continue from it with other optimisation settings, e.g. "
+                f"--resume --allow-changed lr,clip_grad --lr {lower} --clip-grad 1.0 (or warmup_steps with a longer "
+                "--warmup-steps)")
+
+    def diverged(bad: list[int], records: list[dict[str, Any]]) -> TrainingDiverged:
+        first = next(r for r in records if r["step"] == bad[0])
+        cases = sorted({dataset.case_name(i) for s in bad[:3] for i in range(s * global_batch, (s + 1) * global_batch)})
+        steps = ("step " if len(bad) == 1 else "steps ") + ", ".join(map(str, bad[:5])) + (
+            f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        return TrainingDiverged(
+            f"the {cfg.method} loss{' or its gradients' if check_grads else ''} became non-finite at {steps} "
+            f"(loss {first['loss']}, lr {first['lr']:.3g}; crops of {', '.join(cases[:6])}"
+            f"{' ...' if len(cases) > 6 else ''}). The update(s) were skipped and nothing was saved after them: "
+            f"{how_to_continue()}; --no-amp may help on CUDA. Check that the data were normalised by nnU-Net's "
+            "preprocessing")
+
+    pending = PendingSteps()
+    t_read = time.perf_counter()
+
+    def read() -> None:
+        """Move the pending steps' values to the host (one transfer), log them, stop on a non-finite step."""
+        nonlocal t_read
+        records, bad = pending.read()
+        now = time.perf_counter()
+        rate = global_batch * len(records) / max(now - t_read, 1e-9)  # mean over the steps since the last read
+        t_read = now
+        for record in records:
+            if bad and record["step"] >= bad[0]:
+                break
+            record["samples_per_s"] = rate
+            log.append(record)
+        if bad:
+            raise diverged(bad, records)
+        if bar is not None and records:
+            bar.set_postfix(loss=f"{records[-1]['loss']:.4f}", samples_s=f"{rate:.2f}")
+
+    def save(step: int, also_final: bool = False) -> None:
+        """Checkpoint ``step`` (every rank checks, rank 0 writes): never a state with a NaN or Inf tensor."""
+        nonlocal last_saved
+        if not bool(all_finite([*task.parameters(), *task.buffers()])):
+            state = task.state_dict()
+            bad = nonfinite_names(state)
+            raise TrainingDiverged(
+                f"refusing to save step {step}: {describe_nonfinite(bad, len(state), 'model tensors')} although the "
+                f"last steps' loss and gradients were finite (an update overflowed: the learning rate is too high). "
+                f"Nothing was saved: {how_to_continue()}")
+        if info.is_main:
+            data = payload(step)
+            save_checkpoint(latest, data, keep_previous=previous)
+            if also_final:
+                save_checkpoint(final, data)
+            log.plot()
+        last_saved = step
+
     bar = None
     if progress and info.is_main:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=cfg.steps, initial=start_step, desc=f"pretrain {cfg.method}", unit="step", dynamic_ncols=True)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
     task.train()
-    step = start_step
-    t_last = time.perf_counter()
     for step, crops in zip(range(start_step, cfg.steps), loader):
         lr, wd = schedules.apply(optimizer, step)
         views = _to_device(task.make_views(crops, _views_generator(cfg.seed, step, info.rank)), device)
         with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
             out = model(views, step)
         loss = out["loss"]
-        finite = torch.isfinite(loss.detach()).float()
-        if info.enabled:
-            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
-        if finite.item() < 1:
-            raise TrainingDiverged(
-                f"the {cfg.method} loss became {loss.item()} at step {step} (lr {lr:.3g}). Nothing was saved from this "
-                "step: the last checkpoint is intact. Try a lower --lr, a longer warm-up (--warmup-steps), "
-                "--clip-grad 1.0, or --no-amp; check that the data were normalised by nnU-Net's preprocessing."
-            )
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
-        grad_norm = float(clip_gradients([p for g in optimizer.param_groups for p in g["params"]], optim.clip_grad,
-                                         optim.clip_mode))
+        grad_norm = clip_gradients(params, optim.clip_grad, optim.clip_mode)
+        flag = step_flag(loss, grad_norm if check_grads else None, info.enabled)
         task.before_optimizer_step(step)
-        scaler.step(optimizer)
+        if scaler.is_enabled():
+            scaler.step(optimizer)
+        else:
+            step_if_finite(optimizer, flag)
         scaler.update()
         task.on_step_end(step)
-
-        now = time.perf_counter()
-        samples_per_s = cfg.batch_size * info.world_size / max(now - t_last, 1e-9)
-        t_last = now
-        record = {"step": step, "lr": lr, "weight_decay": wd, "samples_per_s": samples_per_s,
-                  **{k: float(v.detach()) for k, v in out.items() if k.startswith("loss")}}
-        if grad_norm is not None:
-            record["grad_norm"] = grad_norm
-        log.append(record)
+        pending.add(StepRecord(step, lr, wd, {k: v.detach() for k, v in out.items() if k.startswith("loss")},
+                               grad_norm, flag))
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{record['loss']:.4f}", samples_s=f"{samples_per_s:.2f}")
-        if (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps and info.is_main:
-            save_checkpoint(latest, payload(step + 1))
-            log.plot()
+        checkpoint = (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps
+        if checkpoint or (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+            read()
+        if checkpoint:
+            save(step + 1)
+    read()  # nothing pending unless the loader ended early
     if bar is not None:
         bar.close()
-    if info.is_main:
-        final_payload = payload(cfg.steps)
-        save_checkpoint(latest, final_payload)
-        save_checkpoint(final, final_payload)
-        log.plot()
+    save(cfg.steps, also_final=True)
     if info.enabled:
         torch.distributed.barrier()
     return final, task
+
+
+def _resume_history(config_json: Path) -> list[dict[str, Any]]:
+    """The optimisation changes earlier resumptions recorded in config.json."""
+    try:
+        history = json.loads(config_json.read_text()).get("resume_changes", [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return history if isinstance(history, list) else []

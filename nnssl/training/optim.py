@@ -54,10 +54,29 @@ def make_schedules(total_steps: int, optim: ResolvedOptim) -> OptimSchedules:
 
 
 def make_optimizer(model: nn.Module, optim: ResolvedOptim) -> torch.optim.AdamW:
+    """AdamW over the parameter groups, fused where the device has the kernel: its ``found_inf`` input lets the loop
+    skip a non-finite step on the device (nnssl.training.finite) without reading a flag on the host every step."""
     groups = [g for g in parameter_groups(model, optim.decay_all_parameters) if g["params"]]
     if not groups:
         raise ValueError("the task has no trainable parameters")
-    return torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas))
+    try:
+        return torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), fused=True)
+    except (RuntimeError, ValueError):  # no fused kernel for these parameters' device or dtype
+        return torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas))
+
+
+def load_optimizer_state(optimizer: torch.optim.AdamW, state: dict, betas: tuple[float, float]) -> None:
+    """Load a saved optimiser state, keeping this optimiser's implementation (fused or not: a checkpoint written by
+    another one would otherwise switch it) and ``betas`` (the run's current setting; the others are set every step).
+    """
+    fused, foreach = optimizer.defaults.get("fused"), optimizer.defaults.get("foreach")
+    optimizer.load_state_dict(state)
+    for group in optimizer.param_groups:
+        group["fused"], group["foreach"], group["betas"] = fused, foreach, tuple(betas)
+    if fused:  # the fused kernel keeps its step counts as float32 on the parameters' device
+        for p, st in optimizer.state.items():
+            if torch.is_tensor(st.get("step")):
+                st["step"] = st["step"].to(device=p.device, dtype=torch.float32)
 
 
 def clip_gradients(params: list[Tensor], max_norm: float, mode: str = "global") -> Tensor:
@@ -71,7 +90,7 @@ def clip_gradients(params: list[Tensor], max_norm: float, mode: str = "global") 
     """
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
-        return torch.zeros(())
+        return torch.zeros((), device=params[0].device if params else "cpu")
     norms = torch._foreach_norm(grads)
     total = torch.linalg.vector_norm(torch.stack(norms))
     if max_norm <= 0:
@@ -87,4 +106,5 @@ def clip_gradients(params: list[Tensor], max_norm: float, mode: str = "global") 
     return total
 
 
-__all__ = ["OptimSchedules", "clip_gradients", "make_optimizer", "make_schedules", "parameter_groups"]
+__all__ = ["OptimSchedules", "clip_gradients", "load_optimizer_state", "make_optimizer", "make_schedules",
+           "parameter_groups"]

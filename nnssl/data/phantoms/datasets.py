@@ -27,6 +27,7 @@ from nnssl.data.phantoms.anatomy import S, Subject, make_subject
 from nnssl.data.phantoms.ct import render_ct
 from nnssl.data.phantoms.fields import Grid, validate_size, validate_spacing
 from nnssl.data.phantoms.mri import render_mri
+from nnssl.io import pid_alive
 
 GROUPS = ("small", "large", "gastrointestinal", "tumour")
 FILE_ENDING = ".nii.gz"
@@ -230,6 +231,10 @@ def write_datasets(raw_dir: Path | str, datasets: list[str | int] | None = None,
 
     raw_dir = Path(raw_dir).expanduser()
     _check_target(raw_dir)
+    removed = remove_stale_temp_folders(raw_dir)
+    if removed:
+        print(f"note: removed {len(removed)} partial dataset folder(s) of interrupted runs: "
+              f"{', '.join(p.name for p in removed)}")
     existing = {}
     for _, d in plan:
         found = sorted(p for p in raw_dir.glob(f"Dataset{d:03d}_*") if p.is_dir())
@@ -248,6 +253,21 @@ def write_datasets(raw_dir: Path | str, datasets: list[str | int] | None = None,
     finally:
         bar.close()
     return out
+
+
+#: ``.<DatasetXXX_Name>.tmp-<pid>-<hex>``: the hidden folder a dataset is written into before it is renamed into place.
+_TEMP_FOLDER = re.compile(r"^\.Dataset\d{3}_.+\.tmp-(?P<pid>\d+)-[0-9a-f]+$")
+
+
+def remove_stale_temp_folders(raw_dir: Path) -> list[Path]:
+    """Delete the hidden temporary dataset folders of writers that were killed (their pid is gone on this host)."""
+    removed = []
+    for entry in raw_dir.iterdir() if raw_dir.is_dir() else []:
+        m = _TEMP_FOLDER.match(entry.name)
+        if m and entry.is_dir() and int(m.group("pid")) != os.getpid() and not pid_alive(int(m.group("pid"))):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
 
 
 def _write_one(raw_dir: Path, spec: DatasetSpec, dataset_id: int, n: int, seed: int, size, spacing,
