@@ -286,6 +286,9 @@ def test_headline_is_the_first_table_and_corrects_over_all_its_comparisons(tree_
     assert page.index("<table>") < page.index("Datasets") and page.index("Headline") < page.index("<table>")
     sentence = next(b.text for b in report.blocks if type(b).__name__ == "Para" and "Holm's correction" in b.text)
     assert sentence.startswith("2 of 4 differences") and f"smit on {CT} (5-shot" in sentence
+    # what the design could detect: 8 CT cases reach Holm's level over 4 tests, the 6 MRI cases never can
+    power = next(b.text for b in report.blocks if type(b).__name__ == "Para" and "pooled SD" in b.text)
+    assert "with 8 cases" in power and "fewer than 8 cases can never reach significance" in power
 
 
 def test_repeated_draws_are_aggregated_per_case_not_pooled(tmp_path):

@@ -5,13 +5,16 @@ Each row: the method's mean foreground Dice with its CI, the baseline's (the fro
 validation cases) on the paired differences, and a two-sided paired Wilcoxon test on per-case values (averaged over
 the draws both share). Holm's correction runs over every comparison of the table (methods x datasets x regimes),
 so the family is fixed before anything is looked at; per-label comparisons are in the detail tables below. One
-sentence says which differences are significant, or that none are at this budget.
+sentence says which differences are significant, or that none are at this budget, and one what the design could have
+detected: the smallest difference found at 80% power after the correction, at the pooled spread of the table's paired
+per-case differences (``nnssl.analysis.power``).
 """
 from __future__ import annotations
 
 import math
 
 from nnssl.analysis.dice_stats import hierarchical_bootstrap_ci, holm, paired_wilcoxon, significance_marker
+from nnssl.analysis.power import design_sentence, detectable_difference, pilot_sd
 from nnssl.analysis.report.blocks import Heading, Para, Table
 from nnssl.analysis.report.context import ReportContext
 from nnssl.analysis.report.format import fmt_p
@@ -23,7 +26,7 @@ def headline(ctx: ReportContext) -> None:
     r, t, d = ctx.report, ctx.tree, ctx.opt.digits
     level = int(round(ctx.opt.level * 100))
     r.add(Heading(2, "Headline: pretraining against training from scratch"))
-    rows, tests, unmatched = [], [], []
+    rows, tests, unmatched, differences = [], [], [], []
     for ds in t.dataset_names():
         for regime in t.regimes(ds):
             for m in t.methods(ds, regime):
@@ -37,8 +40,10 @@ def headline(ctx: ReportContext) -> None:
                 ma, mb = paired_draw_matrices(a, b)
                 diff = hierarchical_bootstrap_ci(ma - mb, n_boot=ctx.opt.n_boot, seed=ctx.opt.seed,
                                                  level=ctx.opt.level)
-                pt = paired_wilcoxon(*paired_case_means(a, b)[:2])
+                case_a, case_b, _ = paired_case_means(a, b)
+                pt = paired_wilcoxon(case_a, case_b)
                 tests.append(pt)
+                differences.append(case_a - case_b)
                 rows.append([ds, regime.label(), m, ctx.case_ci(ds, regime, m).fmt(d), base,
                              ctx.case_ci(ds, regime, base).fmt(d), diff.fmt(d), str(pt.n)])
     if not rows:
@@ -57,7 +62,11 @@ def headline(ctx: ReportContext) -> None:
         sentence = (f"None of the {len(rows)} differences to training from scratch is significant after Holm's "
                     f"correction over all {len(rows)} comparisons at this budget (p < 0.05 needed); the "
                     f"{level}% intervals show how large a difference the runs can still hide.")
-    r.add(Para(sentence), Table(
+    r.add(Para(sentence))
+    power = _power_sentence(differences, [pt.n for pt in tests], d)
+    if power:
+        r.add(Para(power))
+    r.add(Table(
         ["dataset", "regime", "method", f"Dice [{level}% CI]", "baseline", f"baseline Dice [{level}% CI]",
          f"difference [{level}% CI]", "cases", "p (Holm)", "sig.", "note"], rows,
         caption="Mean foreground Dice per method against the from-scratch runs of the same encoder; CIs bootstrap "
@@ -67,3 +76,12 @@ def headline(ctx: ReportContext) -> None:
         r.add(Para("No from-scratch baseline of the same encoder for: " + ", ".join(unmatched) + ". Their "
                    "comparisons would mix pretraining with architecture; the grid plans a scratch run per encoder "
                    "(`scratch-<encoder>`).", note=True))
+
+
+def _power_sentence(differences: list, cases: list[int], digits: int) -> str | None:
+    """What the table's design could detect (None when no comparison has two paired cases to measure a spread)."""
+    try:
+        sd, _ = pilot_sd(differences)
+    except ValueError:
+        return None
+    return design_sentence(sd, cases, comparisons=len(cases), digits=digits)

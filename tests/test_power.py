@@ -1,0 +1,64 @@
+"""Power of the headline's paired Holm-corrected Wilcoxon tests (nnssl.analysis.power)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy.stats import wilcoxon
+
+from nnssl.analysis.power import (cases_needed, design_sentence, detectable_difference, pilot_sd,
+                                  wilcoxon_floor_cases)
+
+
+def test_floor_is_where_the_exact_test_first_reaches_the_corrected_level():
+    for m in (1, 4, 16, 40):
+        n = wilcoxon_floor_cases(m)
+        assert 2 / 2 ** n <= 0.05 / m < 2 / 2 ** (n - 1)
+        # the exact test on n identical-sign differences reaches its smallest p-value, 2 / 2**n
+        assert wilcoxon(np.arange(1.0, n + 1)).pvalue == pytest.approx(2 / 2 ** n)
+    assert wilcoxon_floor_cases(1) == 6 and wilcoxon_floor_cases(16) == 10
+
+
+def test_detectable_difference_shrinks_with_cases_and_grows_with_comparisons():
+    assert math.isinf(detectable_difference(0.05, 4, 1))  # below the floor nothing is detectable
+    d = [detectable_difference(0.05, n, 8) for n in (10, 20, 40, 80)]
+    assert all(a > b for a, b in zip(d, d[1:]))
+    assert detectable_difference(0.05, 20, 1) < detectable_difference(0.05, 20, 16)
+    # about sqrt(2) smaller for twice the cases once the t quantiles have settled
+    assert detectable_difference(0.05, 400, 4) / detectable_difference(0.05, 800, 4) == pytest.approx(2 ** 0.5,
+                                                                                                        rel=0.01)
+    with pytest.raises(ValueError, match="sd"):
+        detectable_difference(float("nan"), 20)
+
+
+def test_cases_needed_is_the_first_n_that_detects_the_target():
+    n = cases_needed(0.05, 0.08, comparisons=16)
+    assert detectable_difference(0.08, n, 16) <= 0.05 < detectable_difference(0.08, n - 1, 16)
+
+
+def test_the_approximation_holds_by_simulation():
+    """At the detectable difference, the exact paired Wilcoxon test rejects at alpha/m in about 80% of designs."""
+    rng = np.random.default_rng(0)
+    sd, n, m = 0.06, 24, 8
+    delta = detectable_difference(sd, n, m)
+    rejections = [wilcoxon(rng.normal(delta, sd, n)).pvalue < 0.05 / m for _ in range(600)]
+    assert 0.72 <= np.mean(rejections) <= 0.92  # 3/pi is the least favourable efficiency: power is at least 80%
+
+
+def test_pilot_sd_pools_the_comparisons_and_drops_missing_values():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(0.0, 0.1, 200), rng.normal(0.3, 0.1, 300)  # different means do not inflate the pooled spread
+    sd, total = pilot_sd([a, np.append(b, np.nan), [0.5]])
+    assert total == 500 and sd == pytest.approx(0.1, rel=0.1)
+    with pytest.raises(ValueError, match="two or more"):
+        pilot_sd([[0.1], []])
+
+
+def test_sentence_names_the_floor_when_no_difference_can_be_significant():
+    few = design_sentence(0.05, [4, 4], 16)
+    assert "no difference can be significant" in few and "at least 10 cases" in few
+    mixed = design_sentence(0.05, [6, 40], 16)
+    assert f"is {detectable_difference(0.05, 40, 16):.3f} with 40 cases" in mixed
+    assert "fewer than 10 cases can never reach significance" in mixed
+    assert f"about {cases_needed(0.05, 0.05, 16)} validation cases" in mixed
