@@ -13,6 +13,7 @@ CONSOLE_SCRIPTS = [
     "nnssl_benchmark=nnssl.cli.benchmark:main",
     "nnssl_report=nnssl.cli.report:main",
     "nnssl_cka=nnssl.cli.cka:main",
+    "nnssl_probe=nnssl.cli.probe:main",
 ]
 
 setup(
