@@ -20,7 +20,7 @@ from nnssl.benchmark.spec import OPTIM_SETTINGS, BenchmarkSpec
 from nnssl.nnunet.naming import (CONFIGURATION, SCRATCH, SWIN_PLANS, encoder_tag, is_scratch, model_folder_name,
                                  plans_name, scratch_method, trainer_name)
 
-STAGES = ("phantoms", "preprocess", "pretrain", "attach", "finetune", "cka", "report")
+STAGES = ("phantoms", "preprocess", "pretrain", "attach", "probe", "finetune", "cka", "report")
 
 
 @dataclass
@@ -145,6 +145,21 @@ def _dataset_glob(root: Path, dataset: str) -> str:
     return f"Dataset{int(dataset):03d}_*" if dataset.isdigit() else dataset
 
 
+def probe_jobs(spec: BenchmarkSpec, paths: Paths, report_dir: Path, pretrained_by: dict[str, str]) -> list[Job]:
+    """One frozen-feature probe (nnssl_probe) per pretrained method and downstream dataset (labelled: the grid
+    fine-tunes on them), as soon as the method's checkpoint exists; results under ``<report>/probe/``."""
+    jobs = []
+    for m in spec.pretrained_methods:
+        for d in _ids(spec.downstream.datasets):
+            out = report_dir / "probe" / f"{d}__{m}.json"
+            jobs.append(Job(
+                f"probe/{m}/{d}", "probe",
+                ["nnssl_probe", "--pretrained", str(checkpoint_path(spec, paths, m)), "-d", d, "--method", m,
+                 "--device", spec.device, "--out", str(out)],
+                done_marker=out, after=[pretrained_by.get(m, "preprocess")], method=m))
+    return jobs
+
+
 def build_jobs(spec: BenchmarkSpec, paths: Paths, report_dir: Path, warnings: list[str] | None = None) -> list[Job]:
     """All jobs of the grid in an order that respects their dependencies; what the grid cannot decide yet is
     appended to ``warnings``."""
@@ -214,6 +229,8 @@ def build_jobs(spec: BenchmarkSpec, paths: Paths, report_dir: Path, warnings: li
                     ["nnssl_attach", "-d", d, "--checkpoint", str(ckpt), "--name", m, "--architecture-only"],
                     done_marker=paths.preprocessed / _dataset_glob(paths.preprocessed, d) / f"{plans_name(m)}.json",
                     after=["preprocess"], method=m))
+    if down.probe:
+        jobs += probe_jobs(spec, paths, report_dir, pretrained_by)
     train_env = {"nnUNet_n_proc_DA": "0", "nnUNet_def_n_proc": "1"} if cpu else {}
     if down.iterations_per_epoch:
         train_env["NNSSL_ITERATIONS_PER_EPOCH"] = str(down.iterations_per_epoch)
@@ -247,9 +264,12 @@ def build_jobs(spec: BenchmarkSpec, paths: Paths, report_dir: Path, warnings: li
                              "--images", str(down.cka_images), "--out", str(out)],
                             done_marker=out, after=[f"finetune/{run}"], method=m,
                         ))
-    jobs.append(Job("report", "report", ["nnssl_report", str(paths.results), "--out", str(report_dir),
-                                         "--cka", str(report_dir / "cka")],
-                    after=[j.key for j in jobs], after_any=True))
+    report_cmd = ["nnssl_report", str(paths.results), "--out", str(report_dir), "--cka", str(report_dir / "cka")]
+    if pretrained_by:  # the Pretraining section: each run's loss curve and verdict
+        report_cmd += ["--pretraining", str(paths.nnssl_results / spec.name)]
+    if any(j.stage == "probe" for j in jobs):
+        report_cmd += ["--probe", str(report_dir / "probe")]
+    jobs.append(Job("report", "report", report_cmd, after=[j.key for j in jobs], after_any=True))
     return jobs
 
 
