@@ -104,7 +104,7 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
 
 
 def knn_predict(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, num_classes: int, k: int = 10,
-                chunk: int = 1024) -> np.ndarray:
+                chunk: int = 512) -> np.ndarray:
     """k-NN majority vote with cosine similarity. train_x (n, p), train_y (n,), test_x (m, p) -> (m,) labels.
 
     Ties in the vote go to the tied class with the larger summed similarity. Similarities are computed ``chunk``
