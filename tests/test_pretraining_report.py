@@ -89,16 +89,18 @@ def test_find_runs_accepts_a_run_folder_or_a_folder_of_runs(tmp_path):
     assert pre.find_runs(tmp_path / "missing") == []
 
 
-def _probe(path, method: str, diff_low: float) -> None:
+def _probe(path, method: str, diff_low: float, linear_low: float | None = None, stage: int = 2) -> None:
     def est(v, lo, hi):
         return {"value": v, "low": lo, "high": hi}
 
-    entry = {"pretrained": {"balanced_accuracy": est(0.9, 0.85, 0.95), "macro_f1": est(0.6, 0.5, 0.7)},
-             "random": {"balanced_accuracy": est(0.7, 0.6, 0.8), "macro_f1": est(0.3, 0.2, 0.4)},
-             "difference": {"balanced_accuracy": est(0.2, diff_low, 0.3), "macro_f1": est(0.3, 0.2, 0.4)}}
-    write_probe_json(path, dataset="Dataset901_PhantomCTOrgans", method=method, stage=2, stride=8,
-                     probes={"knn": entry, "linear": entry}, classes={"0": "background", "1": "liver"},
-                     tokens={"train": 100, "test": 50})
+    def entry(low):
+        return {"pretrained": {"balanced_accuracy": est(0.9, 0.85, 0.95), "macro_f1": est(0.6, 0.5, 0.7)},
+                "random": {"balanced_accuracy": est(0.7, 0.6, 0.8), "macro_f1": est(0.3, 0.2, 0.4)},
+                "difference": {"balanced_accuracy": est(0.2, low, 0.3), "macro_f1": est(0.3, 0.2, 0.4)}}
+
+    write_probe_json(path, dataset="Dataset901_PhantomCTOrgans", method=method, stage=stage, stride=2 ** (stage + 1),
+                     probes={"knn": entry(diff_low), "linear": entry(diff_low if linear_low is None else linear_low)},
+                     classes={"0": "background", "1": "liver"}, tokens={"train": 100, "test": 50})
 
 
 def test_section_with_runs_and_probes(tmp_path):
@@ -133,6 +135,18 @@ def test_section_with_runs_and_probes(tmp_path):
     assert "moving-block-bootstrap" in md and "Frozen-feature probe: dino" in md and "Skipped broken.json" in md
     figures = sorted(p.name for p in (tmp_path / "out" / "figures").glob("pretraining_*.png"))
     assert figures == ["pretraining_study_dino.png", "pretraining_study_simclr.png", "pretraining_study_simmim.png"]
+
+
+def test_both_probes_must_win_at_the_same_stage(tmp_path):
+    _probe(tmp_path / "s1.json", "mocov3", diff_low=0.05, linear_low=-0.05, stage=1)  # k-NN wins at stage 1
+    _probe(tmp_path / "s2.json", "mocov3", diff_low=-0.05, linear_low=0.05)  # linear wins at stage 2
+    results = tmp_path / "results"
+    results.mkdir()
+    report, _ = build_report(load_results(results), tmp_path / "o", ReportOptions(n_boot=50),
+                             probe_files=[tmp_path / "s1.json", tmp_path / "s2.json"])
+    summary = next(t for t in report.tables() if t.header[-1] == "learning signal")
+    assert summary.rows == [["mocov3", "n/a", "only one probe beats random (Dataset901_PhantomCTOrgans, "
+                                               "Dataset901_PhantomCTOrgans (stage 1))", "no"]]
 
 
 def test_section_degrades_to_notes(tmp_path):

@@ -80,7 +80,8 @@ def _loss_part(ctx: ReportContext, runs: list[pre.PretrainingRun]) -> dict[str, 
 
 
 def _probe_part(ctx: ReportContext) -> dict[str, dict[str, list[str]]]:
-    """One probe table per method; returns method -> dataset -> probes that beat the random encoder."""
+    """One probe table per method; returns method -> dataset (and stage, when not 2) -> probes that beat the random
+    encoder in balanced accuracy."""
     r = ctx.report
     by_method: dict[str, list[dict]] = {}
     for path in ctx.probe_files:
@@ -95,7 +96,9 @@ def _probe_part(ctx: ReportContext) -> dict[str, dict[str, list[str]]]:
     for method in sorted(by_method):
         rows = []
         for doc in sorted(by_method[method], key=lambda d: (d["dataset"], d["stage"])):
-            winners = beats.setdefault(method, {}).setdefault(doc["dataset"], [])
+            # both probes must win on the same tokens: one entry per dataset and stage
+            where = doc["dataset"] if doc["stage"] == 2 else f"{doc['dataset']} (stage {doc['stage']})"
+            winners = beats.setdefault(method, {}).setdefault(where, [])
             for probe in probe_mod.PROBES:
                 entry = doc["probes"][probe]
                 for metric in probe_mod.METRICS:
