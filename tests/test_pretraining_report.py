@@ -178,3 +178,8 @@ def test_cli_options(tmp_path, capsys):
                  "--probe", str(tmp_path / "nope")]) == 0
     assert "--probe folder" in capsys.readouterr().err
     assert math.isfinite(pre.window_change(_falling()).change)
+
+    _probe(results / "probe" / "default.json", "dino", 0.05)  # RESULTS/probe is read without --probe
+    assert main([str(results), "--out", str(tmp_path / "o3"), "--bootstrap", "10", "--no-logs"]) == 0
+    assert "ignored probe" not in capsys.readouterr().out  # not a dataset folder, and not listed as ignored
+    assert "Frozen-feature probe: dino" in (tmp_path / "o3" / "report.md").read_text()
