@@ -16,6 +16,7 @@ CONSOLE_SCRIPTS = [
     "nnssl_splits=nnssl.cli.splits:main",
     "nnssl_attention=nnssl.cli.attention:main",
     "nnssl_find_best_configuration=nnssl.cli.find_best_configuration:main",
+    "nnssl_probe=nnssl.cli.probe:main",
 ]
 
 setup(

@@ -13,9 +13,14 @@ import numpy as np
 
 def write_preprocessed_dataset(root: Path, dataset_id: int = 990, name: str = "ToyCT", cases: int = 3,
                                shape: tuple[int, int, int] = (48, 48, 48), plans: str = "nnUNetSwinPlans",
-                               channels: int = 1, seed: int = 0, constant: bool = False) -> Path:
+                               channels: int = 1, seed: int = 0, organ_contrast: float = 1.0,
+                               noise: float = 0.1, constant: bool = False) -> Path:
     """Write Dataset<id>_<name> under ``root`` (nnUNet_preprocessed) with plans and blosc2 cases; returns the folder.
-    ``constant``: every image all zero (a broken dataset)."""
+
+    Each case is a body (0.5; -2 outside) holding an organ (label 1) ``organ_contrast`` brighter, plus Gaussian noise
+    of SD ``noise``: a low contrast under strong noise makes the organ hard to see for a random encoder.
+    ``constant``: every image all zero (a broken dataset).
+    """
     from nnunetv2.training.dataloading.nnunet_dataset import nnUNetDatasetBlosc2
 
     folder = Path(root) / f"Dataset{dataset_id:03d}_{name}"
@@ -27,7 +32,7 @@ def write_preprocessed_dataset(root: Path, dataset_id: int = 990, name: str = "T
         c = rng.uniform(-0.3, 0.3, 3)
         body = ((zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2) < 0.5
         organ = ((zz - c[0]) ** 2 + (yy - c[1] - 0.2) ** 2 + (xx - c[2]) ** 2) < 0.08
-        img = np.where(body, 0.5, -2.0) + np.where(organ, 1.0, 0.0) + 0.1 * rng.standard_normal(shape)
+        img = np.where(body, 0.5, -2.0) + np.where(organ, organ_contrast, 0.0) + noise * rng.standard_normal(shape)
         if constant:
             img = np.zeros(shape)
         data = np.repeat(img[None].astype(np.float32), channels, axis=0)

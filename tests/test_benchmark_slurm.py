@@ -104,7 +104,8 @@ def test_submit_script_builds_per_job_dependencies(tmp_path, stubs):
     assert set(submitted) == {"phantoms", "preprocess", "pretrain-smit", "pretrain-dino", "attach-smit",
                               "attach-dino", "attach-public", "finetune-scratch", "finetune-smit", "finetune-dino",
                               "finetune-public", "cka-smit", "cka-dino", "cka-public", "attention-smit",
-                              "attention-dino", "attention-public", "report"}
+                              "attention-dino", "attention-public", "probe-smit", "probe-dino", "probe-public",
+                              "report"}
 
     assert submitted["phantoms"]["deps"] == {}
     assert submitted["preprocess"]["deps"] == {"afterok": {ids["phantoms"]}}
@@ -112,6 +113,10 @@ def test_submit_script_builds_per_job_dependencies(tmp_path, stubs):
         assert submitted[f"pretrain-{m}"]["deps"] == {"afterok": {ids["preprocess"]}}
         assert submitted[f"attach-{m}"]["deps"] == {"afterok": {ids[f"pretrain-{m}"]}}
     assert submitted["attach-public"]["deps"] == {"afterok": {ids["preprocess"]}}  # an existing checkpoint
+    for m in ("smit", "dino"):  # a probe needs its checkpoint only, not the fine-tuning
+        assert submitted[f"probe-{m}"]["deps"] == {"afterok": {ids[f"pretrain-{m}"]}}
+    assert submitted["probe-public"]["deps"] == {"afterok": {ids["preprocess"]}}
+    assert "--gres=gpu:1" in submitted["probe-smit"]["options"]  # one GPU per probe on a cuda grid
     for m in ("smit", "dino", "public"):
         assert submitted[f"finetune-{m}"]["deps"] == {"afterok": {ids[f"attach-{m}"]}}
         # CKA of fold i waits for fine-tuning fold i only: a failed fold blocks its own CKA, not the others

@@ -29,8 +29,8 @@ from nnssl.nnunet.datasets import DATASET_RE
 from nnssl.nnunet.naming import SCRATCH, RunName, encoder_tag, parse_run_name
 
 FOLD_RE = re.compile(r"^fold_(\d+|all)$")
-# top-level folders that live in a results folder but are not datasets (CKA and attention results, reports)
-_NON_DATASET_DIRS = {"cka", "attention", "report", "nnssl_report"}
+# top-level folders that live in a results folder but are not datasets (CKA, attention and probe results, reports)
+_NON_DATASET_DIRS = {"cka", "attention", "probe", "report", "nnssl_report"}
 _KNOWN_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".png", ".tif", ".tiff", ".bmp", ".npz", ".b2nd")
 
 

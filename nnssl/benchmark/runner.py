@@ -23,7 +23,7 @@ from nnssl.benchmark.spec import OPTIM_SETTINGS, BenchmarkSpec
 from nnssl.nnunet.naming import (CONFIGURATION, SCRATCH, SWIN_PLANS, encoder_tag, is_scratch, model_folder_name,
                                  plans_name, scratch_method, trainer_name)
 
-STAGES = ("phantoms", "preprocess", "pretrain", "attach", "finetune", "cka", "attention", "report")
+STAGES = ("phantoms", "preprocess", "pretrain", "attach", "probe", "finetune", "cka", "attention", "report")
 
 
 @dataclass
@@ -168,6 +168,23 @@ def _dataset_glob(root: Path, dataset: str) -> str:
     return f"Dataset{int(dataset):03d}_*" if dataset.isdigit() else dataset
 
 
+def probe_jobs(spec: BenchmarkSpec, paths: Paths, report_dir: Path, pretrained_by: dict[str, str]) -> list[Job]:
+    """One frozen-feature probe (nnssl_probe) per pretrained method and downstream dataset (labelled: the grid
+    fine-tunes on them), as soon as the method's checkpoint exists; results under ``<report>/probe/``."""
+    jobs = []
+    for m in spec.pretrained_methods:
+        for d in _ids(spec.downstream.datasets):
+            out = report_dir / "probe" / f"{d}__{m}.json"
+            jobs.append(Job(
+                f"probe/{m}/{d}", "probe",
+                ["nnssl_probe", "--pretrained", str(checkpoint_path(spec, paths, m)), "-d", d, "--method", m,
+                 "--device", spec.device, "--out", str(out)],
+                done_marker=out, after=[pretrained_by.get(m, "preprocess")], method=m,
+                settings_file=stamps.record_beside(out), outputs=out,
+                keyed_on=[pretrained_by[m]] if m in pretrained_by else []))
+    return jobs
+
+
 def build_jobs(spec: BenchmarkSpec, paths: Paths, report_dir: Path, warnings: list[str] | None = None) -> list[Job]:
     """All jobs of the grid in an order that respects their dependencies; what the grid cannot decide yet is
     appended to ``warnings``."""
@@ -241,6 +258,8 @@ def build_jobs(spec: BenchmarkSpec, paths: Paths, report_dir: Path, warnings: li
                     ["nnssl_attach", "-d", d, "--checkpoint", str(ckpt), "--name", m, "--architecture-only"],
                     done_marker=attached, after=["preprocess"], method=m,
                     settings_file=stamps.record_beside(attached), outputs=attached))
+    if down.probe:
+        jobs += probe_jobs(spec, paths, report_dir, pretrained_by)
     train_env = {"nnUNet_n_proc_DA": "0", "nnUNet_def_n_proc": "1"} if cpu else {}
     if down.iterations_per_epoch:
         train_env["NNSSL_ITERATIONS_PER_EPOCH"] = str(down.iterations_per_epoch)
@@ -282,6 +301,10 @@ def build_jobs(spec: BenchmarkSpec, paths: Paths, report_dir: Path, warnings: li
     report_cmd = ["nnssl_report", str(paths.results), "--out", str(report_dir), "--cka", str(report_dir / "cka")]
     if any(j.stage == "attention" for j in jobs):
         report_cmd += ["--attention", str(report_dir / "attention")]
+    if pretrained_by:  # the Pretraining section: each run's loss curve and verdict
+        report_cmd += ["--pretraining", str(paths.nnssl_results / spec.name)]
+    if any(j.stage == "probe" for j in jobs):
+        report_cmd += ["--probe", str(report_dir / "probe")]
     jobs.append(Job("report", "report", report_cmd, after=[j.key for j in jobs], after_any=True))
     stamps.assign_identities(jobs)
     return jobs

@@ -3,6 +3,7 @@
 The submissions follow the jobs' own prerequisites (``Job.after``), so a failure blocks only what needs its result:
 
     phantoms (array) -> preprocess -> pretrain-<m> -> attach-<m> (array) -> finetune-<m> (array) -> cka-<m> (array)
+                                                  -> probe-<m> (array)
                                                                                              -> attention-<m> (array)
                                    -> finetune-scratch (array)
     report: after all of them, whatever their outcome (``afterany``); it first lists the jobs that did not finish
@@ -38,7 +39,7 @@ from nnssl.benchmark.runner import Job, Paths
 from nnssl.benchmark.spec import BenchmarkSpec, SlurmSpec
 
 #: Stages whose commands use the GPU when the spec's device is cuda (one GPU each, pretraining gpus_per_job).
-GPU_STAGES = ("pretrain", "finetune", "cka", "attention")
+GPU_STAGES = ("pretrain", "probe", "finetune", "cka", "attention")
 
 LIB = """\
 # Shell helpers of the exported grid; sourced by every job after env.sh.

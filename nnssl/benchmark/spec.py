@@ -10,7 +10,8 @@ A spec is a JSON or YAML file (documented in documentation/benchmark.md):
     # lr, min_lr, warmup_steps, weight_decay, weight_decay_end, clip_grad: unset = each method's reference recipe
     methods: [scratch, smit, simmim, dino, ibot, simclr, mocov3, cpc, rotation, swinunetr]
     checkpoints: {swinunetr_public: /path/to/converted.pth}     # optional: reuse existing checkpoints
-    downstream: {datasets: [901, 902], shots: [5, 10, all], folds: [0, 1, 2, 3, 4], epochs: 50}
+    downstream: {datasets: [901, 902], shots: [5, 10, all], folds: [0, 1, 2, 3, 4], epochs: 50,
+                 probe: true}                               # frozen-feature probes of each pretrained encoder
     slurm: {partition: gpu, gpus_per_job: 4, cpus_per_gpu: 8, nodes: 2,          # optional: cluster resources
             time: {default: "04:00:00", pretrain: "2-00:00:00"}, mem: 64G}
 
@@ -92,11 +93,13 @@ class DownstreamSpec:
     #: after each pretrained fine-tuning run, measure its attention (nnssl_attention) on this many validation crops
     attention: bool = True
     attention_images: int = 8
+    #: a frozen-feature probe (nnssl_probe) of every pretrained encoder against a random one, per dataset
+    probe: bool = True
 
 
 #: The grid's job stages (the runner's ``STAGES``; a test checks that they agree). ``slurm.time`` and ``slurm.mem``
 #: may be given per stage, under these names or ``default``.
-SLURM_STAGES = ("phantoms", "preprocess", "pretrain", "attach", "finetune", "cka", "attention", "report")
+SLURM_STAGES = ("phantoms", "preprocess", "pretrain", "attach", "probe", "finetune", "cka", "attention", "report")
 # SLURM's --time forms: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS.
 _SLURM_TIME = re.compile(r"^(\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d+|\d+-\d+:\d{1,2}|\d+-\d+:\d{1,2}:\d{1,2})$")
 _SLURM_MEM = re.compile(r"^\d+[KMGT]?$", re.I)
@@ -229,6 +232,8 @@ class BenchmarkSpec:
         if self.downstream.draws > 1 and all(s == "all" for s in self.downstream.shots):
             raise SpecError("downstream.draws > 1 repeats k-shot subsets, but downstream.shots has no k-shot regime "
                             "(e.g. shots: [5, all])")
+        if not isinstance(self.downstream.probe, bool):
+            raise SpecError(f"downstream.probe must be true or false, got {self.downstream.probe!r}")
         if self.downstream.cka_images < 4:
             raise SpecError("downstream.cka_images must be >= 4 (the unbiased CKA needs 4 images per batch)")
         if not isinstance(self.downstream.attention, bool):

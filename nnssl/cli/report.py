@@ -10,9 +10,10 @@ from pathlib import Path
 DESCRIPTION = """\
 Build the benchmark report from nnU-Net's own outputs: per-case Dice from each fold's validation/summary.json and the
 per-epoch training log in checkpoint_final.pth. Writes report.md, report.html (figures embedded), figures/*.png and
-dice_per_case.csv. Runs must follow the naming Swin(Scratch|SSL)Trainer[_<k>shot][_<E>epochs]__nnUNetSwinPlans[__<method>]
+dice_per_case.csv. Runs must follow the naming Swin(Scratch|SSL)Trainer[_<k>shot[_draw<r>]][_<E>epochs]__nnUNetSwinPlans[_<method>]
 __<configuration>; other folders are listed as ignored. CKA results (nnssl_cka) are read from RESULTS/cka/*.json,
-attention results (nnssl_attention) from RESULTS/attention/*.json.
+attention results (nnssl_attention) from RESULTS/attention/*.json, probe results (nnssl_probe) from RESULTS/probe/*.json;
+--pretraining adds each pretraining run's loss curve and verdict.
 See documentation/report.md for how to read it."""
 
 
@@ -41,6 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="extra folder with nnssl_cka result files (*.json), read in addition to RESULTS/cka")
     p.add_argument("--attention", default=None,
                    help="extra folder with nnssl_attention result files (*.json), read in addition to RESULTS/attention")
+    p.add_argument("--pretraining", action="append", default=[], metavar="DIR",
+                   help="a folder of nnssl_pretrain run folders (e.g. $nnssl_results/<spec name>) or one run folder: "
+                        "the Pretraining section shows their loss curves (repeatable)")
+    p.add_argument("--probe", default=None, metavar="DIR",
+                   help="extra folder with nnssl_probe result files (*.json), read in addition to RESULTS/probe")
     p.add_argument("--no-logs", action="store_true",
                    help="do not load checkpoints (faster, no torch needed): the convergence section stays empty")
     return p
@@ -75,32 +81,46 @@ def main(argv: list[str] | None = None) -> int:
         if args.attention and not Path(args.attention).is_dir():
             raise FileNotFoundError(f"--attention folder {args.attention} does not exist: run nnssl_attention first "
                                     "or leave the option out")
+        for folder in args.pretraining:
+            # a missing folder is shown as a note (the grid's report runs whatever finished); a file is a mistake
+            if Path(folder).exists() and not Path(folder).is_dir():
+                raise ValueError(f"--pretraining {folder} is a file: pass the run folder (holding config.json and "
+                                 "log.jsonl) or the folder of run folders")
+        if args.probe and Path(args.probe).exists() and not Path(args.probe).is_dir():
+            raise ValueError(f"--probe {args.probe} is a file: pass the folder holding the nnssl_probe *.json files")
         out = Path(args.out) if args.out else results / "nnssl_report"
 
         # imported here so that --help stays fast
-        from nnssl.analysis.report import ReportOptions, build_report, find_cka_files
+        from nnssl.analysis.report import ReportOptions, build_report, find_cka_files, find_probe_files
         from nnssl.analysis.results import load_results
 
         tree = load_results(results, raw=args.raw, preprocessed=args.preprocessed, groups_override=groups,
                             read_logs=not args.no_logs, skip=[out], progress=True)
-        if not tree.folds:
+        probe_files = find_probe_files(results / "probe", Path(args.probe) if args.probe else None)
+        pretraining = [Path(p) for p in args.pretraining if Path(p).is_dir()]
+        if not tree.folds and not probe_files and not pretraining:
+            # a report of pretraining runs or probes alone is useful before any fine-tuning; of nothing, it is not
             for rel, why in tree.ignored:
                 print(f"  ignored {rel}: {why}")
             ignored = f" ({len(tree.ignored)} folder(s) ignored, listed above)" if tree.ignored else ""
             raise ValueError(
                 f"no finished fine-tuning runs in {results}{ignored}: "
                 "the report needs DatasetXXX_Name/<Trainer>__<Plans>__3d_fullres/fold_N/validation/summary.json. "
-                "Fine-tune first (nnUNetv2_train ... -tr SwinSSLTrainer) or point at nnU-Net's results folder")
+                "Fine-tune first (nnUNetv2_train ... -tr SwinSSLTrainer), point at nnU-Net's results folder, or pass "
+                "--pretraining for a report of pretraining runs alone")
         cka_files = find_cka_files(results / "cka", Path(args.cka) if args.cka else None)
         opts = ReportOptions(baseline=args.baseline, n_boot=args.bootstrap, seed=args.seed, level=args.level)
         attention_files = find_cka_files(results / "attention", Path(args.attention) if args.attention else None)
-        report, paths = build_report(tree, out, opts, cka_files, attention_files)
+        report, paths = build_report(tree, out, opts, cka_files, attention_files, [Path(p) for p in args.pretraining],
+                                     probe_files)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"{len(tree.folds)} fold(s) in {len(tree.dataset_names())} dataset(s); {len(tree.ignored)} folder(s) ignored")
     for rel, why in tree.ignored:
         print(f"  ignored {rel}: {why}")
+    if args.probe and not Path(args.probe).is_dir():
+        print(f"warning: --probe folder {args.probe} does not exist (no probe finished, or a wrong path)", file=sys.stderr)
     for w in report.warnings:
         print(f"warning: {w}", file=sys.stderr)
     print(f"report: {paths['html']}")

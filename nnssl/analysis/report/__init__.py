@@ -1,7 +1,7 @@
 """Build the benchmark report (Markdown + self-contained HTML + PNG figures) from a parsed nnU-Net results tree.
 
 The report is a list of blocks (``blocks``: headings, paragraphs, tables, figures) made by the section modules
-(``overview``, ``dice``, ``tests``, ``training``, ``features``, ``attention``) in ``builder.build``'s order, each reading the
+(``overview``, ``dice``, ``tests``, ``training``, ``features``, ``attention``, ``pretraining``) in ``builder.build``'s order, each reading the
 shared ``context.ReportContext``, and rendered twice
 (``render``). Every section degrades to a note saying what data is missing and how to get it. See
 documentation/report.md.
@@ -52,12 +52,20 @@ def find_cka_files(*folders: Path | None) -> list[Path]:
     return list(files)
 
 
+def find_probe_files(*folders: Path | None) -> list[Path]:
+    """Sorted, de-duplicated ``*.json`` files (nnssl_probe results) in the given folders (missing ones skipped)."""
+    return find_cka_files(*folders)
+
+
 def build_report(tree: ResultsTree, out_dir: str | os.PathLike, options: ReportOptions | None = None,
-                 cka_files: Sequence[Path] | None = None,
-                 attention_files: Sequence[Path] | None = None) -> tuple[Report, dict[str, Path]]:
+                 cka_files: Sequence[Path] | None = None, attention_files: Sequence[Path] | None = None,
+                 pretraining_dirs: Sequence[Path] = (),
+                 probe_files: Sequence[Path] | None = None) -> tuple[Report, dict[str, Path]]:
     """Build and write the report. Returns (report, {"markdown", "html", "csv", "figures"} -> paths).
 
-    cka_files default: ``<tree.root>/cka/*.json``; attention_files default: ``<tree.root>/attention/*.json``.
+    cka_files default: ``<tree.root>/cka/*.json``; attention_files default: ``<tree.root>/attention/*.json``;
+    probe_files default: ``<tree.root>/probe/*.json``; pretraining_dirs: nnssl_pretrain run folders or folders
+    holding them (none: the section says how to add them).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -65,7 +73,9 @@ def build_report(tree: ResultsTree, out_dir: str | os.PathLike, options: ReportO
         cka_files = find_cka_files(Path(tree.root) / "cka")
     if attention_files is None:
         attention_files = find_cka_files(Path(tree.root) / "attention")
-    report = build(ReportContext(tree, out, options, cka_files, attention_files))
+    if probe_files is None:
+        probe_files = find_probe_files(Path(tree.root) / "probe")
+    report = build(ReportContext(tree, out, options, cka_files, attention_files, pretraining_dirs, probe_files))
     md_path, html_path = out / "report.md", out / "report.html"
     markdown, page = render_markdown(report, out), render_html(report)
     atomic_write(md_path, lambda f: f.write(markdown), binary=False)
@@ -75,4 +85,4 @@ def build_report(tree: ResultsTree, out_dir: str | os.PathLike, options: ReportO
 
 
 __all__ = ["Figure", "Heading", "Para", "Report", "ReportContext", "ReportOptions", "Table", "build_report",
-           "find_cka_files", "render_html", "render_markdown", "write_records_csv"]
+           "find_cka_files", "find_probe_files", "render_html", "render_markdown", "write_records_csv"]

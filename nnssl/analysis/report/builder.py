@@ -1,7 +1,7 @@
 """The report's order of sections: each is a function of its own module taking the shared ``ReportContext``."""
 from __future__ import annotations
 
-from nnssl.analysis.report import attention, dice, features, headline, overview, tests, training
+from nnssl.analysis.report import attention, dice, features, headline, overview, pretraining, tests, training
 from nnssl.analysis.report.blocks import Heading, Para, Report, Table
 from nnssl.analysis.report.context import ReportContext
 
@@ -29,6 +29,7 @@ def build(ctx: ReportContext) -> Report:
     training.fewshot(ctx)
     features.cka(ctx)
     attention.attention(ctx)
+    pretraining.pretraining(ctx)
     r.add(Heading(2, "Definitions"), Para(
         "Dice per case comes from nnU-Net's validation/summary.json (validation cases of each fold, pooled over "
         "folds). Foreground Dice of a case = mean over its foreground labels that are defined (nnU-Net writes NaN "

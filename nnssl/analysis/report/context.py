@@ -15,13 +15,16 @@ class ReportContext:
     """State shared by the sections of one report; figures go to out/figures."""
 
     def __init__(self, tree: ResultsTree, out_dir: Path, options: ReportOptions | None = None,
-                 cka_files: Sequence[Path] = (), attention_files: Sequence[Path] = ()) -> None:
+                 cka_files: Sequence[Path] = (), attention_files: Sequence[Path] = (),
+                 pretraining_dirs: Sequence[Path] = (), probe_files: Sequence[Path] = ()) -> None:
         self.tree = tree
         self.out = Path(out_dir)
         self.fig_dir = self.out / "figures"
         self.opt = options or ReportOptions()
         self.cka_files = list(cka_files)
         self.attention_files = list(attention_files)
+        self.pretraining_dirs = list(pretraining_dirs)  # nnssl_pretrain run folders, or folders of them
+        self.probe_files = list(probe_files)  # nnssl_probe result files
         self.report = Report("nnssl benchmark report")
         self.summary_rows: list[list[str]] = []
         # one colour per method in every figure
