@@ -296,3 +296,65 @@ def test_a_pretraining_edit_makes_its_attach_finetune_and_cka_jobs_changed(tmp_p
 
     assert describe_changes(jobs["finetune/901/simmim/5/0"].identity, edited["finetune/901/simmim/5/0"].identity) == \
         ["its input attach/simmim/901 changed"]
+
+
+def _split_file(path: Path, train: list[str], val: list[str]) -> Path:
+    path.write_text(json.dumps([{"train": train, "val": val}]))
+    return path
+
+
+def test_a_fixed_split_is_installed_before_any_fold_trains_and_keys_its_runs(tmp_path):
+    """downstream.splits: relative to the spec file; one nnssl_splits job per dataset after preprocessing, naming the
+    file's hash; every fine-tuning run of the dataset waits for it and is keyed on it."""
+    (tmp_path / "splits").mkdir()
+    _split_file(tmp_path / "splits" / "901.json", ["a", "b"], ["c"])
+    spec_path = tmp_path / "study.json"
+    down = {**SPEC["downstream"], "folds": [0], "splits": {"901": "splits/901.json"}, "learning_rate": 1e-3}
+    spec_path.write_text(json.dumps({**SPEC, "downstream": down}))
+    spec = load_spec(spec_path)
+    assert spec.downstream.splits == {"901": str(tmp_path / "splits" / "901.json")}
+    jobs = {j.key: j for j in build_jobs(spec, Paths.under(tmp_path / "w"), tmp_path / "r")}
+    split = jobs["splits/901"]
+    from nnssl.io import file_sha256
+
+    assert split.command == ["nnssl_splits", "-d", "901", "--file", str(tmp_path / "splits" / "901.json"),
+                             "--sha256", file_sha256(tmp_path / "splits" / "901.json")]
+    assert split.after == ["preprocess"]
+    finetunes = [j for j in jobs.values() if j.stage == "finetune"]
+    assert finetunes and all("splits/901" in j.after and "splits/901" in j.keyed_on for j in finetunes)
+    assert all(j.env["NNSSL_LEARNING_RATE"] == "0.001" for j in finetunes)
+    # editing the split changes the identity of every fold trained on it
+    before = {j.key: j.identity["identity"] for j in finetunes}
+    _split_file(tmp_path / "splits" / "901.json", ["a", "c"], ["b"])
+    again = [j for j in build_jobs(load_spec(spec_path), Paths.under(tmp_path / "w"), tmp_path / "r")
+             if j.stage == "finetune"]
+    assert all(j.identity["identity"] != before[j.key] for j in again)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"splits": {"902": "x.json"}}, "dataset '902' is not one of downstream.datasets"),
+    ({"splits": {"901": "missing.json"}}, "split file .*missing.json does not exist"),
+    ({"splits": {"901": "one_fold.json"}, "folds": [0, 1]}, r"has 1 fold\(s\) .* asks for \[1\]"),
+    ({"learning_rate": 0}, "learning_rate must be a finite number > 0"),
+    ({"learning_rate": float("inf")}, "learning_rate must be a finite number > 0"),
+])
+def test_split_and_learning_rate_errors_name_the_problem(tmp_path, monkeypatch, change, message):
+    monkeypatch.chdir(tmp_path)
+    _split_file(tmp_path / "one_fold.json", ["a"], ["b"])
+    with pytest.raises(SpecError, match=message):
+        spec_from_dict({**SPEC, "downstream": {**SPEC["downstream"], **change}})
+
+
+def test_phantoms_take_per_dataset_cases_size_and_spacing(tmp_path):
+    spec = spec_from_dict({**SPEC, "phantoms": {"datasets": [900, 901], "seed": 3, "cases": {"900": 200, "901": 40},
+                                                "size": 32, "spacing": {"901": [10, 10, 10]}}})
+    cmds = {j.key: j.command for j in build_jobs(spec, Paths.under(tmp_path), tmp_path / "r") if j.stage == "phantoms"}
+    assert cmds["phantoms/900"][5:] == ["--seed", "3", "--cases", "200", "--size", "32", "--no-progress"]
+    assert cmds["phantoms/901"][5:] == ["--seed", "3", "--cases", "40", "--size", "32", "--spacing", "10", "10", "10",
+                                        "--no-progress"]
+    for bad, message in (({"cases": {"905": 3}}, "dataset\\(s\\) 905 are not in phantoms.datasets"),
+                         ({"cases": 0}, "phantoms.cases must be a positive integer"),
+                         ({"size": [32, 32]}, r"phantoms.size must be a positive integer or \[D, H, W\]"),
+                         ({"sizes": 32}, "unknown key\\(s\\) sizes")):
+        with pytest.raises(SpecError, match=message):
+            spec_from_dict({**SPEC, "phantoms": {"datasets": [900, 901], **bad}})

@@ -309,6 +309,28 @@ def test_test_knobs_validated(monkeypatch):
     assert _positive_int_env(ENV_ITERS) == 7
 
 
+@pytest.mark.parametrize("value", ["0", "-1e-3", "nan", "inf", "fast"])
+def test_learning_rate_knob_refuses_what_is_not_a_positive_number(env, monkeypatch, value):
+    from nnssl.finetune.trainers import ENV_LR, SwinScratchTrainer
+
+    monkeypatch.setenv(ENV_LR, value)
+    with pytest.raises(ValueError, match=f"NNSSL_LEARNING_RATE='{value}' must be a finite number > 0"):
+        SwinScratchTrainer({**_swin_plans(), "continue_training": False}, "3d_fullres", 0, DATASET_JSON,
+                           torch.device("cpu"))
+
+
+def test_learning_rate_knob_sets_the_optimiser_and_is_recorded(env, monkeypatch):
+    from nnssl.finetune.trainers import ENV_LR, SwinScratchTrainer
+
+    monkeypatch.setenv(ENV_LR, "3e-4")
+    trainer = SwinScratchTrainer({**_swin_plans(), "continue_training": False}, "3d_fullres", 0, DATASET_JSON,
+                                 torch.device("cpu"))
+    assert trainer.initial_lr == 3e-4 and trainer.nnssl_knobs[ENV_LR] == 3e-4
+    trainer.network = torch.nn.Linear(2, 2)
+    optimizer, scheduler = trainer.configure_optimizers()
+    assert scheduler.base_lr == 3e-4 and optimizer.defaults["lr"] == 3e-4
+
+
 def test_attach_architecture_only_writes_scratch_plans_of_the_checkpoints_encoder(planned, capsys):
     pre, ckpt = planned
     assert attach_main(["-d", "540", "--checkpoint", str(ckpt), "--architecture-only"]) == 0

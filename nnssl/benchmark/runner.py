@@ -19,11 +19,13 @@ from pathlib import Path
 from typing import Iterable
 
 from nnssl.benchmark import stamps
-from nnssl.benchmark.spec import OPTIM_SETTINGS, BenchmarkSpec
+from nnssl.benchmark.spec import OPTIM_SETTINGS, BenchmarkSpec, phantom_arguments
+from nnssl.io import file_sha256
+from nnssl.nnunet.splits import SPLITS_FILE
 from nnssl.nnunet.naming import (CONFIGURATION, SCRATCH, SWIN_PLANS, encoder_tag, is_scratch, model_folder_name,
                                  plans_name, scratch_method, trainer_name)
 
-STAGES = ("phantoms", "preprocess", "pretrain", "attach", "probe", "finetune", "cka", "attention", "report")
+STAGES = ("phantoms", "preprocess", "pretrain", "attach", "probe", "splits", "finetune", "cka", "attention", "report")
 
 
 @dataclass
@@ -196,9 +198,7 @@ def build_jobs(spec: BenchmarkSpec, paths: Paths, report_dir: Path, warnings: li
     if spec.phantoms is not None:
         ph = spec.phantoms
         for d in _ids(ph.get("datasets", [])):  # one job per dataset: a partly generated set resumes cleanly
-            cmd = ["nnssl_phantoms", "-d", d, "--raw", str(paths.raw), "--seed", str(ph.get("seed", 0)), "--no-progress"]
-            if "cases" in ph:
-                cmd += ["--cases", str(ph["cases"])]
+            cmd = ["nnssl_phantoms", "-d", d, "--raw", str(paths.raw), *phantom_arguments(ph, d), "--no-progress"]
             jobs.append(Job(f"phantoms/{d}", "phantoms", cmd,
                             done_marker=paths.raw / _dataset_glob(paths.raw, d) / "dataset.json"))
     needed = sorted(set(_ids(pre.datasets)) | set(_ids(down.datasets)), key=str) if spec.pretrained_methods \
@@ -267,6 +267,15 @@ def build_jobs(spec: BenchmarkSpec, paths: Paths, report_dir: Path, warnings: li
         train_env["NNSSL_VAL_ITERATIONS_PER_EPOCH"] = str(down.val_iterations_per_epoch)
     if not down.mirroring:
         train_env["NNSSL_DISABLE_MIRRORING"] = "1"
+    if down.learning_rate is not None:
+        train_env["NNSSL_LEARNING_RATE"] = repr(float(down.learning_rate))
+    # A fixed split is installed (and its cases checked) before any fold of the dataset trains.
+    # The command names the file's hash, so editing the split marks the folds trained on the old one as changed.
+    for d, split_file in down.splits.items():
+        installed = paths.preprocessed / _dataset_glob(paths.preprocessed, d) / SPLITS_FILE
+        jobs.append(Job(f"splits/{d}", "splits", ["nnssl_splits", "-d", d, "--file", split_file, "--sha256",
+                                                  file_sha256(split_file)],
+                        after=["preprocess"], settings_file=stamps.record_beside(installed)))
     finetuned = [m for m in spec.methods if m != SCRATCH] + scratch_methods
     for d in _ids(down.datasets):
         for m in sorted(finetuned, key=lambda m: (not is_scratch(m), m != SCRATCH)):
@@ -282,9 +291,11 @@ def build_jobs(spec: BenchmarkSpec, paths: Paths, report_dir: Path, warnings: li
                                     done_marker=fold_dir / "validation" / "summary.json",
                                     resume_marker=fold_dir / "checkpoint_latest.pth", resume_args=["--c"],
                                     env=train_env, method=m, always_resume=True,
-                                    after=["preprocess" if m == SCRATCH else f"attach/{m}/{d}"],
+                                    after=["preprocess" if m == SCRATCH else f"attach/{m}/{d}"]
+                                    + ([f"splits/{d}"] if d in down.splits else []),
                                     settings_file=fold_dir / stamps.RECORD_NAME, outputs=fold_dir,
-                                    keyed_on=[] if m == SCRATCH else [f"attach/{m}/{d}"]))
+                                    keyed_on=([] if m == SCRATCH else [f"attach/{m}/{d}"])
+                                    + ([f"splits/{d}"] if d in down.splits else [])))
                     if not is_scratch(m):
                         out = report_dir / "cka" / (f"{d}__{m}__{shots}__fold{fold}" + (f"__draw{draw}" if draw else "")
                                                     + ".json")

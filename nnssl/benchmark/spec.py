@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from nnssl.nnunet.naming import EPOCHS, MAX_DRAW, SCRATCH, SHOTS
+from nnssl.nnunet.naming import EPOCHS, MAX_DRAW, NNUNET_EPOCHS, NNUNET_ITERATIONS_PER_EPOCH, SCRATCH, SHOTS
 
 
 class SpecError(ValueError):
@@ -95,11 +95,22 @@ class DownstreamSpec:
     attention_images: int = 8
     #: a frozen-feature probe (nnssl_probe) of every pretrained encoder against a random one, per dataset
     probe: bool = True
+    #: fine-tuning learning rate of every method (NNSSL_LEARNING_RATE; None: the trainers' recipe, 1e-4)
+    learning_rate: float | None = None
+    #: dataset -> a fixed split file (nnU-Net's splits_final.json layout) installed before any fine-tuning; relative
+    #: paths are read from the spec file's folder
+    splits: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def iterations(self) -> int:
+        """Fine-tuning iterations of one run: epochs x iterations per epoch (nnU-Net's 1000 x 250 when unset)."""
+        return (self.epochs or NNUNET_EPOCHS) * (self.iterations_per_epoch or NNUNET_ITERATIONS_PER_EPOCH)
 
 
 #: The grid's job stages (the runner's ``STAGES``; a test checks that they agree). ``slurm.time`` and ``slurm.mem``
 #: may be given per stage, under these names or ``default``.
-SLURM_STAGES = ("phantoms", "preprocess", "pretrain", "attach", "probe", "finetune", "cka", "attention", "report")
+SLURM_STAGES = ("phantoms", "preprocess", "pretrain", "attach", "probe", "splits", "finetune", "cka", "attention",
+                "report")
 # SLURM's --time forms: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS.
 _SLURM_TIME = re.compile(r"^(\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d+|\d+-\d+:\d{1,2}|\d+-\d+:\d{1,2}:\d{1,2})$")
 _SLURM_MEM = re.compile(r"^\d+[KMGT]?$", re.I)
@@ -241,10 +252,39 @@ class BenchmarkSpec:
         images = self.downstream.attention_images
         if not isinstance(images, int) or isinstance(images, bool) or images < 1:
             raise SpecError(f"downstream.attention_images must be a positive integer, got {images!r}")
+        lr = self.downstream.learning_rate
+        if lr is not None and (not isinstance(lr, (int, float)) or isinstance(lr, bool) or not math.isfinite(lr)
+                               or lr <= 0):
+            raise SpecError(f"downstream.learning_rate must be a finite number > 0 (or left out for the trainers' "
+                            f"1e-4), got {lr!r}")
+        self._validate_splits()
+        if self.phantoms is not None:
+            self.phantoms = validate_phantoms(self.phantoms)
         self._validate_pretraining(registry)
         if self.slurm is not None:
             self.slurm.validate(self.device)
         return self
+
+    def _validate_splits(self) -> None:
+        """Every split file exists, is an nnU-Net split and has the folds the grid trains (its cases are checked
+        against the preprocessed dataset by the grid's splits job, once the dataset exists)."""
+        from nnssl.nnunet.splits import SplitError, read_splits
+
+        splits = self.downstream.splits
+        if not isinstance(splits, dict):
+            raise SpecError(f"downstream.splits must map a dataset to a split file, got {type(splits).__name__}")
+        for d, path in splits.items():
+            if str(d) not in self.downstream.datasets:
+                raise SpecError(f"downstream.splits: dataset {d!r} is not one of downstream.datasets "
+                                f"({', '.join(self.downstream.datasets)})")
+            try:
+                folds = read_splits(path)
+            except SplitError as e:
+                raise SpecError(f"downstream.splits.{d}: {e}") from None
+            beyond = [f for f in self.downstream.folds if f >= len(folds)]
+            if beyond:
+                raise SpecError(f"downstream.splits.{d}: {path} has {len(folds)} fold(s) (0..{len(folds) - 1}), but "
+                                f"downstream.folds asks for {beyond}")
 
     def _validate_pretraining(self, registry: set[str]) -> None:
         """Every pretraining setting and method option as the commands would check them, before anything runs."""
@@ -305,6 +345,57 @@ class BenchmarkSpec:
         return dataclasses.asdict(self)
 
 
+PHANTOM_KEYS = ("datasets", "seed", "cases", "size", "spacing")
+
+
+def validate_phantoms(ph: Any) -> dict[str, Any]:
+    """The ``phantoms:`` entry: datasets (ids), seed, and cases / size / spacing, each either one value for every
+    dataset or a mapping dataset -> value (so that a pretraining set can be larger than the targets)."""
+    if not isinstance(ph, dict):
+        raise SpecError(f"phantoms must be a mapping (datasets, seed, cases, size, spacing), got {type(ph).__name__}")
+    unknown = sorted(set(ph) - set(PHANTOM_KEYS))
+    if unknown:
+        raise SpecError(f"phantoms: unknown key(s) {', '.join(unknown)}; known: {', '.join(PHANTOM_KEYS)}")
+    datasets = ph.get("datasets", [])
+    if not isinstance(datasets, list) or not datasets:
+        raise SpecError("phantoms.datasets must be a non-empty list of phantom dataset ids, e.g. [900, 901, 902]")
+    out: dict[str, Any] = {"datasets": [str(d) for d in datasets], "seed": ph.get("seed", 0)}
+    if not isinstance(out["seed"], int) or isinstance(out["seed"], bool):
+        raise SpecError(f"phantoms.seed must be an integer, got {out['seed']!r}")
+    checks: dict[str, Callable[[Any], bool]] = {
+        "cases": lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0,
+        "size": lambda v: (isinstance(v, int) and v > 0) or (isinstance(v, list) and len(v) == 3
+                                                              and all(isinstance(x, int) and x > 0 for x in v)),
+        "spacing": lambda v: isinstance(v, list) and len(v) == 3 and all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0 for x in v),
+    }
+    hints = {"cases": "a positive integer", "size": "a positive integer or [D, H, W]", "spacing": "[z, y, x] in mm"}
+    for key, ok in checks.items():
+        if key not in ph:
+            continue
+        value = ph[key]
+        per = {str(k): v for k, v in value.items()} if isinstance(value, dict) else {d: value for d in out["datasets"]}
+        extra = sorted(set(per) - set(out["datasets"]))
+        if extra:
+            raise SpecError(f"phantoms.{key}: dataset(s) {', '.join(extra)} are not in phantoms.datasets")
+        for d, v in per.items():
+            if not ok(v):
+                raise SpecError(f"phantoms.{key}{'.' + d if isinstance(value, dict) else ''} must be {hints[key]}, "
+                                f"got {v!r}")
+        out[key] = per
+    return out
+
+
+def phantom_arguments(ph: dict[str, Any], dataset: str) -> list[str]:
+    """The nnssl_phantoms options of one dataset of a validated ``phantoms:`` entry."""
+    args = ["--seed", str(ph.get("seed", 0))]
+    for key in ("cases", "size", "spacing"):
+        value = ph.get(key, {}).get(dataset)
+        if value is not None:
+            args += [f"--{key}", *[str(v) for v in (value if isinstance(value, list) else [value])]]
+    return args
+
+
 def _build(cls: type, data: Any, where: str) -> Any:
     if not isinstance(data, dict):
         raise SpecError(f"{where} must be a mapping, got {type(data).__name__}")
@@ -319,7 +410,9 @@ def _build(cls: type, data: Any, where: str) -> Any:
         raise SpecError(f"{where}: {e}") from None
 
 
-def spec_from_dict(data: dict[str, Any]) -> BenchmarkSpec:
+def spec_from_dict(data: dict[str, Any], base_dir: str | Path | None = None) -> BenchmarkSpec:
+    """Build and validate a spec; ``base_dir`` is where relative split-file paths are read from: the spec file's
+    folder (None: the current directory)."""
     if not isinstance(data, dict):
         what = "is empty" if data is None else f"holds a {type(data).__name__}, not a mapping"
         raise SpecError(f"the spec {what}: write a mapping with name, pretraining and downstream entries (see "
@@ -345,6 +438,9 @@ def spec_from_dict(data: dict[str, Any]) -> BenchmarkSpec:
     spec.pretraining.datasets = [str(d) for d in spec.pretraining.datasets]
     spec.downstream.datasets = [str(d) for d in spec.downstream.datasets]
     spec.downstream.shots = [str(s) for s in spec.downstream.shots]
+    if isinstance(spec.downstream.splits, dict):
+        base = Path(base_dir) if base_dir is not None else Path.cwd()
+        spec.downstream.splits = {str(d): str((base / str(p)).resolve()) for d, p in spec.downstream.splits.items()}
     return spec.validate()
 
 
@@ -372,7 +468,7 @@ def load_spec(path: str | Path) -> BenchmarkSpec:
         what = "is empty" if data is None else f"holds a {type(data).__name__}, not a mapping"
         raise SpecError(f"{path} {what}: write a mapping with name, pretraining and downstream entries (see "
                         "documentation/benchmark.md)")
-    return spec_from_dict(data)
+    return spec_from_dict(data, base_dir=path.parent)
 
 
 def demo_spec(methods: list[str] | None = None) -> BenchmarkSpec:

@@ -16,11 +16,14 @@ research-contributions ``SwinUNETR/BTCV/main.py`` defaults: ``--optim_name adamw
 * nnU-Net's loss (Dice + CE), gradient clipping (12), data augmentation, sampling and 250 iterations per epoch are kept.
 
 Test/demo knobs (environment variables, logged and stored in debug.json when used; never set them for real runs):
-``NNSSL_ITERATIONS_PER_EPOCH``, ``NNSSL_VAL_ITERATIONS_PER_EPOCH`` (positive ints) and ``NNSSL_DISABLE_MIRRORING=1``
-(no mirror augmentation and no mirroring at validation/inference of this model).
+``NNSSL_ITERATIONS_PER_EPOCH``, ``NNSSL_VAL_ITERATIONS_PER_EPOCH`` (positive ints), ``NNSSL_DISABLE_MIRRORING=1``
+(no mirror augmentation and no mirroring at validation/inference of this model) and ``NNSSL_LEARNING_RATE`` (a
+positive number replacing the recipe's 1e-4: a run of a few hundred iterations never leaves the warm start at 1e-4,
+see documentation/benchmark.md; the same value for every method keeps the comparison fair).
 """
 from __future__ import annotations
 
+import math
 import os
 from typing import Optional
 
@@ -43,6 +46,7 @@ from nnssl.finetune.schedule import warmup_cosine_lr
 ENV_ITERS = "NNSSL_ITERATIONS_PER_EPOCH"
 ENV_VAL_ITERS = "NNSSL_VAL_ITERATIONS_PER_EPOCH"
 ENV_NO_MIRROR = "NNSSL_DISABLE_MIRRORING"
+ENV_LR = "NNSSL_LEARNING_RATE"
 #: The checkpoints nnU-Net continues (--c) or validates (--val) from, in the order it looks for them
 #: (nnunetv2/run/run_training.py:69-74 and :80).
 NNUNET_CHECKPOINTS = ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth")
@@ -59,6 +63,19 @@ def _positive_int_env(name: str) -> Optional[int]:
     if n < 1:
         raise ValueError(f"{name}={value!r} must be a positive integer (or unset for nnU-Net's default)")
     return n
+
+
+def _positive_float_env(name: str) -> Optional[float]:
+    value = os.environ.get(name)
+    if value in (None, ""):
+        return None
+    try:
+        x = float(value)
+    except ValueError:
+        x = float("nan")
+    if not (math.isfinite(x) and x > 0):
+        raise ValueError(f"{name}={value!r} must be a finite number > 0 (or unset for the recipe's value)")
+    return x
 
 
 class WarmupCosineScheduler:
@@ -122,6 +139,10 @@ class SwinScratchTrainer(nnUNetTrainer):
         self.disable_mirroring = os.environ.get(ENV_NO_MIRROR, "").lower() in ("1", "true", "yes")
         if self.disable_mirroring:
             self.nnssl_knobs[ENV_NO_MIRROR] = True
+        lr = _positive_float_env(ENV_LR)
+        if lr is not None:
+            self.initial_lr = lr
+            self.nnssl_knobs[ENV_LR] = lr
         if self.nnssl_knobs:
             self.print_to_log_file(f"nnssl: test/demo knobs active: {self.nnssl_knobs}")
 

@@ -36,6 +36,9 @@ SCRATCH_PREFIX = SCRATCH + "-"
 #: Few-shot regimes and short schedules that have a trainer class.
 SHOTS: tuple[int, ...] = (5, 10)
 EPOCHS: tuple[int, ...] = (1, 2, 5, 10, 20, 50, 100, 250, 500)
+#: nnU-Net's full schedule, which the trainers keep unless a variant or knob shortens it
+#: (``nnunetv2/training/nnUNetTrainer/nnUNetTrainer.py:157-159``).
+NNUNET_EPOCHS, NNUNET_ITERATIONS_PER_EPOCH = 1000, 250
 #: Repeated k-shot draws 1..MAX_DRAW have trainer classes (draw 0 is the unsuffixed class).
 MAX_DRAW = 99
 #: Trainer kinds: class-name infix -> whether the kind starts from a pretrained encoder.
@@ -232,7 +235,8 @@ def parse_run_name(folder_name: str) -> RunName:
 
 
 __all__ = [
-    "ATTACHED_SEPARATOR", "CONFIGURATION", "DEFAULT_PLANS", "EPOCHS", "KINDS", "MAX_DRAW", "RunName", "SCRATCH",
+    "ATTACHED_SEPARATOR", "CONFIGURATION", "DEFAULT_PLANS", "EPOCHS", "KINDS", "MAX_DRAW", "NNUNET_EPOCHS",
+    "NNUNET_ITERATIONS_PER_EPOCH", "RunName", "SCRATCH",
     "SCRATCH_PREFIX", "SHOTS", "SWIN_PLANS", "TrainerName", "attached_plans_name", "check_plans_identifier",
     "check_plans_suffix", "encoder_tag", "is_scratch", "method_of_plans",
     "model_folder_name", "parse_run_name", "parse_trainer_name", "plans_name", "scratch_method", "trainer_name",
