@@ -10,7 +10,7 @@ import dataclasses
 import difflib
 import typing
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -18,14 +18,19 @@ from torch import Tensor, nn
 from nnssl.encoders.swin import SwinEncoder, check_swin_input_size
 from nnssl.recipes import OptimRecipe
 
+#: A method's view building without the task: ``(crops (B, C, D, H, W), generator) -> views``. A module-level
+#: function bound to the task's settings (``functools.partial(fn, cfg=..., ...)``): picklable, so DataLoader workers
+#: run it, and pure (all randomness from the generator), so the views of a step do not depend on where it runs.
+ViewFn = Callable[[Tensor, torch.Generator], dict[str, Tensor]]
+
 
 class PretextTask(nn.Module, ABC):
     """Base class of the pretext tasks.
 
     Subclasses set ``name`` (the ``-m`` key), ``family``, ``paper`` (citation shown by ``nnssl_pretrain --list``),
     ``Config`` (a dataclass whose defaults are the reference values, validated in ``__post_init__``) and ``recipe``
-    (the reference optimisation settings, ``nnssl.recipes.OptimRecipe``), and implement ``make_views`` and
-    ``forward``. The student encoder is ``self.student``; what fine-tuning loads is ``self.encoder()``.
+    (the reference optimisation settings, ``nnssl.recipes.OptimRecipe``), and implement ``view_fn`` (or
+    ``make_views``) and ``forward``. The student encoder is ``self.student``; what fine-tuning loads is ``self.encoder()``.
     """
 
     name: ClassVar[str]
@@ -68,9 +73,21 @@ class PretextTask(nn.Module, ABC):
         methods without negatives."""
         return None
 
-    @abstractmethod
+    def view_fn(self) -> ViewFn | None:
+        """The method's view building as a picklable pure function of (crops, generator) (see ``ViewFn``), which
+        the loop runs in its DataLoader workers; None when the views need the task itself (the loop then builds
+        them in the main process with ``make_views``). It may read settings only (config, patch size, tables),
+        never parameters or buffers."""
+        return None
+
     def make_views(self, crops: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
-        """Crops (B, C, D, H, W) -> everything the method needs: views, masks, rotation labels, targets."""
+        """Crops (B, C, D, H, W) -> everything the method needs: views, masks, rotation labels, targets.
+
+        Default: ``view_fn()(crops, generator)``; a task without a ``view_fn`` overrides this instead."""
+        fn = self.view_fn()
+        if fn is None:
+            raise NotImplementedError(f"{type(self).__name__} implements neither view_fn nor make_views")
+        return fn(crops, generator)
 
     @abstractmethod
     def forward(self, views: dict[str, Tensor], step: int) -> dict[str, Tensor]:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import ClassVar
 
 import torch
@@ -35,7 +36,7 @@ from nnssl.encoders.swin import SWIN_DIVISOR, SwinEncoder, check_swin_input_size
 from nnssl.heads import global_token
 from nnssl.losses.infonce import info_nce
 from nnssl.recipes import OptimRecipe
-from nnssl.tasks.base import PretextTask
+from nnssl.tasks.base import PretextTask, ViewFn
 from nnssl.views import random_flip
 
 
@@ -131,6 +132,26 @@ def _jitter(x: Tensor, fraction: float, generator: torch.Generator, fill: Tensor
     return out
 
 
+def cpc_views(crops: Tensor, generator: torch.Generator, *, cfg: CPCConfig) -> dict[str, Tensor]:
+    """Crops (B, C, D, H, W) -> {"patches": (B, gD, gH, gW, C, p, p, p)}: the jittered crop cut into a grid of
+    overlapping sub-volumes, each flipped and jittered on its own."""
+    if crops.ndim != 5:
+        raise ValueError(f"expected crops (B, C, D, H, W), got {tuple(crops.shape)}")
+    grid_shape(cfg, tuple(crops.shape[2:]))
+    c = cfg
+    background = crops.flatten(1).amin(dim=1)
+    crops = _jitter(crops, c.volume_crop_fraction, generator, background)
+    p, s = c.patch_size, c.stride
+    # unfold -> (B, C, gD, gH, gW, p, p, p) -> (B, gD, gH, gW, C, p, p, p)
+    patches = crops.unfold(2, p, s).unfold(3, p, s).unfold(4, p, s).permute(0, 2, 3, 4, 1, 5, 6, 7)
+    grid = patches.shape[:4]
+    flat = patches.reshape(-1, *patches.shape[4:])
+    flat = random_flip(flat, generator, p=c.patch_flip_prob, axes=(0,))
+    fill = background.repeat_interleave(grid[1] * grid[2] * grid[3])
+    flat = _jitter(flat, c.patch_crop_fraction, generator, fill)
+    return {"patches": flat.reshape(*grid, *flat.shape[1:]).contiguous()}
+
+
 class CPC(PretextTask):
     """3D CPC: views {"patches": (B, gD, gH, gW, C, p, p, p)} -> InfoNCE of predicted vs true latents."""
 
@@ -168,22 +189,8 @@ class CPC(PretextTask):
         return [] if grid[0] >= 4 else [f"CPC at {tuple(crop)}: {grid[0]} rows of sub-volumes; its page recommends "
                                         "Taleb's 128^3 crop (a 4 x 4 x 4 grid)"]
 
-    def make_views(self, crops: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
-        if crops.ndim != 5:
-            raise ValueError(f"expected crops (B, C, D, H, W), got {tuple(crops.shape)}")
-        self.grid_shape(tuple(crops.shape[2:]))
-        c = self.cfg
-        background = crops.flatten(1).amin(dim=1)
-        crops = _jitter(crops, c.volume_crop_fraction, generator, background)
-        p, s = c.patch_size, c.stride
-        # unfold -> (B, C, gD, gH, gW, p, p, p) -> (B, gD, gH, gW, C, p, p, p)
-        patches = crops.unfold(2, p, s).unfold(3, p, s).unfold(4, p, s).permute(0, 2, 3, 4, 1, 5, 6, 7)
-        grid = patches.shape[:4]
-        flat = patches.reshape(-1, *patches.shape[4:])
-        flat = random_flip(flat, generator, p=c.patch_flip_prob, axes=(0,))
-        fill = background.repeat_interleave(grid[1] * grid[2] * grid[3])
-        flat = _jitter(flat, c.patch_crop_fraction, generator, fill)
-        return {"patches": flat.reshape(*grid, *flat.shape[1:]).contiguous()}
+    def view_fn(self) -> ViewFn:
+        return partial(cpc_views, cfg=self.cfg)
 
     def encode(self, patches: Tensor) -> Tensor:
         """(B, gD, gH, gW, C, p, p, p) -> latents z (B, code, gD, gH, gW); each sub-volume encoded on its own."""

@@ -26,6 +26,7 @@ d x h x w):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import ClassVar
 
 import torch
@@ -35,7 +36,7 @@ from nnssl.distillation import DistillationSchedule, HeadSettings, distillation_
 from nnssl.encoders.swin import SwinEncoder, encode_by_size
 from nnssl.losses.dino import DINOLoss
 from nnssl.recipes import OptimRecipe
-from nnssl.tasks.base import PretextTask
+from nnssl.tasks.base import PretextTask, ViewFn
 from nnssl.teacher import MomentumTeacher
 from nnssl.views import DINO_GLOBAL_PHOTOMETRIC, DINO_LOCAL_PHOTOMETRIC, local_crop_size, multi_crop
 
@@ -86,6 +87,13 @@ class DINOConfig:
             raise ValueError("head sizes must be >= 1")
 
 
+def dino_views(crops: Tensor, generator: torch.Generator, *, cfg: DINOConfig) -> dict[str, Tensor]:
+    """Crops (B, C, D, H, W) -> {"global": (2B, ...), "local": (nB, ...)}: DINO's multi-crop."""
+    c = cfg
+    return multi_crop(crops, generator, c.global_crop_scale, DINO_GLOBAL_PHOTOMETRIC, c.local_crops_number,
+                      c.local_crop_fraction, c.local_crop_scale, DINO_LOCAL_PHOTOMETRIC)
+
+
 class DINO(PretextTask):
     """DINO (Caron et al., ICCV 2021) with 3D multi-crop on the Swin encoder; see the module docstring."""
 
@@ -125,10 +133,8 @@ class DINO(PretextTask):
                     "recommended) for local crops smaller than the global ones"]
         return []
 
-    def make_views(self, crops: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
-        c = self.cfg
-        return multi_crop(crops, generator, c.global_crop_scale, DINO_GLOBAL_PHOTOMETRIC, c.local_crops_number,
-                          c.local_crop_fraction, c.local_crop_scale, DINO_LOCAL_PHOTOMETRIC)
+    def view_fn(self) -> ViewFn:
+        return partial(dino_views, cfg=self.cfg)
 
     def forward(self, views: dict[str, Tensor], step: int) -> dict[str, Tensor]:
         g, loc = views["global"], views.get("local")

@@ -25,6 +25,7 @@ d x h x w, c = 16F channels of the last stage):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import ClassVar
 
 import torch
@@ -36,7 +37,7 @@ from nnssl.losses.dino import DINOLoss
 from nnssl.losses.ibot import PatchDistillationLoss
 from nnssl.masking import block_mask, expand_mask
 from nnssl.recipes import OptimRecipe
-from nnssl.tasks.base import PretextTask
+from nnssl.tasks.base import PretextTask, ViewFn
 from nnssl.teacher import MomentumTeacher
 from nnssl.views import DINO_GLOBAL_PHOTOMETRIC, DINO_LOCAL_PHOTOMETRIC, local_crop_size, multi_crop
 
@@ -104,6 +105,25 @@ class IBOTConfig:
             raise ValueError("temperatures must be > 0")
 
 
+def token_grid(size: tuple[int, ...]) -> tuple[int, int, int]:
+    """Final-stage tokens per axis of a crop of ``size`` voxels."""
+    return tuple(s // SWIN_DIVISOR for s in size)  # type: ignore[return-value]
+
+
+def ibot_views(crops: Tensor, generator: torch.Generator, *, cfg: IBOTConfig) -> dict[str, Tensor]:
+    """Crops (B, C, D, H, W) -> DINO's multi-crop plus "masks" (2B, tD, tH, tW) bool: block masks of the global
+    crops' final-stage tokens (ratio pred_ratio +- pred_ratio_var on a masked_image_prob share of the crops)."""
+    c = cfg
+    views = multi_crop(crops, generator, c.global_crop_scale, DINO_GLOBAL_PHOTOMETRIC, c.local_crops_number,
+                       c.local_crop_fraction, c.local_crop_scale, DINO_LOCAL_PHOTOMETRIC)
+    n = views["global"].shape[0]
+    ratios = c.pred_ratio + c.pred_ratio_var * (2.0 * torch.rand(n, generator=generator, dtype=torch.float64) - 1)
+    masked = torch.rand(n, generator=generator) < c.masked_image_prob
+    ratios = torch.where(masked, ratios, torch.zeros_like(ratios))
+    views["masks"] = block_mask(n, token_grid(tuple(crops.shape[2:])), ratios, c.mask_min_aspect, generator=generator)
+    return views
+
+
 class IBOT(PretextTask):
     """iBOT (Zhou et al., ICLR 2022) on the 3D Swin encoder; see the module docstring for shapes."""
 
@@ -156,19 +176,10 @@ class IBOT(PretextTask):
         return warnings
 
     def token_grid(self, size: tuple[int, ...]) -> tuple[int, int, int]:
-        return tuple(s // SWIN_DIVISOR for s in size)  # type: ignore[return-value]
+        return token_grid(size)
 
-    def make_views(self, crops: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
-        c = self.cfg
-        views = multi_crop(crops, generator, c.global_crop_scale, DINO_GLOBAL_PHOTOMETRIC, c.local_crops_number,
-                           c.local_crop_fraction, c.local_crop_scale, DINO_LOCAL_PHOTOMETRIC)
-        n = views["global"].shape[0]
-        ratios = c.pred_ratio + c.pred_ratio_var * (2.0 * torch.rand(n, generator=generator, dtype=torch.float64) - 1)
-        masked = torch.rand(n, generator=generator) < c.masked_image_prob
-        ratios = torch.where(masked, ratios, torch.zeros_like(ratios))
-        views["masks"] = block_mask(n, self.token_grid(tuple(crops.shape[2:])), ratios, c.mask_min_aspect,
-                                    generator=generator)
-        return views
+    def view_fn(self) -> ViewFn:
+        return partial(ibot_views, cfg=self.cfg)
 
     def forward(self, views: dict[str, Tensor], step: int) -> dict[str, Tensor]:
         g, masks, loc = views["global"], views["masks"], views.get("local")

@@ -17,6 +17,7 @@ Shapes (u = mask_patch, N = D*H*W / u^3 units):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import ClassVar
 
 import torch
@@ -25,7 +26,7 @@ from torch import Tensor, nn
 from nnssl.encoders.swin import SwinEncoder
 from nnssl.masking import random_cube_mask
 from nnssl.recipes import OptimRecipe
-from nnssl.tasks.base import PretextTask
+from nnssl.tasks.base import PretextTask, ViewFn
 from nnssl.views import random_flip, random_subcrop
 
 #: mask_patch (voxels) -> index of the encoder output with that stride (outputs have strides 2, 4, 8, 16, 32).
@@ -144,6 +145,19 @@ class MAEDecoder(nn.Module):
         return self.pred(self.norm(tokens))
 
 
+def mae_views(crops: Tensor, generator: torch.Generator, *, cfg: MAEConfig) -> dict[str, Tensor]:
+    """Crops (B, C, D, H, W) -> {"image": random resized crop (+ flip), "mask": (B, D/2, H/2, W/2) bool, cubes of
+    mask_patch voxels aligned with the reconstruction units}."""
+    u = cfg.mask_patch
+    if any(s % u for s in crops.shape[2:]):
+        raise ValueError(f"crop {tuple(crops.shape[2:])} is not divisible by mask_patch={u}")
+    image = random_subcrop(crops, tuple(crops.shape[2:]), cfg.crop_scale, generator)
+    image = random_flip(image, generator) if cfg.flip else image
+    grid = tuple(s // 2 for s in crops.shape[2:])  # encoder patch grid (patch size 2)
+    mask = random_cube_mask(crops.shape[0], grid, u // 2, cfg.mask_ratio, generator)  # type: ignore[arg-type]
+    return {"image": image, "mask": mask}
+
+
 class MAE(PretextTask):
     """MAE-style reconstruction: mask token on 75 % of the 16^3 units, normalised-voxel MSE on masked units."""
 
@@ -164,15 +178,8 @@ class MAE(PretextTask):
         self.decoder = MAEDecoder(encoder.out_channels, encoder.cfg.in_channels, c.mask_patch, c.decoder_dim,
                                   c.decoder_depth, c.decoder_heads)
 
-    def make_views(self, crops: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
-        u = self.cfg.mask_patch
-        if any(s % u for s in crops.shape[2:]):
-            raise ValueError(f"crop {tuple(crops.shape[2:])} is not divisible by mask_patch={u}")
-        image = random_subcrop(crops, tuple(crops.shape[2:]), self.cfg.crop_scale, generator)
-        image = random_flip(image, generator) if self.cfg.flip else image
-        grid = tuple(s // 2 for s in crops.shape[2:])  # encoder patch grid (patch size 2)
-        mask = random_cube_mask(crops.shape[0], grid, u // 2, self.cfg.mask_ratio, generator)  # type: ignore[arg-type]
-        return {"image": image, "mask": mask}
+    def view_fn(self) -> ViewFn:
+        return partial(mae_views, cfg=self.cfg)
 
     def targets(self, image: Tensor) -> Tensor:
         """(B, C, D, H, W) -> (B, N, u^3 C) voxels per unit, normalised per unit when norm_pix_loss."""

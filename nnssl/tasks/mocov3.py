@@ -19,6 +19,7 @@ Shapes (B batch >= 2, crop D x H x W divisible by 32, F = encoder feature size):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import ClassVar
 
 import torch
@@ -28,7 +29,7 @@ from nnssl.encoders.swin import SwinEncoder
 from nnssl.heads import MLP, global_token
 from nnssl.losses.infonce import symmetric_info_nce
 from nnssl.recipes import OptimRecipe
-from nnssl.tasks.base import PretextTask
+from nnssl.tasks.base import PretextTask, ViewFn
 from nnssl.teacher import MomentumTeacher
 from nnssl.views import MOCO_PHOTOMETRIC, two_views
 
@@ -66,6 +67,13 @@ class MoCoV3Config:
             raise ValueError(f"crop_scale={self.crop_scale} must satisfy 0 < low <= high <= 1")
 
 
+def mocov3_views(crops: Tensor, generator: torch.Generator, *, cfg: MoCoV3Config) -> dict[str, Tensor]:
+    """Crops (B, C, D, H, W) -> {"view1", "view2"}: two augmented views (MoCo v3's asymmetric photometrics)."""
+    if crops.shape[0] < 2:
+        raise ValueError("MoCo v3 needs a batch of at least 2 crops: the other samples' keys are the negatives")
+    return two_views(crops, generator, cfg.crop_scale, MOCO_PHOTOMETRIC)
+
+
 class MoCoV3(PretextTask):
     """MoCo v3: views {"view1", "view2"} (B, C, D, H, W) -> symmetric InfoNCE of predictions vs momentum keys."""
 
@@ -98,10 +106,8 @@ class MoCoV3(PretextTask):
     def negatives_per_anchor(self, batch: int, world_size: int = 1) -> int:
         return batch * world_size - 1
 
-    def make_views(self, crops: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
-        if crops.shape[0] < 2:
-            raise ValueError("MoCo v3 needs a batch of at least 2 crops: the other samples' keys are the negatives")
-        return two_views(crops, generator, self.cfg.crop_scale, MOCO_PHOTOMETRIC)
+    def view_fn(self) -> ViewFn:
+        return partial(mocov3_views, cfg=self.cfg)
 
     def _embed(self, encoder: nn.Module, projector: nn.Module, x: Tensor) -> Tensor:
         return projector(global_token(encoder(x)[-1]))

@@ -14,6 +14,7 @@ Shapes (cubic crops, side S divisible by 32, F = encoder feature size):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import ClassVar
 
 import torch
@@ -24,7 +25,7 @@ from nnssl.encoders.swin import SwinEncoder, check_swin_input_size
 from nnssl.heads import global_token
 from nnssl.recipes import OptimRecipe
 from nnssl.rotations import ROTATIONS_10, balanced_labels, rotate_batch
-from nnssl.tasks.base import PretextTask
+from nnssl.tasks.base import PretextTask, ViewFn
 
 
 @dataclass
@@ -49,6 +50,18 @@ def rotation_head(in_dim: int, hidden: tuple[int, ...], n_classes: int, dropout:
         blocks += [nn.Linear(in_dim, width), nn.ReLU(), nn.BatchNorm1d(width), nn.Dropout(dropout)]
         in_dim = width
     return nn.Sequential(*blocks, nn.Linear(in_dim, n_classes))
+
+
+def rotation_views(crops: Tensor, generator: torch.Generator, *, table: Tensor) -> dict[str, Tensor]:
+    """Crops (B, C, D, H, W) -> {"image": each crop rotated, "label": (B,) its rotation's index in ``table``
+    (labels balanced over the batch)}."""
+    if len(set(crops.shape[2:])) != 1:
+        raise ValueError(f"3D rotation prediction turns every axis into every other: it needs cubic crops, got "
+                         f"{tuple(crops.shape[2:])} (set a cubic crop size for pretraining)")
+    if crops.shape[0] < 2:
+        raise ValueError("rotation prediction needs a batch of at least 2 crops (its head's BatchNorm)")
+    labels = balanced_labels(crops.shape[0], len(table), generator)
+    return {"image": rotate_batch(crops, labels, table).contiguous(), "label": labels}
 
 
 class RotationPrediction(PretextTask):
@@ -77,14 +90,8 @@ class RotationPrediction(PretextTask):
                              f"{tuple(crop)} (e.g. --crop {max(crop)})")
         return []
 
-    def make_views(self, crops: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
-        if len(set(crops.shape[2:])) != 1:
-            raise ValueError(f"3D rotation prediction turns every axis into every other: it needs cubic crops, got "
-                             f"{tuple(crops.shape[2:])} (set a cubic crop size for pretraining)")
-        if crops.shape[0] < 2:
-            raise ValueError("rotation prediction needs a batch of at least 2 crops (its head's BatchNorm)")
-        labels = balanced_labels(crops.shape[0], len(self.table), generator)
-        return {"image": rotate_batch(crops, labels, self.table).contiguous(), "label": labels}
+    def view_fn(self) -> ViewFn:
+        return partial(rotation_views, table=self.table)
 
     def logits(self, x: Tensor) -> Tensor:
         """(B, C, D, H, W) -> (B, 10)."""

@@ -15,6 +15,7 @@ Shapes (B batch >= 2, C channels, crop D x H x W divisible by 32, F = encoder fe
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import ClassVar
 
 import torch
@@ -24,7 +25,7 @@ from nnssl.encoders.swin import SwinEncoder
 from nnssl.heads import MLP, global_token
 from nnssl.losses.infonce import nt_xent
 from nnssl.recipes import OptimRecipe
-from nnssl.tasks.base import PretextTask
+from nnssl.tasks.base import PretextTask, ViewFn
 from nnssl.views import SIMCLR_PHOTOMETRIC, two_views
 
 #: The global batch below which the loop warns (30 negatives per anchor; see documentation/methods/simclr.md).
@@ -56,6 +57,13 @@ class SimCLRConfig:
             raise ValueError(f"crop_scale={self.crop_scale} must satisfy 0 < low <= high <= 1")
 
 
+def simclr_views(crops: Tensor, generator: torch.Generator, *, cfg: SimCLRConfig) -> dict[str, Tensor]:
+    """Crops (B, C, D, H, W) -> {"view1", "view2"}: two views with SimCLR's photometrics."""
+    if crops.shape[0] < 2:
+        raise ValueError("SimCLR needs a batch of at least 2 crops: the other samples are the negatives")
+    return two_views(crops, generator, cfg.crop_scale, (SIMCLR_PHOTOMETRIC, SIMCLR_PHOTOMETRIC))
+
+
 class SimCLR(PretextTask):
     """SimCLR: views {"view1", "view2"} (B, C, D, H, W) -> NT-Xent of their projections (B, proj_dim)."""
 
@@ -81,10 +89,8 @@ class SimCLR(PretextTask):
     def negatives_per_anchor(self, batch: int, world_size: int = 1) -> int:
         return 2 * batch * world_size - 2
 
-    def make_views(self, crops: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
-        if crops.shape[0] < 2:
-            raise ValueError("SimCLR needs a batch of at least 2 crops: the other samples are the negatives")
-        return two_views(crops, generator, self.cfg.crop_scale, (SIMCLR_PHOTOMETRIC, SIMCLR_PHOTOMETRIC))
+    def view_fn(self) -> ViewFn:
+        return partial(simclr_views, cfg=self.cfg)
 
     def embed(self, x: Tensor) -> Tensor:
         """(B, C, D, H, W) -> projections (B, proj_dim)."""

@@ -15,6 +15,7 @@ Shapes (B batch, C channels, crop D x H x W, each divisible by 32; F = encoder f
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import ClassVar
 
 import torch
@@ -25,7 +26,7 @@ from nnssl.encoders.swin import SwinEncoder
 from nnssl.losses.reconstruction import masked_reconstruction_loss
 from nnssl.masking import random_cube_mask, upsample_mask
 from nnssl.recipes import OptimRecipe
-from nnssl.tasks.base import PretextTask
+from nnssl.tasks.base import PretextTask, ViewFn
 from nnssl.views import random_flip, random_subcrop
 
 
@@ -60,6 +61,16 @@ class SimMIMConfig:
             raise ValueError(f"crop_scale={self.crop_scale} must satisfy 0 < low <= high <= 1")
 
 
+def simmim_views(crops: Tensor, generator: torch.Generator, *, cfg: SimMIMConfig, patch: int) -> dict[str, Tensor]:
+    """Crops (B, C, D, H, W) -> {"image": random resized crop (+ flip), "mask": (B, D/p, H/p, W/p) bool cubes of
+    mask_cube_voxels on the encoder's patch grid (p = patch)}."""
+    image = random_subcrop(crops, tuple(crops.shape[2:]), cfg.crop_scale, generator)
+    image = random_flip(image, generator) if cfg.flip else image
+    grid = tuple(s // patch for s in crops.shape[2:])
+    mask = random_cube_mask(crops.shape[0], grid, cfg.mask_cube_voxels // patch, cfg.mask_ratio, generator)
+    return {"image": image, "mask": mask}
+
+
 class SimMIM(PretextTask):
     """SimMIM (Xie et al., CVPR 2022) on the 3D Swin encoder; see the module docstring for shapes."""
 
@@ -79,13 +90,8 @@ class SimMIM(PretextTask):
         self.patch = encoder.cfg.patch_size
         self.decoder = LightDecoder(encoder.out_channels[-1], encoder.cfg.in_channels, stride=32)
 
-    def make_views(self, crops: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
-        image = random_subcrop(crops, tuple(crops.shape[2:]), self.cfg.crop_scale, generator)
-        image = random_flip(image, generator) if self.cfg.flip else image
-        grid = tuple(s // self.patch for s in crops.shape[2:])
-        mask = random_cube_mask(crops.shape[0], grid, self.cfg.mask_cube_voxels // self.patch, self.cfg.mask_ratio,
-                                generator)
-        return {"image": image, "mask": mask}
+    def view_fn(self) -> ViewFn:
+        return partial(simmim_views, cfg=self.cfg, patch=self.patch)
 
     def predict(self, image: Tensor, mask: Tensor) -> Tensor:
         """(B, C, D, H, W), patch mask (B, D/2, H/2, W/2) -> reconstruction (B, C, D, H, W)."""

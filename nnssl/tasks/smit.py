@@ -25,6 +25,7 @@ Shapes (B batch, C channels, region R^3, view V^3 (V divisible by 32), F feature
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import ClassVar
 
 import torch
@@ -38,7 +39,7 @@ from nnssl.losses.ibot import PatchDistillationLoss
 from nnssl.losses.reconstruction import masked_l1
 from nnssl.masking import downsample_mask, random_cube_mask, upsample_mask
 from nnssl.recipes import OptimRecipe
-from nnssl.tasks.base import PretextTask
+from nnssl.tasks.base import PretextTask, ViewFn
 from nnssl.teacher import MomentumTeacher
 from nnssl.views import native_subcrop
 
@@ -94,6 +95,16 @@ class SMITConfig:
             raise ValueError("temperatures must be > 0")
 
 
+def smit_views(crops: Tensor, generator: torch.Generator, *, cfg: SMITConfig, patch: int) -> dict[str, Tensor]:
+    """Crops (B, C, D, H, W) -> {"views": (2B, C, v, v, v) two native sub-crops per crop, "masks": (2B, v/p, v/p,
+    v/p) bool cubes on the patch grid}."""
+    size = (cfg.view_size,) * 3
+    views = torch.cat([native_subcrop(crops, size, generator)[0] for _ in range(2)])
+    grid = tuple(s // patch for s in size)
+    masks = random_cube_mask(views.shape[0], grid, cfg.mask_cube_voxels // patch, cfg.mask_ratio, generator)
+    return {"views": views, "masks": masks}
+
+
 class SMIT(PretextTask):
     """SMIT (Jiang et al., MICCAI 2022) on the 3D Swin encoder; see the module docstring for shapes."""
 
@@ -145,13 +156,8 @@ class SMIT(PretextTask):
                             "region with 96^3 views")
         return warnings
 
-    def make_views(self, crops: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
-        size = (self.cfg.view_size,) * 3
-        views = torch.cat([native_subcrop(crops, size, generator)[0] for _ in range(2)])
-        grid = tuple(s // self.patch for s in size)
-        masks = random_cube_mask(views.shape[0], grid, self.cfg.mask_cube_voxels // self.patch, self.cfg.mask_ratio,
-                                 generator)
-        return {"views": views, "masks": masks}
+    def view_fn(self) -> ViewFn:
+        return partial(smit_views, cfg=self.cfg, patch=self.patch)
 
     def _logits(self, features: list[Tensor], heads: nn.ModuleDict) -> tuple[Tensor, Tensor]:
         """Encoder outputs -> (global logits (N_img, out_dim), patch logits (N_img, N_tok, patch_out_dim))."""

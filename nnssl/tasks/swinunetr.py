@@ -23,6 +23,7 @@ B + b are the two views of crop b.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import ClassVar
 
 import torch
@@ -36,7 +37,7 @@ from nnssl.losses.infonce import nt_xent
 from nnssl.losses.reconstruction import masked_l1
 from nnssl.recipes import OptimRecipe
 from nnssl.rotations import ROTATIONS_4, balanced_labels, rotate_batch
-from nnssl.tasks.base import PretextTask
+from nnssl.tasks.base import PretextTask, ViewFn
 from nnssl.views import cutout
 
 _REGIONS = ("volume", "cutout")
@@ -68,6 +69,20 @@ class SwinUNETRConfig:
         if not 0.0 < self.max_drop < 1.0 or not 0.0 < self.min_block <= self.max_block <= 1.0:
             raise ValueError(f"need 0 < max_drop < 1 and 0 < min_block <= max_block <= 1, got max_drop="
                              f"{self.max_drop}, min_block={self.min_block}, max_block={self.max_block}")
+
+
+def swinunetr_views(crops: Tensor, generator: torch.Generator, *, cfg: SwinUNETRConfig,
+                    table: Tensor) -> dict[str, Tensor]:
+    """Crops (B, C, D, H, W) -> {"target": two rotated copies (2B, ...), "image": the targets with cut-out boxes,
+    "mask": the boxes, "rotation": (2B,) rotation indices}."""
+    b = crops.shape[0]
+    if b < 2:
+        raise ValueError("the SwinUNETR recipe needs a batch of at least 2 crops (contrastive negatives)")
+    SwinUNETRPretraining.check_crop(tuple(crops.shape[2:]), cfg)
+    labels = torch.cat([balanced_labels(b, len(table), generator) for _ in range(2)])
+    target = rotate_batch(torch.cat([crops, crops]), labels, table).contiguous()
+    image, mask = cutout(target, generator, cfg.max_drop, cfg.max_block, cfg.min_block, groups=2)
+    return {"image": image, "target": target, "mask": mask, "rotation": labels}
 
 
 class SwinUNETRPretraining(PretextTask):
@@ -111,16 +126,8 @@ class SwinUNETRPretraining(PretextTask):
                              "least 64 voxels along one axis (the paper uses 96^3 crops)")
         return []
 
-    def make_views(self, crops: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
-        b = crops.shape[0]
-        if b < 2:
-            raise ValueError("the SwinUNETR recipe needs a batch of at least 2 crops (contrastive negatives)")
-        self.check_crop(tuple(crops.shape[2:]), self.cfg)
-        labels = torch.cat([balanced_labels(b, len(self.table), generator) for _ in range(2)])
-        target = rotate_batch(torch.cat([crops, crops]), labels, self.table).contiguous()
-        c = self.cfg
-        image, mask = cutout(target, generator, c.max_drop, c.max_block, c.min_block, groups=2)
-        return {"image": image, "target": target, "mask": mask, "rotation": labels}
+    def view_fn(self) -> ViewFn:
+        return partial(swinunetr_views, cfg=self.cfg, table=self.table)
 
     def forward(self, views: dict[str, Tensor], step: int) -> dict[str, Tensor]:
         image, target = views["image"], views["target"]
