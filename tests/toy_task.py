@@ -8,6 +8,7 @@ state.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import Tensor, nn
@@ -23,6 +24,11 @@ from nnssl.tasks.base import PretextTask
 class ToyConfig:
     mask_ratio: float = 0.5
     momentum: float = 0.9
+
+
+def toy_views(crops: Tensor, generator: torch.Generator, *, cfg: ToyConfig) -> dict[str, Tensor]:
+    grid = tuple(s // 2 for s in crops.shape[2:])
+    return {"image": crops, "mask": random_cube_mask(crops.shape[0], grid, 4, cfg.mask_ratio, generator)}
 
 
 class ToyTask(PretextTask):
@@ -41,9 +47,8 @@ class ToyTask(PretextTask):
         self.teacher_head = make_teacher(self.head)
         self.register_buffer("running", torch.zeros(1))
 
-    def make_views(self, crops: Tensor, generator: torch.Generator) -> dict[str, Tensor]:
-        grid = tuple(s // 2 for s in crops.shape[2:])
-        return {"image": crops, "mask": random_cube_mask(crops.shape[0], grid, 4, self.cfg.mask_ratio, generator)}
+    def view_fn(self):
+        return partial(toy_views, cfg=self.cfg)
 
     def forward(self, views: dict[str, Tensor], step: int) -> dict[str, Tensor]:
         all_feats = self.student(views["image"], views["mask"])

@@ -4,15 +4,16 @@ Cases are read with nnU-Net's own dataset classes (blosc2 ``case.b2nd`` + ``case
 anything ``nnUNetv2_plan_and_preprocess`` or ``nnssl_plan_and_preprocess`` wrote (labeled or images-only) works.
 
 Sampling is a pure function of (seed, sample index): sample ``k`` always draws the same case and crop. The loop
-asks for indices ``step * global_batch + rank * batch + j``, so a resumed run sees exactly the crops the
-uninterrupted run would have seen, with any number of loader workers.
+reads ``StepBatches``: item ``step`` stacks the samples ``step * global_batch + rank * batch + j`` and applies a
+transform of (crops, step) (the method's views) where the DataLoader runs it, in a worker. A resumed run therefore
+sees exactly the crops the uninterrupted run would have seen, with any number of loader workers.
 """
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -408,3 +409,31 @@ class StepSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return max(self.total_steps - self.start_step, 0) * self.batch_size
+
+
+class StepBatches(Dataset):
+    """Map-style dataset over steps: item ``step`` is one rank's batch of that step, ``transform(crops, step)``.
+
+    The crops are the samples ``step * batch * world_size + rank * batch + j`` (j < batch) of ``crops``, stacked to
+    (batch, C, D, H, W); ``transform`` (picklable, e.g. the method's views seeded by the step) runs in the DataLoader
+    worker that reads the item. Read it with ``DataLoader(..., batch_size=None, sampler=range(start, total))``.
+    """
+
+    def __init__(self, crops: RandomCropDataset, batch_size: int, rank: int = 0, world_size: int = 1,
+                 transform: Callable[[torch.Tensor, int], Any] | None = None) -> None:
+        if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need batch_size >= 1 and 0 <= rank < world_size, got {batch_size}, {rank}, {world_size}")
+        self.crops, self.batch_size, self.rank, self.world_size = crops, batch_size, rank, world_size
+        self.transform = transform
+
+    def indices(self, step: int) -> range:
+        """The sample indices of this rank's batch at ``step``."""
+        base = step * self.batch_size * self.world_size + self.rank * self.batch_size
+        return range(base, base + self.batch_size)
+
+    def __len__(self) -> int:  # unbounded by steps; nominally one pass over the cases
+        return max(1, len(self.crops) // self.batch_size)
+
+    def __getitem__(self, step: int) -> Any:
+        crops = torch.stack([self.crops[k] for k in self.indices(int(step))])
+        return crops if self.transform is None else self.transform(crops, int(step))

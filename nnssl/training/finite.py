@@ -60,6 +60,7 @@ class StepRecord:
     losses: dict[str, Tensor]
     grad_norm: Tensor | None
     flag: Tensor
+    timing: Any = None  # nnssl.training.anatomy.StepTiming: read with the values (its CUDA events are then done)
 
 
 @dataclass
@@ -94,6 +95,8 @@ class PendingSteps:
             rec.update({k: next(values) for k in r.losses})
             if r.grad_norm is not None:
                 rec["grad_norm"] = next(values)
+            if r.timing is not None:
+                rec.update(r.timing.to_ms())
             records.append(rec)
         self.steps.clear()
         return records, bad

@@ -3,7 +3,9 @@
 It owns the mechanics the tasks do not: data, optimiser and schedules (precomputed per global step), AMP on CUDA,
 gradient clipping, a NaN/Inf guard, DDP through torchrun, progress bar, JSON-lines log and loss plot, atomic
 checkpoints and exact resume (model, teacher, optimiser, scaler, loss state, step, RNG; the data stream and the views
-are pure functions of the step, so a resumed run sees the same crops and views as an uninterrupted one).
+are pure functions of the step, so a resumed run sees the same crops and views as an uninterrupted one). The views
+are built in the DataLoader workers (nnssl.training.batches); the main process copies them to the device and steps,
+and every step is timed in parts for the log (nnssl.training.anatomy).
 
 Nothing silently wrong: a step whose loss or gradients are not finite is skipped on the device
 (nnssl.training.finite) and the run stops at the next host read (every ``log_every`` steps and before every
@@ -26,18 +28,19 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from nnssl.checkpoint import (CheckpointError, all_finite, describe_nonfinite, load_checkpoint, nonfinite_names,
                               save_checkpoint)
-from nnssl.data.preprocessed import (PreprocessedSource, RandomCropDataset, StepSampler, check_crop_fits,
-                                     check_not_constant, find_sources)
+from nnssl.data.preprocessed import (PreprocessedSource, RandomCropDataset, check_crop_fits, check_not_constant,
+                                     find_sources)
 from nnssl.encoders.swin import EncoderConfig, SwinEncoder, check_swin_input_size
 from nnssl.nnunet.environment import nnssl_results_root
 from nnssl.io import atomic_write, describe_removed, remove_stale_temp_files
 from nnssl.nnunet.naming import CONFIGURATION, SWIN_PLANS
 from nnssl.recipes import OptimRecipe, ResolvedOptim
 from nnssl.tasks import PretextTask, config_from_overrides, get_task_class
+from nnssl.training.anatomy import RunAnatomy, StepClock, peak_memory_mib, window_data_share
+from nnssl.training.batches import make_step_loader
 from nnssl.training.distributed import DistInfo, cleanup_distributed, init_distributed
 from nnssl.training.finite import PendingSteps, StepRecord, step_flag, step_if_finite
 from nnssl.training.log import TrainingLog
@@ -199,9 +202,6 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
-
-def _views_generator(seed: int, step: int, rank: int) -> torch.Generator:
-    return torch.Generator().manual_seed((seed * 1_000_003 + step * 1_009 + rank) % (2**63 - 1))
 
 
 def _to_device(views: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -392,10 +392,11 @@ def _train(cfg: PretrainConfig, out_dir: Path, resume: bool, progress: bool, inf
             model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=False)
 
     dataset = RandomCropDataset(sources, cfg.crop, seed=cfg.seed)
-    loader = DataLoader(dataset, batch_size=cfg.batch_size,
-                        sampler=StepSampler(start_step, cfg.steps, cfg.batch_size, info.rank, info.world_size),
-                        num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
-                        prefetch_factor=4 if cfg.num_workers > 0 else None, drop_last=False)
+    # The views of each step are built in the loader's workers (a pure function of the crops and the step's
+    # generator); the main process only copies them to the device and steps.
+    steps_in = make_step_loader(dataset, task.view_fn(), task.make_views, cfg.seed, start_step, cfg.steps,
+                                cfg.batch_size, info.rank, info.world_size, cfg.num_workers,
+                                pin_memory=device.type == "cuda", prefetch_factor=4)
 
     def payload(step: int) -> dict[str, Any]:
         return {
@@ -442,6 +443,7 @@ def _train(cfg: PretrainConfig, out_dir: Path, resume: bool, progress: bool, inf
 
     pending = PendingSteps()
     t_read = time.perf_counter()
+    anatomy = RunAnatomy()
 
     def read() -> None:
         """Move the pending steps' values to the host (one transfer), log them, stop on a non-finite step."""
@@ -450,15 +452,19 @@ def _train(cfg: PretrainConfig, out_dir: Path, resume: bool, progress: bool, inf
         now = time.perf_counter()
         rate = global_batch * len(records) / max(now - t_read, 1e-9)  # mean over the steps since the last read
         t_read = now
+        peak, peak_kind = peak_memory_mib(device)
+        anatomy.add(records, peak, peak_kind)
         for record in records:
             if bad and record["step"] >= bad[0]:
                 break
             record["samples_per_s"] = rate
+            record["peak_mib"] = peak
             log.append(record)
         if bad:
             raise diverged(bad, records)
         if bar is not None and records:
-            bar.set_postfix(loss=f"{records[-1]['loss']:.4f}", samples_s=f"{rate:.2f}")
+            bar.set_postfix(loss=f"{records[-1]['loss']:.4f}", samples_s=f"{rate:.2f}",
+                            data_wait=f"{window_data_share(records):.0%}")
 
     def save(step: int, also_final: bool = False) -> None:
         """Checkpoint ``step`` (every rank checks, rank 0 writes): never a state with a NaN or Inf tensor."""
@@ -485,14 +491,29 @@ def _train(cfg: PretrainConfig, out_dir: Path, resume: bool, progress: bool, inf
         bar = tqdm(total=cfg.steps, initial=start_step, desc=f"pretrain {cfg.method}", unit="step", dynamic_ncols=True)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     task.train()
-    for step, crops in zip(range(start_step, cfg.steps), loader):
+    clock = StepClock(device)
+    batches = iter(steps_in.loader)
+    peak_memory_mib(device)  # the first window's peak starts here
+    for step in range(start_step, cfg.steps):
+        clock.start()
+        try:
+            batch = next(batches)
+        except StopIteration:
+            break
+        clock.mark("data")
+        views = steps_in.views(batch, step)
+        if not steps_in.in_workers:
+            clock.mark("views")
         lr, wd = schedules.apply(optimizer, step)
-        views = _to_device(task.make_views(crops, _views_generator(cfg.seed, step, info.rank)), device)
+        views = _to_device(views, device)
+        clock.mark("h2d")
         with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=use_amp):
             out = model(views, step)
         loss = out["loss"]
+        clock.mark("forward")
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
+        clock.mark("backward")
         scaler.unscale_(optimizer)
         grad_norm = clip_gradients(params, optim.clip_grad, optim.clip_mode)
         flag = step_flag(loss, grad_norm if check_grads else None, info.enabled)
@@ -503,8 +524,9 @@ def _train(cfg: PretrainConfig, out_dir: Path, resume: bool, progress: bool, inf
             step_if_finite(optimizer, flag)
         scaler.update()
         task.on_step_end(step)
+        clock.mark("optimizer")
         pending.add(StepRecord(step, lr, wd, {k: v.detach() for k, v in out.items() if k.startswith("loss")},
-                               grad_norm, flag))
+                               grad_norm, flag, clock.stop()))
         if bar is not None:
             bar.update(1)
         checkpoint = (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps
@@ -516,6 +538,8 @@ def _train(cfg: PretrainConfig, out_dir: Path, resume: bool, progress: bool, inf
     if bar is not None:
         bar.close()
     save(cfg.steps, also_final=True)
+    if info.is_main:
+        print(anatomy.summary_line(cfg.method), flush=True)
     if info.enabled:
         torch.distributed.barrier()
     return final, task
