@@ -186,3 +186,36 @@ def test_cli_options(tmp_path, capsys):
     assert main([str(results), "--out", str(tmp_path / "o3"), "--bootstrap", "10", "--no-logs"]) == 0
     assert "ignored probe" not in capsys.readouterr().out  # not a dataset folder, and not listed as ignored
     assert "Frozen-feature probe: dino" in (tmp_path / "o3" / "report.md").read_text()
+
+
+def test_step_anatomy_table_shows_the_mean_of_each_part(tmp_path):
+    study = tmp_path / "study"
+    _run(study / "simmim", "simmim", _falling(40))
+    _run(study / "dino", "dino", _flat(40))  # an older run: no timings
+    lines = []
+    for i, v in enumerate(_falling(40)):
+        rec = {"step": i, "loss": float(v), "ms/data": 2.0 + (i % 2) * 2.0, "ms/h2d": 0.5, "ms/forward": 30.0,
+               "ms/backward": 50.0, "ms/optimizer": 7.5, "ms/step": 100.0, "peak_mib": 900.0 + i}
+        lines.append(json.dumps(rec))
+    (study / "simmim" / "log.jsonl").write_text("\n".join(lines) + "\n")
+    run = pre.read_run(study / "simmim", n_boot=50)
+    assert run.anatomy is not None and run.anatomy.steps == 40
+    assert run.anatomy.mean_ms == {"data": 3.0, "h2d": 0.5, "forward": 30.0, "backward": 50.0, "optimizer": 7.5}
+    assert run.anatomy.data_share == pytest.approx(0.03) and run.anatomy.peak_mib == 939.0
+    assert pre.read_run(study / "dino", n_boot=50).anatomy is None
+
+    results = tmp_path / "results"
+    results.mkdir()
+    report, paths = build_report(load_results(results), tmp_path / "out", ReportOptions(n_boot=50),
+                                 pretraining_dirs=[study])
+    table = next(t for t in report.tables() if "data-wait share" in t.header)
+    assert [r[0] for r in table.rows] == ["simmim"]
+    row = dict(zip(table.header, table.rows[0]))
+    assert row["data wait ms"] == "3.0" and row["views ms (main process)"] == "-" and row["forward ms"] == "30.0"
+    assert row["data-wait share"] == "3.0%" and row["steps/s"] == "10.00" and row["peak MiB"] == "939"
+    assert "Step anatomy" in paths["markdown"].read_text()
+
+    _run(tmp_path / "old" / "dino", "dino", _flat(40))
+    report, _ = build_report(load_results(results), tmp_path / "out2", ReportOptions(n_boot=50),
+                             pretraining_dirs=[tmp_path / "old"])
+    assert not [t for t in report.tables() if "data-wait share" in t.header]

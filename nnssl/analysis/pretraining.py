@@ -11,6 +11,9 @@ A run folder (written by ``nnssl_pretrain``) holds ``config.json`` (the run's se
   share the optimiser state; Kuensch 1989);
 * verdict: "falling" when the whole CI lies below zero, "flat/rising" otherwise; "too short" when a window has fewer
   than 2 steps.
+
+Runs of nnssl_pretrain also log each step's anatomy (``ms/<part>``, ``ms/step``, ``peak_mib``); ``step_anatomy``
+averages it per run.
 """
 from __future__ import annotations
 
@@ -149,6 +152,44 @@ def window_change(values: Any, fraction: float = 0.1, n_boot: int = 2000, seed: 
     return WindowChange(n, w, block, f, l, change, float(lo), float(hi), verdict)
 
 
+#: The step parts nnssl_pretrain logs (``ms/<part>``, nnssl.training.anatomy), in step order, and the step total.
+STEP_PARTS = ("data", "views", "h2d", "forward", "backward", "optimizer")
+
+
+@dataclass(frozen=True)
+class StepAnatomy:
+    """Mean milliseconds per step part over the logged steps that carry timings; parts a run did not log (e.g.
+    ``views`` when the loader workers built them) are absent from ``mean_ms``."""
+
+    steps: int
+    mean_ms: dict[str, float]  # part -> mean ms, in STEP_PARTS order
+    step_ms: float  # mean wall time per step
+    peak_mib: float  # largest logged peak memory (NaN when not logged)
+
+    @property
+    def data_share(self) -> float:
+        return self.mean_ms.get("data", 0.0) / self.step_ms if self.step_ms > 0 else math.nan
+
+    @property
+    def steps_per_s(self) -> float:
+        return 1e3 / self.step_ms if self.step_ms > 0 else math.nan
+
+
+def step_anatomy(log: PretrainingLog) -> StepAnatomy | None:
+    """The run's step anatomy from its ``ms/<part>`` records, or None when the log has none (older runs)."""
+    timed = [r for r in log.records if isinstance(r.get("ms/step"), (int, float))]
+    if not timed:
+        return None
+    mean = {}
+    for part in STEP_PARTS:
+        values = [float(r[f"ms/{part}"]) for r in timed if isinstance(r.get(f"ms/{part}"), (int, float))]
+        if values:
+            mean[part] = float(np.mean(values))
+    peaks = [float(r["peak_mib"]) for r in timed if isinstance(r.get("peak_mib"), (int, float))]
+    return StepAnatomy(len(timed), mean, float(np.mean([float(r["ms/step"]) for r in timed])),
+                       max(peaks) if peaks else math.nan)
+
+
 @dataclass
 class PretrainingRun:
     """One run folder as the report shows it."""
@@ -159,6 +200,7 @@ class PretrainingRun:
     log: PretrainingLog
     change: WindowChange
     notes: list[str] = field(default_factory=list)
+    anatomy: StepAnatomy | None = None
 
 
 def read_run(folder: str | Path, fraction: float = 0.1, n_boot: int = 2000, seed: int = 0,
@@ -188,7 +230,8 @@ def read_run(folder: str | Path, fraction: float = 0.1, n_boot: int = 2000, seed
     _, loss = log.series("loss")
     if planned is not None and 0 < loss.size < planned:
         notes.append(f"unfinished: {loss.size} of {planned} steps logged")
-    return PretrainingRun(folder, method, planned, log, window_change(loss, fraction, n_boot, seed, level), notes)
+    return PretrainingRun(folder, method, planned, log, window_change(loss, fraction, n_boot, seed, level), notes,
+                          step_anatomy(log))
 
 
 def smooth(values: np.ndarray, span: int) -> np.ndarray:

@@ -79,6 +79,28 @@ def _loss_part(ctx: ReportContext, runs: list[pre.PretrainingRun]) -> dict[str, 
     return verdicts
 
 
+def _anatomy_part(ctx: ReportContext, runs: list[pre.PretrainingRun]) -> None:
+    """Mean milliseconds per step part of each run that logged them."""
+    timed = [run for run in runs if run.anatomy is not None]
+    if not timed:
+        return
+    rows = []
+    for run in timed:
+        a = run.anatomy
+        assert a is not None
+        rows.append([run.folder.name, run.method, str(a.steps)]
+                    + [fmt(a.mean_ms[p], 1) if p in a.mean_ms else "-" for p in pre.STEP_PARTS]
+                    + [fmt(a.step_ms, 1), f"{100 * a.data_share:.1f}%" if math.isfinite(a.data_share) else "n/a",
+                       fmt(a.steps_per_s, 2), fmt(a.peak_mib, 0) if math.isfinite(a.peak_mib) else "n/a"])
+    ctx.report.add(Heading(3, "Step anatomy"), Table(
+        ["run", "method", "timed steps", "data wait ms", "views ms (main process)", "H2D ms", "forward ms",
+         "backward ms", "optimiser ms", "step ms", "data-wait share", "steps/s", "peak MiB"], rows,
+        caption="Mean milliseconds per step part over the logged steps (nnssl_pretrain's ms/<part> records: wall "
+                "clock on the CPU, CUDA events on the GPU). views: built in the main process (\"-\": built in the "
+                "loader workers, inside the data wait). Peak MiB: CUDA allocator peak, or the process's peak RSS "
+                "on the CPU."))
+
+
 def _probe_part(ctx: ReportContext) -> dict[str, dict[str, list[str]]]:
     """One probe table per method; returns method -> dataset (and stage, when not 2) -> probes that beat the random
     encoder in balanced accuracy."""
@@ -128,6 +150,7 @@ def pretraining(ctx: ReportContext) -> None:
     else:
         runs = _runs(ctx)
     loss = _loss_part(ctx, runs) if runs else {}
+    _anatomy_part(ctx, runs)
     if not ctx.probe_files:
         r.add(Para("No probe results found (expected `probe/*.json` in the results folder or `--probe DIR`, written "
                    "by `nnssl_probe`): distillation and contrastive methods, whose loss need not fall in a short run, "
