@@ -5,7 +5,8 @@ MONAI's ``WindowAttention.forward`` (``monai/networks/nets/swin_unetr.py`` lines
 (``self.softmax``, lines 621/623) when ``use_flash_attention`` is off; its fused path
 (``torch.nn.functional.scaled_dot_product_attention``, lines 600-612, taken under ``torch.no_grad`` when
 ``use_flash_attention`` is on) never materialises the weights. :class:`AttentionRecorder` therefore switches every
-block to the eager path while recording (and back afterwards) and reads the weights with a forward hook on that
+block to the eager path while recording (and back afterwards; blocks switched to nnssl's SDPA attention,
+``nnssl.encoders.attention``, likewise run MONAI's eager forward) and reads the weights with a forward hook on that
 softmax module: the encoder computes exactly what it computes without the recorder.
 
 Where a window token sits: ``SwinTransformerBlock.forward_part1`` (lines 696-748) pads the block's token grid to a
@@ -35,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from nnssl.analysis.attention import AttentionAccumulator, BlockGeometry, token_labels
+from nnssl.encoders.attention import eager_attention
 from nnssl.encoders.swin import SwinEncoder
 from nnssl.finetune.feature_reuse import load_fold_encoders
 from nnssl.nnunet.naming import CONFIGURATION
@@ -95,6 +97,7 @@ class AttentionRecorder:
         self._handles: list[Any] = []
         self._flash: list[tuple[nn.Module, bool]] = []
         self._geometry: dict[tuple, BlockGeometry] = {}
+        self._eager: Any = None
 
     def blocks(self) -> Iterable[tuple[int, int, nn.Module]]:
         from monai.networks.nets.swin_unetr import SwinTransformerBlock
@@ -105,6 +108,8 @@ class AttentionRecorder:
                     yield stage, j, blk
 
     def __enter__(self) -> "AttentionRecorder":
+        self._eager = eager_attention(self.encoder)
+        self._eager.__enter__()
         for stage, j, blk in self.blocks():
             self._flash.append((blk.attn, bool(getattr(blk.attn, "use_flash_attention", False))))
             blk.attn.use_flash_attention = False
@@ -140,6 +145,9 @@ class AttentionRecorder:
         for attn, flash in self._flash:
             attn.use_flash_attention = flash
         self._handles, self._flash = [], []
+        if self._eager is not None:
+            self._eager.__exit__(*exc)
+            self._eager = None
 
 
 def _window_labels(grid_labels: np.ndarray, geom: BlockGeometry, windows: slice) -> np.ndarray:
