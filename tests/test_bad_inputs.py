@@ -210,6 +210,8 @@ ROWS = [
     Row("checkpoint-every-zero", "pretrain", [*PRETRAIN, "--checkpoint-every", "0"],
         "--checkpoint-every must be >= 1, got 0"),
     Row("log-every-zero", "pretrain", [*PRETRAIN, "--log-every", "0"], "--log-every must be >= 1, got 0"),
+    Row("attention-unknown", "pretrain", [*PRETRAIN, "--attention", "flash"],
+        "--attention 'flash': give auto, eager, sdpa, or 4 comma-separated kinds"),
     Row("workers-negative", "pretrain", [*PRETRAIN, "--num-workers", "-1"], "--num-workers must be >= 0"),
     Row("crop-48", "pretrain", [*PRETRAIN, "--crop", "48"], "axis 0 has size 48 (use 32 or 64)"),
     Row("crop-two", "pretrain", [*PRETRAIN, "--crop", "32", "32"], "--crop takes one or three sizes"),

@@ -45,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                      "reference); 0 disables")
     opt.add_argument("--betas", type=float, nargs=2, metavar=("B1", "B2"), help="AdamW betas")
     p.add_argument("--grad-checkpointing", action="store_true", help="trade compute for memory in the Swin blocks")
+    p.add_argument("--attention", default="eager", metavar="KIND",
+                   help="window attention: eager (MONAI's), sdpa (scaled_dot_product_attention, equal within fp32 "
+                        "rounding), auto (per stage, where benchmarks/attention.py measured SDPA faster on this device "
+                        "type) or four comma-separated kinds for the stages 1-4 (default: %(default)s)")
     p.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA (bf16 where supported, else fp16)")
     p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
                    help="method option overriding its paper default (repeatable); unknown keys are refused")
@@ -150,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             betas=tuple(args.betas) if args.betas else None, grad_checkpointing=args.grad_checkpointing,
             amp=not args.no_amp, device=args.device, num_workers=args.num_workers, seed=args.seed,
             checkpoint_every=args.checkpoint_every, task_options=options, log_every=args.log_every,
+            attention=args.attention,
         )
         if args.show_config:
             from nnssl.training.loop import describe_run

@@ -33,6 +33,7 @@ from nnssl.checkpoint import (CheckpointError, all_finite, describe_nonfinite, l
                               save_checkpoint)
 from nnssl.data.preprocessed import (PreprocessedSource, RandomCropDataset, check_crop_fits, check_not_constant,
                                      find_sources)
+from nnssl.encoders.attention import parse_attention, resolve_attention, set_attention
 from nnssl.encoders.swin import EncoderConfig, SwinEncoder, check_swin_input_size
 from nnssl.nnunet.environment import nnssl_results_root
 from nnssl.io import atomic_write, describe_removed, remove_stale_temp_files
@@ -48,7 +49,7 @@ from nnssl.training.optim import clip_gradients, load_optimizer_state, make_opti
 from nnssl.training.runlock import RunLock
 
 #: Settings that may differ between a run and its resumption (they do not change the optimisation).
-RESUME_MUTABLE = {"device", "num_workers", "checkpoint_every", "log_every", "progress", "amp"}
+RESUME_MUTABLE = {"device", "num_workers", "checkpoint_every", "log_every", "progress", "amp", "attention"}
 #: Optimisation settings a resumption may change when asked explicitly (``--resume --allow-changed lr,clip_grad``);
 #: the change is printed and recorded in config.json ("resume_changes") and log.jsonl (an "event" record).
 RESUME_CHANGEABLE = ("lr", "min_lr", "warmup_steps", "weight_decay", "weight_decay_end", "clip_grad", "betas")
@@ -92,6 +93,10 @@ class PretrainConfig:
     checkpoint_every: int = 500
     task_options: dict[str, str] = field(default_factory=dict)
     log_every: int = 10  # steps between host reads of the loss values and the finite flags (and log.jsonl writes)
+    #: Window attention per Swin stage (nnssl.encoders.attention): "eager" (MONAI's), "sdpa", "auto" (the stages the
+    #: attention benchmark measured faster with SDPA on this device type) or four comma-separated kinds. A runtime
+    #: setting: equal results within fp32 rounding, same checkpoints, changeable on resume.
+    attention: str = "eager"
 
     def __post_init__(self) -> None:
         self.crop = tuple(int(c) for c in self.crop)  # type: ignore[assignment]
@@ -118,6 +123,7 @@ class PretrainConfig:
         if self.device == "cuda" and not torch.cuda.is_available():
             raise ValueError("--device cuda was asked for but no CUDA device is visible: use --device cpu")
         check_swin_input_size(self.crop)
+        parse_attention(self.attention)  # ValueError naming --attention
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -339,6 +345,7 @@ def _train(cfg: PretrainConfig, out_dir: Path, resume: bool, progress: bool, inf
             print(f"warning: {w}", file=sys.stderr, flush=True)
     task.setup(cfg.steps)
     task.to(device)
+    set_attention(task, resolve_attention(cfg.attention, device.type))  # student and teacher copies alike
 
     optim = cfg.resolve_optim(type(task).recipe, info.world_size)
     optimizer = make_optimizer(task, optim)
