@@ -44,6 +44,6 @@ setup(
         "tqdm",
         "pyyaml",
     ],
-    extras_require={"test": ["pytest", "import-linter==2.16"]},
+    extras_require={"test": ["pytest", "import-linter==2.16"], "wandb": ["wandb"]},
     entry_points={"console_scripts": CONSOLE_SCRIPTS},
 )

@@ -12,6 +12,8 @@ NNUNET_ENV_VARS: dict[str, str] = {
     "nnUNet_extTrainer": "folder(s) nnU-Net searches for external trainer classes (must include nnssl's trainers)",
 }
 
+#: nnU-Net's Weights & Biases switches (nnunetv2/training/logging/nnunet_logger.py), honoured by nnssl_pretrain too.
+WANDB_ENABLED, WANDB_PROJECT, WANDB_MODE = "nnUNet_wandb_enabled", "nnUNet_wandb_project", "nnUNet_wandb_mode"
 
 #: Where nnssl_pretrain writes when nnssl_results is unset: beside nnU-Net's results.
 PRETRAIN_SUBFOLDER = "nnssl_pretrain"

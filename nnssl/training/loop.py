@@ -47,6 +47,7 @@ from nnssl.training.finite import PendingSteps, StepRecord, step_flag, step_if_f
 from nnssl.training.log import TrainingLog
 from nnssl.training.optim import clip_gradients, load_optimizer_state, make_optimizer, make_schedules
 from nnssl.training.runlock import RunLock
+from nnssl.training.wandb_log import WandbRun, check_wandb
 
 #: Settings that may differ between a run and its resumption (they do not change the optimisation).
 RESUME_MUTABLE = {"device", "num_workers", "checkpoint_every", "log_every", "progress", "amp", "attention"}
@@ -317,6 +318,7 @@ def _run(cfg: PretrainConfig, out_dir: Path, resume: bool, progress: bool, info:
          allow_changed: tuple[str, ...] | list[str] = ()) -> tuple[Path, PretextTask]:
     if allow_changed and not resume:
         raise ValueError("--allow-changed only applies with --resume (a new run takes any settings)")
+    wandb = check_wandb()  # before any data is read: a missing package or a bad variable is one error line
     device = torch.device("cuda", info.local_rank) if cfg.device == "cuda" else torch.device("cpu")
     sources = find_sources(cfg.datasets, cfg.plans, cfg.configuration)
     data_warnings = check_crop_fits(sources, cfg.crop) + check_not_constant(sources)
@@ -324,16 +326,24 @@ def _run(cfg: PretrainConfig, out_dir: Path, resume: bool, progress: bool, info:
     warnings = data_warnings + startup_warnings(cfg, task, info.world_size)
     lock = RunLock(out_dir) if info.is_main else None
     _on_every_rank(lambda: lock.acquire() if lock is not None else None, info, device)
+    wb = WandbRun(wandb) if wandb is not None and info.is_main else None
+    failed = True
     try:
-        return _train(cfg, out_dir, resume, progress, info, allow_changed, device, sources, task, warnings, lock)
+        result = _train(cfg, out_dir, resume, progress, info, allow_changed, device, sources, task, warnings, lock,
+                        wb)
+        failed = False
+        return result
     finally:
+        if wb is not None:
+            wb.finish(exit_code=1 if failed else 0)
         if lock is not None:
             lock.release(remove_empty_folder=True)
 
 
 def _train(cfg: PretrainConfig, out_dir: Path, resume: bool, progress: bool, info: DistInfo,
            allow_changed: tuple[str, ...] | list[str], device: torch.device, sources: list[PreprocessedSource],
-           task: PretextTask, warnings: list[str], lock: RunLock | None) -> tuple[Path, PretextTask]:
+           task: PretextTask, warnings: list[str], lock: RunLock | None,
+           wb: WandbRun | None = None) -> tuple[Path, PretextTask]:
     if info.is_main:
         assert lock is not None
         for n in lock.notes:
@@ -387,6 +397,8 @@ def _train(cfg: PretrainConfig, out_dir: Path, resume: bool, progress: bool, inf
                       "task_config": dataclasses.asdict(task.cfg), "optimisation": optim.to_dict(),
                       "warnings": warnings, "resume_changes": history}
         atomic_write(out_dir / "config.json", lambda f: json.dump(run_config, f, indent=2, default=str), binary=False)
+        if wb is not None:  # nnU-Net's nnUNet_wandb_* variables (nnssl.training.wandb_log)
+            wb.start(out_dir, resume, json.loads(json.dumps(run_config, default=str)))
 
     model: torch.nn.Module = task
     if info.enabled:
@@ -467,6 +479,8 @@ def _train(cfg: PretrainConfig, out_dir: Path, resume: bool, progress: bool, inf
             record["samples_per_s"] = rate
             record["peak_mib"] = peak
             log.append(record)
+            if wb is not None:
+                wb.log(record)
         if bad:
             raise diverged(bad, records)
         if bar is not None and records:
