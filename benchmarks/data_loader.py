@@ -1,12 +1,13 @@
-"""Does the pretraining data loader keep the device busy? Samples/s of the crop loader against a step's consumption.
+"""Does the pretraining data loader keep the device busy? Crops/s of the crop loader against each method's step.
 
-    python benchmarks/data_loader.py -d 900 --crop 96 --batch 2 --workers 0,1,2,4 --method smit --encoder base \
-        --device cuda
+    python benchmarks/data_loader.py -d 900 --crop 96 --batch 2 --workers 0,1,2,4 --method smit,dino,mae \
+        --encoder base --device cuda
 
 For each worker count it times ``--batches`` batches of ``nnssl.data.preprocessed.RandomCropDataset`` (reading
-nnU-Net's blosc2 cases, cropping, re-drawing crops of background) through a DataLoader, and prints samples/s next to
-the samples/s one training step of ``--method`` consumes (measured on ``--device`` with the same crop and batch). A
-loader slower than the step leaves the device waiting: raise ``--num-workers`` of nnssl_pretrain.
+nnU-Net's blosc2 cases, cropping, re-drawing crops of background) through a DataLoader, and prints crops/s next to
+the crops/s one training step of each ``--method`` consumes (measured on ``--device`` with the same crop and batch:
+forward, backward and an AdamW step, the views built beforehand as the loader's workers build them). A loader
+slower than a step leaves the device waiting: raise ``--num-workers`` of nnssl_pretrain.
 """
 from __future__ import annotations
 
@@ -35,8 +36,7 @@ def loader_rate(dataset, batch: int, workers: int, batches: int) -> float:
 
 
 def step_rate(method: str, encoder: str, crop: int, batch: int, device: str, steps: int) -> float:
-    """Samples per second one training step of the method consumes (median step time)."""
-    from nnssl.training.optim import make_optimizer
+    """Crops per second one training step of the method consumes (median step time)."""
     from nnssl.encoders.swin import EncoderConfig, SwinEncoder
     from nnssl.tasks import get_task_class
 
@@ -44,7 +44,7 @@ def step_rate(method: str, encoder: str, crop: int, batch: int, device: str, ste
     task = cls(SwinEncoder(EncoderConfig.preset(encoder)), cls.Config()).to(device)
     task.setup(steps + 2)
     task.train()
-    opt = make_optimizer(task, 1e-4)
+    opt = torch.optim.AdamW([p for p in task.parameters() if p.requires_grad], lr=1e-4)
     crops = torch.randn(batch, 1, crop, crop, crop)
     times = []
     for step in range(steps + 1):
@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=2, help="batch size (default: %(default)s)")
     p.add_argument("--workers", default="0,1,2", help="comma-separated worker counts (default: %(default)s)")
     p.add_argument("--batches", type=int, default=20, help="batches timed per worker count (default: %(default)s)")
-    p.add_argument("--method", default="smit", help="method whose step consumption is compared (default: %(default)s)")
+    p.add_argument("--method", default="smit",
+                   help="comma-separated methods whose step consumption is compared (default: %(default)s)")
     p.add_argument("--encoder", default="base", help="encoder preset for the step (default: %(default)s)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--steps", type=int, default=3, help="timed training steps (default: %(default)s)")
@@ -83,17 +84,16 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    consumption = None if args.no_step else step_rate(args.method, args.encoder, args.crop, args.batch, args.device,
-                                                      args.steps)
-    print(f"# crop {args.crop}^3, batch {args.batch}, {len(dataset.cases)} cases; step: "
-          + ("not measured" if consumption is None else
-             f"{args.method}/{args.encoder} on {args.device} consumes {consumption:.2f} samples/s"))
-    print("| workers | loader samples/s | loader / step consumption |")
-    print("|---|---|---|")
+    methods = [] if args.no_step else [m.strip() for m in args.method.split(",") if m.strip()]
+    consumption = {m: step_rate(m, args.encoder, args.crop, args.batch, args.device, args.steps) for m in methods}
+    print(f"# crop {args.crop}^3, batch {args.batch}, {len(dataset.cases)} cases; steps of {args.encoder} on "
+          f"{args.device}: " + (", ".join(f"{m} consumes {c:.2f} crops/s" for m, c in consumption.items())
+                                or "not measured"))
+    print("| workers | loader crops/s | " + " | ".join(f"loader / {m} step" for m in methods) + " |")
+    print("|---|---|" + "---|" * len(methods))
     for workers in (int(w) for w in args.workers.split(",")):
         rate = loader_rate(dataset, args.batch, workers, args.batches)
-        ratio = "-" if consumption is None else f"{rate / consumption:.1f}x"
-        print(f"| {workers} | {rate:.1f} | {ratio} |")
+        print(f"| {workers} | {rate:.1f} | " + " | ".join(f"{rate / c:.1f}x" for c in consumption.values()) + " |")
     return 0
 
 
