@@ -11,6 +11,12 @@ configuration runs in a forked child process and the peak is the growth of resou
 resident set size) from the child's start to the end of its steps; it includes the model, optimiser state and the
 allocator's slack, so read it as an upper bound.
 
+Network passes: ``count_passes_meta`` counts, on the meta device, the bare encoder passes a step needs: each Swin
+encoder call its voxel share of the crops, weighted 1 when trained and by a bare forward's FLOP share (about 1/3)
+when forward-only (teachers, momentum encoders), plus the heads', decoders' and losses' FLOPs in bare-pass units.
+``passes`` is their sum and ``x passes`` the step time over ``passes`` bare steps: the overhead beyond the method's
+own network work (1.0 = none), next to ``x bare enc``, the step time over one bare step.
+
 FLOPs: torch.utils.flop_counter over one step (matmul/conv FLOPs of forward + backward; attention softmax and
 elementwise ops are not counted). MFU = FLOPs per step / step time / peak FLOP/s of the device (GPU only; pass
 --peak-tflops for devices not in the built-in table).
@@ -58,6 +64,7 @@ class Row:
     bare_peak_mib: float | None = None
     gflop: float | None = None
     mfu: float | None = None
+    passes: float | None = None  # bare encoder passes the step needs (count_passes_meta)
     note: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -214,25 +221,81 @@ def count_flops_meta(method: str | None, encoder_name: str, crop: int, batch: in
     return float(counter.get_total_flops()), float(params), float(memory)
 
 
+def _meta_task(method: str, encoder_name: str, crop: int, batch: int, overrides: dict[str, str]) -> tuple[Any, Any]:
+    """The task on the meta device and its views of one step (built on the CPU, moved along)."""
+    torch.manual_seed(0)
+    cls = get_task_class(method)
+    model = cls(SwinEncoder(EncoderConfig.preset(encoder_name)), _method_overrides(cls, overrides))
+    model.setup(2)
+    model.train()
+    views = model.make_views(torch.randn(batch, 1, crop, crop, crop), torch.Generator().manual_seed(0))
+    return model.to("meta"), {k: v.to("meta") for k, v in views.items()}
+
+
+def count_passes_meta(method: str, encoder_name: str, crop: int, batch: int,
+                      overrides: dict[str, str]) -> dict[str, float]:
+    """How many bare encoder passes (forward + backward on the step's crops) one step of ``method`` costs.
+
+    Every call of a Swin encoder (MONAI ``SwinTransformer``) inside the task during one forward + backward on the meta
+    device counts its input's voxel share of the crops (a local crop of a third of the edge: 1/27), weighted 1 when it
+    is trained (gradients enabled and its parameters trainable) and, when it is forward-only (a teacher, a momentum
+    encoder), by the FLOP ratio of a bare forward to a bare forward + backward (about 1/3). Heads, decoders, predictors
+    and losses count as the step's FLOPs outside those encoder passes (encoder FLOPs taken as proportional to the
+    voxels), in bare-pass units. Returns ``passes`` (encoder + heads), ``encoder`` and ``heads``, and ``calls``.
+    """
+    from monai.networks.nets.swin_unetr import SwinTransformer
+    from torch.utils.flop_counter import FlopCounterMode
+
+    bare = count_flops_meta(None, encoder_name, crop, batch, overrides)[0]
+    enc = SwinEncoder(EncoderConfig.preset(encoder_name)).to("meta")
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        enc(torch.randn(batch, 1, crop, crop, crop, device="meta"))
+    forward_only = float(counter.get_total_flops()) / bare
+
+    model, views = _meta_task(method, encoder_name, crop, batch, overrides)
+    calls: list[tuple[float, bool]] = []
+
+    def record(module: torch.nn.Module, args: tuple) -> None:
+        x = args[0]
+        share = x.shape[0] * float(torch.tensor(x.shape[2:]).prod()) / (batch * crop**3)
+        trained = torch.is_grad_enabled() and any(p.requires_grad for p in module.parameters())
+        calls.append((share, trained))
+
+    handles = [m.register_forward_pre_hook(record) for m in model.modules() if isinstance(m, SwinTransformer)]
+    counter = FlopCounterMode(display=False)
+    try:
+        with counter:
+            model(views, 0)["loss"].backward()
+    finally:
+        for h in handles:
+            h.remove()
+    encoder = sum(share * (1.0 if trained else forward_only) for share, trained in calls)
+    heads = max(float(counter.get_total_flops()) / bare - encoder, 0.0)
+    return {"passes": encoder + heads, "encoder": encoder, "heads": heads, "calls": float(len(calls))}
+
+
 def flops_only(methods: list[str], encoders: list[str], crops: list[int], args: argparse.Namespace,
                overrides: dict[str, str]) -> None:
     """Print FLOPs per step and their ratio to the bare encoder for every configuration (meta device)."""
-    header = ["method", "encoder", "crop", "batch", "GFLOP/step (fwd+bwd)", "x bare enc", "trainable M params",
-              "est. GiB (fp32)", "note"]
+    header = ["method", "encoder", "crop", "batch", "GFLOP/step (fwd+bwd)", "x bare enc", "passes (enc + heads)",
+              "trainable M params", "est. GiB (fp32)", "note"]
     table = []
     gib = 2.0**30
     for enc in encoders:
         for crop in crops:
             bare, bare_params, bare_mem = count_flops_meta(None, enc, crop, args.batch, overrides)
-            table.append(["(bare encoder)", enc, str(crop), str(args.batch), f"{bare / 1e9:.1f}", "1.00",
+            table.append(["(bare encoder)", enc, str(crop), str(args.batch), f"{bare / 1e9:.1f}", "1.00", "1.00",
                           f"{bare_params / 1e6:.1f}", f"{bare_mem / gib:.1f}", ""])
             for method in methods:
                 try:
                     flops, params, mem = count_flops_meta(method, enc, crop, args.batch, overrides)
+                    p = count_passes_meta(method, enc, crop, args.batch, overrides)
                     table.append([method, enc, str(crop), str(args.batch), f"{flops / 1e9:.1f}",
-                                  f"{flops / bare:.2f}", f"{params / 1e6:.1f}", f"{mem / gib:.1f}", ""])
+                                  f"{flops / bare:.2f}", f"{p['passes']:.2f} ({p['encoder']:.2f} + {p['heads']:.2f})",
+                                  f"{params / 1e6:.1f}", f"{mem / gib:.1f}", ""])
                 except Exception as exc:  # e.g. a crop too small for the method
-                    table.append([method, enc, str(crop), str(args.batch), "-", "-", "-", "-",
+                    table.append([method, enc, str(crop), str(args.batch), "-", "-", "-", "-", "-",
                                   f"{type(exc).__name__}: {exc}".splitlines()[0][:160]])
                 print(f"# counted {method} {enc} {crop}^3", file=sys.stderr, flush=True)
     widths = [max(len(h), *(len(r[i]) for r in table)) for i, h in enumerate(header)]
@@ -283,14 +346,15 @@ def _fmt(value: float | None, spec: str) -> str:
 
 def print_table(rows: list[Row], args: argparse.Namespace) -> None:
     mem_label = "peak MiB (cuda alloc)" if args.device == "cuda" else "peak MiB (maxRSS delta)"
-    header = ["method", "encoder", "crop", "batch", "step ms", "views ms", "x bare enc", mem_label, "x bare mem",
-              "GFLOP/step", "MFU %", "note"]
+    header = ["method", "encoder", "crop", "batch", "step ms", "views ms", "x bare enc", "passes", "x passes",
+              mem_label, "x bare mem", "GFLOP/step", "MFU %", "note"]
     table = []
     for r in rows:
         ratio = r.step_ms / r.bare_ms if r.step_ms and r.bare_ms else None
+        per_pass = r.step_ms / (r.passes * r.bare_ms) if r.step_ms and r.bare_ms and r.passes else None
         mem_ratio = r.peak_mib / r.bare_peak_mib if r.peak_mib and r.bare_peak_mib else None
         table.append([r.method, r.encoder, str(r.crop), str(r.batch), _fmt(r.step_ms, ".1f"), _fmt(r.views_ms, ".1f"),
-                      _fmt(ratio, ".2f"), _fmt(r.peak_mib, ".0f"), _fmt(mem_ratio, ".2f"), _fmt(r.gflop, ".1f"),
+                      _fmt(ratio, ".2f"), _fmt(r.passes, ".2f"), _fmt(per_pass, ".2f"), _fmt(r.peak_mib, ".0f"), _fmt(mem_ratio, ".2f"), _fmt(r.gflop, ".1f"),
                       _fmt(r.mfu, ".1f"), r.note])
     widths = [max(len(h), *(len(row[i]) for row in table)) if table else len(h) for i, h in enumerate(header)]
     print("| " + " | ".join(h.ljust(w) for h, w in zip(header, widths)) + " |")
@@ -386,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
         for crop in crops:
             bare = measure(None, enc, crop, args.batch, args, overrides)
             bare_ms, bare_mib = bare["step_s"] * 1e3, bare["peak_bytes"] / 2**20
-            rows.append(Row("(bare encoder)", enc, crop, args.batch, step_ms=bare_ms, bare_ms=bare_ms,
+            rows.append(Row("(bare encoder)", enc, crop, args.batch, step_ms=bare_ms, bare_ms=bare_ms, passes=1.0,
                             peak_mib=bare_mib, bare_peak_mib=bare_mib,
                             gflop=bare.get("flops", 0) / 1e9 if bare.get("flops") else None,
                             mfu=100 * bare["flops"] / bare["step_s"] / (peak * 1e12) if peak and bare.get("flops")
@@ -395,6 +459,7 @@ def main(argv: list[str] | None = None) -> int:
                 row = Row(method, enc, crop, args.batch, bare_ms=bare_ms, bare_peak_mib=bare_mib)
                 try:
                     r = measure(method, enc, crop, args.batch, args, overrides)
+                    row.passes = count_passes_meta(method, enc, crop, args.batch, overrides)["passes"]
                     row.step_ms, row.views_ms = r["step_s"] * 1e3, r["views_s"] * 1e3
                     row.peak_mib = r["peak_bytes"] / 2**20
                     if r.get("flops"):
