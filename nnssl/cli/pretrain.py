@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="window attention: eager (MONAI's), sdpa (scaled_dot_product_attention, equal within fp32 "
                         "rounding), auto (per stage, where benchmarks/attention.py measured SDPA faster on this device "
                         "type) or four comma-separated kinds for the stages 1-4 (default: %(default)s)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the task's forward and backward (the first steps compile; a runtime setting)")
     p.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA (bf16 where supported, else fp16)")
     p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
                    help="method option overriding its paper default (repeatable); unknown keys are refused")
@@ -154,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             betas=tuple(args.betas) if args.betas else None, grad_checkpointing=args.grad_checkpointing,
             amp=not args.no_amp, device=args.device, num_workers=args.num_workers, seed=args.seed,
             checkpoint_every=args.checkpoint_every, task_options=options, log_every=args.log_every,
-            attention=args.attention,
+            attention=args.attention, compile=args.compile,
         )
         if args.show_config:
             from nnssl.training.loop import describe_run

@@ -50,7 +50,7 @@ from nnssl.training.runlock import RunLock
 from nnssl.training.wandb_log import WandbRun, check_wandb
 
 #: Settings that may differ between a run and its resumption (they do not change the optimisation).
-RESUME_MUTABLE = {"device", "num_workers", "checkpoint_every", "log_every", "progress", "amp", "attention"}
+RESUME_MUTABLE = {"device", "num_workers", "checkpoint_every", "log_every", "progress", "amp", "attention", "compile"}
 #: Optimisation settings a resumption may change when asked explicitly (``--resume --allow-changed lr,clip_grad``);
 #: the change is printed and recorded in config.json ("resume_changes") and log.jsonl (an "event" record).
 RESUME_CHANGEABLE = ("lr", "min_lr", "warmup_steps", "weight_decay", "weight_decay_end", "clip_grad", "betas")
@@ -98,6 +98,8 @@ class PretrainConfig:
     #: attention benchmark measured faster with SDPA on this device type) or four comma-separated kinds. A runtime
     #: setting: equal results within fp32 rounding, same checkpoints, changeable on resume.
     attention: str = "eager"
+    #: torch.compile the task's forward (the loss and its backward graph); a runtime setting like ``attention``.
+    compile: bool = False
 
     def __post_init__(self) -> None:
         self.crop = tuple(int(c) for c in self.crop)  # type: ignore[assignment]
@@ -410,6 +412,8 @@ def _train(cfg: PretrainConfig, out_dir: Path, resume: bool, progress: bool, inf
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=False)
 
+    if cfg.compile:
+        model = torch.compile(model)  # after DDP: its optimiser splits the graph at the gradient buckets
     dataset = RandomCropDataset(sources, cfg.crop, seed=cfg.seed)
     # The views of each step are built in the loader's workers (a pure function of the crops and the step's
     # generator); the main process only copies them to the device and steps.
