@@ -370,10 +370,14 @@ def test_only_rules_thin_the_grid(tmp_path):
                     "finetune/901/scratch/5/0", "finetune/901/smit/5/0",
                     "finetune/902/scratch/all/0", "finetune/902/smit/all/0",
                     "finetune/902/scratch/5/0", "finetune/902/smit/5/0"}
+    down["only"] = down["only"] + [{"datasets": [902], "shots": [5], "methods": []}]  # no MRI 5-shot at all
+    spec = spec_from_dict({**SPEC, "methods": ["scratch", "smit", "dino"], "downstream": down})
+    thinner = {j.key for j in build_jobs(spec, Paths.under(tmp_path), tmp_path / "r") if j.stage == "finetune"}
+    assert thinner == runs - {"finetune/902/scratch/5/0", "finetune/902/smit/5/0"}
     for bad, message in (([{"datasets": [903], "methods": ["smit"]}], r"only\[0\].datasets: 903 not in"),
                          ([{"methods": ["mae"]}], r"only\[0\].methods: mae not in"),
                          ([{"datasets": [902]}], r"only\[0\] must be a mapping with methods"),
-                         ([{"methods": []}], r"only\[0\].methods must be a non-empty list")):
+                         ([{"shots": [], "methods": ["smit"]}], r"only\[0\].shots must be a non-empty list")):
         with pytest.raises(SpecError, match=message):
             spec_from_dict({**SPEC, "downstream": {**SPEC["downstream"], "only": bad}})
 
