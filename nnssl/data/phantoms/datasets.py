@@ -35,7 +35,7 @@ FILE_ENDING = ".nii.gz"
 
 @dataclass(frozen=True)
 class LabelDef:
-    """One label of a phantom dataset: its name and id in dataset.json, the structures it covers, its size group."""
+    """One label of a phantom dataset: name and id in dataset.json, the structures it covers, its structure group."""
 
     name: str
     id: int
