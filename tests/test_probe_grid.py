@@ -54,6 +54,20 @@ def test_probes_can_be_switched_off(tmp_path):
         spec_from_dict({**SPEC, "downstream": {**SPEC["downstream"], "probe": "yes"}})
 
 
+def test_probe_stage_reaches_the_probe_jobs(tmp_path):
+    """downstream.probe_stage: the default stage 2 adds nothing to the command (settings records stay as they
+    were); another stage is passed as --stage; a stage outside 0-4 is refused."""
+    def commands(spec):
+        return [j.command for j in build_jobs(spec, Paths.under(tmp_path), tmp_path / "report") if j.stage == "probe"]
+
+    assert all("--stage" not in c for c in commands(spec_from_dict(SPEC)))
+    early = commands(spec_from_dict({**SPEC, "downstream": {**SPEC["downstream"], "probe_stage": 1}}))
+    assert early and all(c[c.index("--stage") + 1] == "1" for c in early)
+    for bad in (5, -1, "1", True):
+        with pytest.raises(SpecError, match="downstream.probe_stage must be an encoder output 0-4"):
+            spec_from_dict({**SPEC, "downstream": {**SPEC["downstream"], "probe_stage": bad}})
+
+
 def test_dry_run_lists_the_probe_jobs(tmp_path, capsys):
     from nnssl.cli.benchmark import main
 

@@ -181,7 +181,8 @@ def probe_jobs(spec: BenchmarkSpec, paths: Paths, report_dir: Path, pretrained_b
             jobs.append(Job(
                 f"probe/{m}/{d}", "probe",
                 ["nnssl_probe", "--pretrained", str(checkpoint_path(spec, paths, m)), "-d", d, "--method", m,
-                 "--device", spec.device, "--out", str(out)],
+                 "--device", spec.device, "--out", str(out)]
+                + (["--stage", str(spec.downstream.probe_stage)] if spec.downstream.probe_stage != 2 else []),
                 done_marker=out, after=[pretrained_by.get(m, "preprocess")], method=m,
                 settings_file=stamps.record_beside(out), outputs=out,
                 keyed_on=[pretrained_by[m]] if m in pretrained_by else []))

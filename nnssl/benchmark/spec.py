@@ -96,13 +96,15 @@ class DownstreamSpec:
     attention_images: int = 8
     #: a frozen-feature probe (nnssl_probe) of every pretrained encoder against a random one, per dataset
     probe: bool = True
+    #: encoder output 0-4 whose tokens the probes read (stride 2^(stage+1)); small images want an earlier stage
+    probe_stage: int = 2
     #: fine-tuning learning rate of every method (NNSSL_LEARNING_RATE; None: the trainers' recipe, 1e-4)
     learning_rate: float | None = None
     #: dataset -> a fixed split file (nnU-Net's splits_final.json layout) installed before any fine-tuning; relative
     #: paths are read from the spec file's folder
     splits: dict[str, str] = field(default_factory=dict)
     #: rules that thin the grid: [{datasets: [...], shots: [...], methods: [...]}]; a run (dataset, method, shots)
-    #: is fine-tuned only if every rule whose datasets and shots match it lists the method
+    #: is fine-tuned only if every rule whose datasets and shots match it lists the method (``methods: []``: none)
     only: list[dict[str, list[str]]] = field(default_factory=list)
 
     def includes(self, dataset: str, method: str, shots: str) -> bool:
@@ -273,6 +275,9 @@ class BenchmarkSpec:
                                or lr <= 0):
             raise SpecError(f"downstream.learning_rate must be a finite number > 0 (or left out for the trainers' "
                             f"1e-4), got {lr!r}")
+        stage = self.downstream.probe_stage
+        if isinstance(stage, bool) or not isinstance(stage, int) or not 0 <= stage <= 4:
+            raise SpecError(f"downstream.probe_stage must be an encoder output 0-4 (stride 2^(stage+1)), got {stage!r}")
         self._validate_splits()
         self._validate_only()
         if self.phantoms is not None:
@@ -295,7 +300,8 @@ class BenchmarkSpec:
                 raise SpecError(f"{where} must be a mapping with methods and optionally datasets and shots, e.g. "
                                 "{datasets: [902], methods: [scratch, smit]}")
             for key, values in rule.items():
-                if not isinstance(values, list) or not values:
+                # methods: [] drops the matching datasets and regimes from fine-tuning altogether
+                if not isinstance(values, list) or (not values and key != "methods"):
                     raise SpecError(f"{where}.{key} must be a non-empty list, got {values!r}")
                 rule[key] = [str(v) for v in values]
                 unknown = [v for v in rule[key] if v not in known[key]]
@@ -510,20 +516,31 @@ def load_spec(path: str | Path) -> BenchmarkSpec:
 
 
 def demo_spec(methods: list[str] | None = None) -> BenchmarkSpec:
-    """The README demo: tiny encoder on CPU; scratch plus one method of each family; CT and MRI targets."""
+    """The README demo: tiny encoder on CPU; scratch plus one method of each family, SMIT among them; CT and MRI
+    targets.
+
+    Sized to learn within about 25 minutes on 2 CPU cores (documentation/results.md): the targets are written at
+    10 mm (32^3 CT, 24x32x32 MRI), where a fine-tuning iteration costs a third of one at 5 mm, and every method is
+    pretrained and probed, but only scratch and SMIT are fine-tuned (CT with 5 and all cases, MRI with all cases), each
+    for 300 iterations at lr 1e-3 (the from-scratch curve's knee). ``--methods`` fine-tunes the methods it names.
+    """
+    chosen = methods or [SCRATCH, "smit", "dino", "simclr", "rotation"]
+    tuned = [m for m in chosen if m in (SCRATCH, "smit")] if methods is None else chosen
     return spec_from_dict({
         "name": "demo",
         "device": "cpu",
-        "phantoms": {"datasets": [900, 901, 902], "seed": 0},
-        "pretraining": {"datasets": [900], "encoder": "tiny", "crop": 64, "batch_size": 2, "steps": 30,
+        "phantoms": {"datasets": [900, 901, 902], "seed": 0, "cases": {901: 40, 902: 40},
+                     "size": {901: 32, 902: [24, 32, 32]}, "spacing": {901: [10, 10, 10], 902: [12, 10, 10]}},
+        "pretraining": {"datasets": [900], "encoder": "tiny", "crop": 64, "batch_size": 2, "steps": 100,
                         "lr": 3e-4, "num_workers": 1,
                         # CPU-sized heads and crops; the paper values (65536-way heads, 8-10 local crops) are for GPUs
                         "options": {"dino": {"out_dim": 4096, "local_crops_number": 2},
                                     "ibot": {"out_dim": 4096, "patch_out_dim": 4096, "local_crops_number": 2},
                                     "smit": {"out_dim": 4096, "patch_out_dim": 4096, "view_size": 32},
                                     "cpc": {"prediction_steps": 1}}},
-        "methods": methods or [SCRATCH, "simmim", "dino", "simclr", "rotation"],
-        "downstream": {"datasets": [901, 902], "shots": ["5", "all"], "folds": [0], "epochs": 2,
-                       "iterations_per_epoch": 4, "val_iterations_per_epoch": 1, "mirroring": False,
-                       "cka_images": 8},
+        "methods": chosen,
+        "downstream": {"datasets": [901, 902], "shots": ["5", "all"], "folds": [0], "epochs": 10,
+                       "iterations_per_epoch": 30, "val_iterations_per_epoch": 2, "mirroring": False,
+                       "learning_rate": 1e-3, "cka_images": 16, "probe_stage": 1,
+                       "only": [{"methods": tuned}, {"datasets": [902], "shots": [5], "methods": []}]},
     })

@@ -75,6 +75,7 @@ class TrainerName:
 
     @property
     def name(self) -> str:
+        """The class name, e.g. ``SwinSSLTrainer_5shot_draw1_2epochs``; inverse of ``parse_trainer_name``."""
         name = f"Swin{self.kind}Trainer"
         if self.shots is not None:
             name += f"_{self.shots}shot" + (f"_draw{self.draw}" if self.draw else "")
@@ -84,6 +85,7 @@ class TrainerName:
 
     @property
     def pretrained(self) -> bool:
+        """True for trainers that load a pretraining checkpoint (SSL), False for Scratch."""
         return KINDS[self.kind]
 
     @property
