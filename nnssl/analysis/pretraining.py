@@ -170,10 +170,12 @@ class StepAnatomy:
 
     @property
     def data_share(self) -> float:
+        """Share of the mean step spent waiting for the loader (0-1; NaN without step times)."""
         return self.mean_ms.get("data", 0.0) / self.step_ms if self.step_ms > 0 else math.nan
 
     @property
     def steps_per_s(self) -> float:
+        """Steps per second at the mean step time (NaN without step times)."""
         return 1e3 / self.step_ms if self.step_ms > 0 else math.nan
 
 
