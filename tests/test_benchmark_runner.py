@@ -358,3 +358,39 @@ def test_phantoms_take_per_dataset_cases_size_and_spacing(tmp_path):
                          ({"sizes": 32}, "unknown key\\(s\\) sizes")):
         with pytest.raises(SpecError, match=message):
             spec_from_dict({**SPEC, "phantoms": {"datasets": [900, 901], **bad}})
+
+
+def test_only_rules_thin_the_grid(tmp_path):
+    """downstream.only: MRI and the 5-shot regime for scratch and smit only; every other method on CT, all cases."""
+    down = {"datasets": [901, 902], "shots": ["5", "all"], "folds": [0], "epochs": 2,
+            "only": [{"datasets": [902], "methods": ["scratch", "smit"]}, {"shots": [5], "methods": ["scratch", "smit"]}]}
+    spec = spec_from_dict({**SPEC, "methods": ["scratch", "smit", "dino"], "downstream": down})
+    runs = {j.key for j in build_jobs(spec, Paths.under(tmp_path), tmp_path / "r") if j.stage == "finetune"}
+    assert runs == {"finetune/901/scratch/all/0", "finetune/901/smit/all/0", "finetune/901/dino/all/0",
+                    "finetune/901/scratch/5/0", "finetune/901/smit/5/0",
+                    "finetune/902/scratch/all/0", "finetune/902/smit/all/0",
+                    "finetune/902/scratch/5/0", "finetune/902/smit/5/0"}
+    for bad, message in (([{"datasets": [903], "methods": ["smit"]}], r"only\[0\].datasets: 903 not in"),
+                         ([{"methods": ["mae"]}], r"only\[0\].methods: mae not in"),
+                         ([{"datasets": [902]}], r"only\[0\] must be a mapping with methods"),
+                         ([{"methods": []}], r"only\[0\].methods must be a non-empty list")):
+        with pytest.raises(SpecError, match=message):
+            spec_from_dict({**SPEC, "downstream": {**SPEC["downstream"], "only": bad}})
+
+
+def test_budgets_below_the_floors_warn_before_the_grid_starts(tmp_path):
+    """Too few fine-tuning iterations, pretraining steps or a vanishing scaled lr each give one warning naming the
+    setting; a spec above every floor gets none."""
+    from nnssl.benchmark.budget import MIN_FINETUNE_ITERATIONS, MIN_PRETRAIN_STEPS, budget_warnings
+
+    big = {**SPEC, "methods": ["scratch", "simmim"],
+           "pretraining": {**SPEC.get("pretraining", {}), "datasets": [900], "steps": MIN_PRETRAIN_STEPS, "lr": 1e-4},
+           "downstream": {**SPEC["downstream"], "epochs": 1, "iterations_per_epoch": MIN_FINETUNE_ITERATIONS}}
+    assert budget_warnings(spec_from_dict(big)) == []
+    small = {**big, "pretraining": {**big["pretraining"], "steps": MIN_PRETRAIN_STEPS - 1, "lr": 1e-7},
+             "downstream": {**big["downstream"], "iterations_per_epoch": MIN_FINETUNE_ITERATIONS - 1}}
+    warnings: list[str] = []
+    build_jobs(spec_from_dict(small), Paths.under(tmp_path), tmp_path / "r", warnings)
+    assert any(w.startswith("downstream:") and "raise epochs or iterations_per_epoch" in w for w in warnings)
+    assert any("pretraining of simmim" in w and "raise pretraining.steps" in w for w in warnings)
+    assert any("pretraining of simmim" in w and "set pretraining.lr" in w for w in warnings)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Iterable
 
 from nnssl.benchmark import stamps
+from nnssl.benchmark.budget import budget_warnings
 from nnssl.benchmark.spec import OPTIM_SETTINGS, BenchmarkSpec, phantom_arguments
 from nnssl.io import file_sha256
 from nnssl.nnunet.splits import SPLITS_FILE
@@ -191,6 +192,8 @@ def build_jobs(spec: BenchmarkSpec, paths: Paths, report_dir: Path, warnings: li
     """All jobs of the grid in an order that respects their dependencies; what the grid cannot decide yet is
     appended to ``warnings``."""
     jobs: list[Job] = []
+    if warnings is not None:
+        warnings.extend(budget_warnings(spec))
     pretrained_by: dict[str, str] = {}  # method -> key of its pretraining job
     cpu = spec.device == "cpu"
     nproc = ["-np", "1", "-npfp", "1"] if cpu else []
@@ -280,7 +283,7 @@ def build_jobs(spec: BenchmarkSpec, paths: Paths, report_dir: Path, warnings: li
     for d in _ids(down.datasets):
         for m in sorted(finetuned, key=lambda m: (not is_scratch(m), m != SCRATCH)):
             for shots, draw, fold in ((s, r, f) for s in down.shots for r in range(1 if s == "all" else down.draws)
-                                      for f in down.folds):
+                                      for f in down.folds if down.includes(d, m, s)):
                     trainer = trainer_name(m, shots, down.epochs, draw)
                     fold_dir = (paths.results / _dataset_glob(paths.results, d)
                                 / model_folder_name(trainer, plans_name(m)) / f"fold_{fold}")

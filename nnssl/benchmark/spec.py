@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from nnssl.nnunet.naming import EPOCHS, MAX_DRAW, NNUNET_EPOCHS, NNUNET_ITERATIONS_PER_EPOCH, SCRATCH, SHOTS
+from nnssl.nnunet.naming import (EPOCHS, MAX_DRAW, NNUNET_EPOCHS, NNUNET_ITERATIONS_PER_EPOCH, SCRATCH, SHOTS,
+                                 is_scratch)
 
 
 class SpecError(ValueError):
@@ -100,6 +101,21 @@ class DownstreamSpec:
     #: dataset -> a fixed split file (nnU-Net's splits_final.json layout) installed before any fine-tuning; relative
     #: paths are read from the spec file's folder
     splits: dict[str, str] = field(default_factory=dict)
+    #: rules that thin the grid: [{datasets: [...], shots: [...], methods: [...]}]; a run (dataset, method, shots)
+    #: is fine-tuned only if every rule whose datasets and shots match it lists the method
+    only: list[dict[str, list[str]]] = field(default_factory=list)
+
+    def includes(self, dataset: str, method: str, shots: str) -> bool:
+        """Whether the grid fine-tunes ``method`` on ``dataset`` at ``shots``: every ``only`` rule that matches the
+        dataset and regime must list the method (from-scratch baselines of other encoders follow ``scratch``)."""
+        name = SCRATCH if is_scratch(method) else method
+        for rule in self.only:
+            if ("datasets" in rule and dataset not in rule["datasets"]) or ("shots" in rule and shots not in
+                                                                            rule["shots"]):
+                continue
+            if name not in rule["methods"]:
+                return False
+        return True
 
     @property
     def iterations(self) -> int:
@@ -258,12 +274,34 @@ class BenchmarkSpec:
             raise SpecError(f"downstream.learning_rate must be a finite number > 0 (or left out for the trainers' "
                             f"1e-4), got {lr!r}")
         self._validate_splits()
+        self._validate_only()
         if self.phantoms is not None:
             self.phantoms = validate_phantoms(self.phantoms)
         self._validate_pretraining(registry)
         if self.slurm is not None:
             self.slurm.validate(self.device)
         return self
+
+    def _validate_only(self) -> None:
+        """``downstream.only`` rules name known datasets, regimes and methods (values normalised to strings)."""
+        rules = self.downstream.only
+        if not isinstance(rules, list):
+            raise SpecError(f"downstream.only must be a list of rules {{datasets, shots, methods}}, got "
+                            f"{type(rules).__name__}")
+        known = {"datasets": self.downstream.datasets, "shots": self.downstream.shots, "methods": self.methods}
+        for i, rule in enumerate(rules):
+            where = f"downstream.only[{i}]"
+            if not isinstance(rule, dict) or "methods" not in rule or not set(rule) <= set(known):
+                raise SpecError(f"{where} must be a mapping with methods and optionally datasets and shots, e.g. "
+                                "{datasets: [902], methods: [scratch, smit]}")
+            for key, values in rule.items():
+                if not isinstance(values, list) or not values:
+                    raise SpecError(f"{where}.{key} must be a non-empty list, got {values!r}")
+                rule[key] = [str(v) for v in values]
+                unknown = [v for v in rule[key] if v not in known[key]]
+                if unknown:
+                    raise SpecError(f"{where}.{key}: {', '.join(unknown)} not in the spec's {key} "
+                                    f"({', '.join(known[key])})")
 
     def _validate_splits(self) -> None:
         """Every split file exists, is an nnU-Net split and has the folds the grid trains (its cases are checked

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from nnssl.cli.common import fail
+from nnssl.nnunet.naming import CONFIGURATION, SWIN_PLANS
 
 EPILOG = """example:
   nnssl_probe --pretrained $nnssl_results/study/dino/checkpoint_final.pth -d 901 \\
@@ -22,8 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pretrained", required=True, help="nnssl checkpoint (nnssl_pretrain or nnssl_convert)")
     p.add_argument("-d", "--dataset", required=True, help="labelled target dataset id or name (preprocessed)")
-    p.add_argument("-p", "--plans", default="nnUNetSwinPlans", help="plans of the preprocessed data (default: %(default)s)")
-    p.add_argument("-c", "--configuration", default="3d_fullres", help="(default: %(default)s)")
+    p.add_argument("-p", "--plans", default=SWIN_PLANS, help="plans of the preprocessed data (default: %(default)s)")
+    p.add_argument("-c", "--configuration", default=CONFIGURATION, help="(default: %(default)s)")
     p.add_argument("-f", "--fold", default="0",
                    help="fold of splits_final.json whose training cases train the probes (default: %(default)s; "
                         "without the file: the first 80%% of the cases)")
