@@ -86,7 +86,7 @@ def fewshot_split(trainer: Any, tr_keys: list, val_keys: list) -> tuple[list, li
             "rule": "sorted fold training cases, permuted with seed(dataset, fold, draw); first k (nested, "
                     "method-independent)",
             "train_subset": subset, "fold_train_cases": sorted(map(str, tr_keys)),
-            "num_validation_cases": len(val_keys), "trainer": trainer.__class__.__name__})
+            "num_validation_cases": len(val_keys)})  # no trainer or method: identical for every method's run
     draw = f" (draw {trainer.shot_draw})" if trainer.shot_draw else ""
     trainer.print_to_log_file(f"nnssl: {trainer.num_shots}-shot subset{draw} of {len(tr_keys)} training cases: "
                               f"{subset} (recorded in {SUBSET_FILE}); validating on all {len(val_keys)} validation "
