@@ -28,8 +28,8 @@ def headline(ctx: ReportContext) -> None:
     r.add(Heading(2, "Headline: pretraining against training from scratch"))
     rows, tests, unmatched, differences = [], [], [], []
     for ds in t.dataset_names():
-        for regime in t.regimes(ds):
-            for m in t.methods(ds, regime):
+        for regime in ctx.headline_regimes(ds):
+            for m in ctx.swin_methods(ds, regime):
                 if is_scratch(m):
                     continue
                 base = ctx.baseline_for(ds, regime, m)
