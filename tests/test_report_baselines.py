@@ -97,3 +97,16 @@ def test_tidy_csv_has_the_protocol(tree, tmp_path):
     assert {r["protocol"] for r in rows} == {"full", "frozen", "llrd75"}
     assert {r["method"] for r in rows if r["trainer"] == "CNNTrainer"} == {"nnunet"}
     assert np.isfinite(float(rows[0]["dice"]))
+
+
+def test_few_shot_gap_pairs_runs_of_the_same_protocol_and_marks_the_cnn(tree, tmp_path):
+    root, _ = tree
+    _run(root, CT, "SwinScratchTrainer_frozen_5shot__nnUNetSwinPlans__3d_fullres", "0", {"1": L - 0.5, "2": S - 0.5})
+    _run(root, CT, "CNNTrainer_5shot__nnUNetPlans__3d_fullres", "0", {"1": L, "2": S})
+    report, _ = _report(tree, tmp_path)
+    gap = _table(report, "gap % =")
+    rows = sorted((r[1], r[2], r[4]) for r in gap.rows)
+    # the frozen 5-shot scratch run is paired with the frozen all-cases run, never with full fine-tuning
+    frozen_all = f"{np.mean(np.concatenate([L, S]) - 0.4):.3f}"
+    assert rows == [("nnunet (CNN baseline)", "5-shot", f"{np.mean(np.concatenate([L + D, S + D]) + 0.1):.3f}"),
+                    ("scratch", "5-shot, frozen encoder", frozen_all)]
