@@ -25,6 +25,7 @@ from nnssl.io import file_sha256
 from nnssl.nnunet.splits import SPLITS_FILE
 from nnssl.nnunet.naming import (CONFIGURATION, SCRATCH, SWIN_PLANS, encoder_tag, is_scratch, model_folder_name,
                                  plans_name, scratch_method, trainer_name)
+from nnssl.nnunet.naming import CNN_BASELINES, FULL, parse_protocol
 
 STAGES = ("phantoms", "preprocess", "pretrain", "attach", "probe", "splits", "finetune", "cka", "attention", "report")
 
@@ -282,14 +283,16 @@ def build_jobs(spec: BenchmarkSpec, paths: Paths, report_dir: Path, warnings: li
     finetuned = [m for m in spec.methods if m != SCRATCH] + scratch_methods
     for d in _ids(down.datasets):
         for m in sorted(finetuned, key=lambda m: (not is_scratch(m), m != SCRATCH)):
-            for shots, draw, fold in ((s, r, f) for s in down.shots for r in range(1 if s == "all" else down.draws)
-                                      for f in down.folds if down.includes(d, m, s)):
-                    trainer = trainer_name(m, shots, down.epochs, draw)
+            for shots, draw, fold, protocol in ((s, r, f, p) for s in down.shots
+                                                for r in range(1 if s == "all" else down.draws)
+                                                for f in down.folds for p in down.protocols
+                                                if down.includes(d, m, s)):
+                    trainer = trainer_name(m, shots, down.epochs, draw, protocol)
                     fold_dir = (paths.results / _dataset_glob(paths.results, d)
                                 / model_folder_name(trainer, plans_name(m)) / f"fold_{fold}")
                     cmd = ["nnUNetv2_train", d, CONFIGURATION, str(fold), "-tr", trainer, "-p", plans_name(m),
                            "-device", spec.device]
-                    run = f"{d}/{m}/{shots}/{fold}" + (f"/draw{draw}" if draw else "")
+                    run = f"{d}/{m}/{shots}/{fold}" + (f"/draw{draw}" if draw else "") + _rung(protocol)
                     jobs.append(Job(f"finetune/{run}", "finetune", cmd,
                                     done_marker=fold_dir / "validation" / "summary.json",
                                     resume_marker=fold_dir / "checkpoint_latest.pth", resume_args=["--c"],
@@ -299,9 +302,9 @@ def build_jobs(spec: BenchmarkSpec, paths: Paths, report_dir: Path, warnings: li
                                     settings_file=fold_dir / stamps.RECORD_NAME, outputs=fold_dir,
                                     keyed_on=([] if m == SCRATCH else [f"attach/{m}/{d}"])
                                     + ([f"splits/{d}"] if d in down.splits else [])))
-                    if not is_scratch(m):
+                    if not is_scratch(m) and _encoder_trains(protocol):
                         out = report_dir / "cka" / (f"{d}__{m}__{shots}__fold{fold}" + (f"__draw{draw}" if draw else "")
-                                                    + ".json")
+                                                    + _rung(protocol, "__") + ".json")
                         jobs.append(Job(
                             f"cka/{run}", "cka",
                             ["nnssl_cka", "--pretrained", str(checkpoint_path(spec, paths, m)), "-d", d,
@@ -311,8 +314,12 @@ def build_jobs(spec: BenchmarkSpec, paths: Paths, report_dir: Path, warnings: li
                             settings_file=stamps.record_beside(out), outputs=out, keyed_on=[f"finetune/{run}"],
                         ))
                         if down.attention:
-                            jobs.append(_attention_job(spec, paths, report_dir, d, m, shots, fold, draw, trainer))
+                            jobs.append(_attention_job(spec, paths, report_dir, d, m, shots, fold, draw, trainer,
+                                                       protocol))
+    jobs += baseline_jobs(spec, paths, train_env)
     report_cmd = ["nnssl_report", str(paths.results), "--out", str(report_dir), "--cka", str(report_dir / "cka")]
+    if spec.reference is not None:  # the CNN comparison's reference is the spec's, never picked from the results
+        report_cmd += ["--cnn-reference", spec.reference]
     if any(j.stage == "attention" for j in jobs):
         report_cmd += ["--attention", str(report_dir / "attention")]
     if pretrained_by:  # the Pretraining section: each run's loss curve and verdict
@@ -324,11 +331,60 @@ def build_jobs(spec: BenchmarkSpec, paths: Paths, report_dir: Path, warnings: li
     return jobs
 
 
+def _rung(protocol: str, separator: str = "/") -> str:
+    """The job-key / file-name part of an adaptation protocol ("" for full fine-tuning, whose keys are unchanged)."""
+    return "" if protocol == FULL else separator + protocol
+
+
+def _encoder_trains(protocol: str) -> bool:
+    """CKA and attention compare the fine-tuned encoder with the pretrained one: pointless when it stays frozen."""
+    p = parse_protocol(protocol)
+    return p is None or p.trains_encoder
+
+
+def baseline_jobs(spec: BenchmarkSpec, paths: Paths, train_env: dict[str, str]) -> list[Job]:
+    """The CNN baselines: nnU-Net's own planning and preprocessing (``nnUNetv2_plan_and_preprocess -pl <planner>``,
+    reusing the fingerprint the Swin planning extracted), then CNNTrainer folds on the same datasets, regimes, draws
+    and folds as the Swin runs (the same splits_final.json and k-shot subsets: nnssl.finetune.baselines)."""
+    jobs: list[Job] = []
+    down = spec.downstream
+    cpu = spec.device == "cpu"
+    env = {k: v for k, v in train_env.items() if k != "NNSSL_LEARNING_RATE"}  # the CNN keeps nnU-Net's SGD lr
+    datasets = _ids(down.datasets)
+    for b in spec.baselines:
+        planner, plans, _ = CNN_BASELINES[b]
+        markers = [paths.preprocessed / _dataset_glob(paths.preprocessed, d) / f"{plans}.json" for d in datasets]
+        jobs.append(Job(
+            f"preprocess/{b}", "preprocess",
+            ["nnUNetv2_plan_and_preprocess", "-d", *datasets, "-c", CONFIGURATION, "-pl", planner,
+             *(["-np", "1", "-npfp", "1"] if cpu else [])],
+            done_marker=markers, stamp=paths.preprocessed / f".nnssl_baseline_{b}_{'-'.join(datasets)}",
+            after=["preprocess"], method=b))
+        for d in datasets:
+            for shots, draw, fold in ((s, r, f) for s in down.shots for r in range(1 if s == "all" else down.draws)
+                                      for f in down.folds if down.includes(d, b, s)):
+                trainer = trainer_name(b, shots, down.epochs, draw)
+                fold_dir = (paths.results / _dataset_glob(paths.results, d) / model_folder_name(trainer, plans)
+                            / f"fold_{fold}")
+                run = f"{d}/{b}/{shots}/{fold}" + (f"/draw{draw}" if draw else "")
+                jobs.append(Job(
+                    f"finetune/{run}", "finetune",
+                    ["nnUNetv2_train", d, CONFIGURATION, str(fold), "-tr", trainer, "-p", plans, "-device",
+                     spec.device],
+                    done_marker=fold_dir / "validation" / "summary.json",
+                    resume_marker=fold_dir / "checkpoint_latest.pth", resume_args=["--c"], env=env, method=b,
+                    always_resume=True, after=[f"preprocess/{b}"] + ([f"splits/{d}"] if d in down.splits else []),
+                    settings_file=fold_dir / stamps.RECORD_NAME, outputs=fold_dir,
+                    keyed_on=[f"splits/{d}"] if d in down.splits else []))
+    return jobs
+
+
 def _attention_job(spec: BenchmarkSpec, paths: Paths, report_dir: Path, d: str, m: str, shots: str, fold: int,
-                   draw: int, trainer: str) -> Job:
+                   draw: int, trainer: str, protocol: str = FULL) -> Job:
     """nnssl_attention on a pretrained method's fine-tuning fold (after it, like its CKA job)."""
-    run = f"{d}/{m}/{shots}/{fold}" + (f"/draw{draw}" if draw else "")
-    out = report_dir / "attention" / (f"{d}__{m}__{shots}__fold{fold}" + (f"__draw{draw}" if draw else "") + ".json")
+    run = f"{d}/{m}/{shots}/{fold}" + (f"/draw{draw}" if draw else "") + _rung(protocol)
+    out = report_dir / "attention" / (f"{d}__{m}__{shots}__fold{fold}" + (f"__draw{draw}" if draw else "")
+                                      + _rung(protocol, "__") + ".json")
     return Job(f"attention/{run}", "attention",
                ["nnssl_attention", "--pretrained", str(checkpoint_path(spec, paths, m)), "-d", d, "-tr", trainer,
                 "-p", plans_name(m), "-f", str(fold), "--device", spec.device,

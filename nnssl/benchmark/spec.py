@@ -30,6 +30,7 @@ from typing import Any, Callable
 
 from nnssl.nnunet.naming import (EPOCHS, MAX_DRAW, NNUNET_EPOCHS, NNUNET_ITERATIONS_PER_EPOCH, SCRATCH, SHOTS,
                                  is_scratch)
+from nnssl.nnunet.naming import CNN_BASELINES, FULL, PROTOCOL_GRAMMAR, parse_protocol
 
 
 class SpecError(ValueError):
@@ -104,10 +105,14 @@ class DownstreamSpec:
     #: rules that thin the grid: [{datasets: [...], shots: [...], methods: [...]}]; a run (dataset, method, shots)
     #: is fine-tuned only if every rule whose datasets and shots match it lists the method
     only: list[dict[str, list[str]]] = field(default_factory=list)
+    #: rungs of the adaptation ladder every Swin method (scratch too) is fine-tuned with: full, frozen, probe<s>,
+    #: decfirst<P>, llrd<NN> (nnssl.nnunet.naming.Protocol)
+    protocols: list[str] = field(default_factory=lambda: [FULL])
 
     def includes(self, dataset: str, method: str, shots: str) -> bool:
-        """Whether the grid fine-tunes ``method`` on ``dataset`` at ``shots``: every ``only`` rule that matches the
-        dataset and regime must list the method (from-scratch baselines of other encoders follow ``scratch``)."""
+        """Whether the grid fine-tunes ``method`` (or CNN baseline) on ``dataset`` at ``shots``: every ``only`` rule
+        that matches the dataset and regime must list it (from-scratch baselines of other encoders follow
+        ``scratch``)."""
         name = SCRATCH if is_scratch(method) else method
         for rule in self.only:
             if ("datasets" in rule and dataset not in rule["datasets"]) or ("shots" in rule and shots not in
@@ -223,6 +228,12 @@ class BenchmarkSpec:
     device: str = "cuda"
     phantoms: dict[str, Any] | None = None  # generate phantom datasets first (the demo)
     slurm: SlurmSpec | None = None  # cluster resources of --export-jobs (None: SlurmSpec's defaults)
+    #: CNN baselines trained on the same folds, k-shot subsets and draws (nnssl.nnunet.naming.CNN_BASELINES)
+    baselines: list[str] = field(default_factory=list)
+    #: the baseline the report tests every Swin method against (its own test family); default: the first baseline
+    reference_baseline: str | None = None
+    #: train GPU-sized baselines (ResEnc M/L/XL) on a CPU grid anyway
+    force_baselines: bool = False
 
     def validate(self) -> "BenchmarkSpec":
         from nnssl.tasks import method_names
@@ -274,6 +285,7 @@ class BenchmarkSpec:
             raise SpecError(f"downstream.learning_rate must be a finite number > 0 (or left out for the trainers' "
                             f"1e-4), got {lr!r}")
         self._validate_splits()
+        self._validate_ladder_and_baselines()
         self._validate_only()
         if self.phantoms is not None:
             self.phantoms = validate_phantoms(self.phantoms)
@@ -288,7 +300,8 @@ class BenchmarkSpec:
         if not isinstance(rules, list):
             raise SpecError(f"downstream.only must be a list of rules {{datasets, shots, methods}}, got "
                             f"{type(rules).__name__}")
-        known = {"datasets": self.downstream.datasets, "shots": self.downstream.shots, "methods": self.methods}
+        known = {"datasets": self.downstream.datasets, "shots": self.downstream.shots,
+                 "methods": self.methods + self.baselines}
         for i, rule in enumerate(rules):
             where = f"downstream.only[{i}]"
             if not isinstance(rule, dict) or "methods" not in rule or not set(rule) <= set(known):
@@ -323,6 +336,50 @@ class BenchmarkSpec:
             if beyond:
                 raise SpecError(f"downstream.splits.{d}: {path} has {len(folds)} fold(s) (0..{len(folds) - 1}), but "
                                 f"downstream.folds asks for {beyond}")
+
+    def _validate_ladder_and_baselines(self) -> None:
+        """downstream.protocols are ladder rungs; baselines are known CNN baselines, GPU-sized ones only on a GPU
+        grid (unless force_baselines), their names clash with no method; the reference is one of them."""
+        protocols = self.downstream.protocols
+        if not isinstance(protocols, list) or not protocols:
+            raise SpecError(f"downstream.protocols must be a non-empty list of {PROTOCOL_GRAMMAR}, got {protocols!r}")
+        tokens = []
+        for p in protocols:
+            try:
+                parsed = parse_protocol(str(p))
+            except ValueError as e:
+                raise SpecError(f"downstream.protocols: {e}") from None
+            tokens.append(FULL if parsed is None else parsed.token)
+        if len(set(tokens)) != len(tokens):
+            raise SpecError(f"downstream.protocols lists a protocol twice: {protocols!r}")
+        self.downstream.protocols = tokens
+        if not isinstance(self.baselines, list):
+            raise SpecError(f"baselines must be a list such as [nnunet, resenc_l], got {self.baselines!r}")
+        for b in self.baselines:
+            if b not in CNN_BASELINES:
+                close = difflib.get_close_matches(str(b), CNN_BASELINES, 1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise SpecError(f"baselines: unknown CNN baseline {b!r}{hint}; known: {', '.join(CNN_BASELINES)}")
+            if b in self.methods or b in self.checkpoints:
+                raise SpecError(f"baselines: {b!r} is also a method or checkpoint name; rename the checkpoint")
+            planner, _, gpu_only = CNN_BASELINES[b]
+            if gpu_only and self.device == "cpu" and not self.force_baselines:
+                raise SpecError(f"baselines: {b} is planned by nnU-Net's {planner} for a GPU (ResEnc L: 24 GB), and a "
+                                "CPU grid would train it for days per fold; use device: cuda, drop it from baselines "
+                                "(nnunet runs on CPU), or set force_baselines: true to train it anyway")
+        if len(set(self.baselines)) != len(self.baselines):
+            raise SpecError(f"baselines lists a baseline twice: {self.baselines!r}")
+        if not isinstance(self.force_baselines, bool):
+            raise SpecError(f"force_baselines must be true or false, got {self.force_baselines!r}")
+        if self.reference_baseline is not None and self.reference_baseline not in self.baselines:
+            raise SpecError(f"reference_baseline {self.reference_baseline!r} is not one of baselines "
+                            f"({', '.join(self.baselines) or 'none'}): add it there or leave it out (the first "
+                            "baseline is the reference)")
+
+    @property
+    def reference(self) -> str | None:
+        """The CNN baseline the report tests against (fixed in the spec, never picked from the results)."""
+        return self.reference_baseline or (self.baselines[0] if self.baselines else None)
 
     def _validate_pretraining(self, registry: set[str]) -> None:
         """Every pretraining setting and method option as the commands would check them, before anything runs."""
