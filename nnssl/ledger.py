@@ -91,3 +91,37 @@ def device_hours(record: dict[str, Any]) -> tuple[float, str]:
     if record.get("device", {}).get("type") == "cuda":
         return float(record.get("gpu_hours") or 0.0), "GPU-h"
     return float(record.get("cpu_core_hours") or 0.0), "core-h"
+
+
+class RunLedger:
+    """The ledger of a run over its sessions (a resumed run adds this session to what its checkpoint recorded).
+
+    Created when the session starts training (it resets CUDA's peak-memory counter); :meth:`record` gives the run's
+    record at a step: wall time and device-hours summed over sessions, steps and samples of the whole run, mean step
+    time = wall time / steps (data loading and checkpoint writes included), the peak memory of any session."""
+
+    def __init__(self, device: torch.device | str, world_size: int = 1, start_step: int = 0,
+                 prior: dict[str, Any] | None = None) -> None:
+        import time
+
+        self.device, self.world_size, self.start_step = device, int(world_size), int(start_step)
+        self.prior = prior if isinstance(prior, dict) else {}
+        self._clock = time.perf_counter
+        reset_peak_memory(device)
+        self._start = self._clock()
+
+    def record(self, step: int, global_batch: int) -> dict[str, Any]:
+        p = self.prior
+        session_wall = self._clock() - self._start
+        session = compute_record(session_wall, step - self.start_step, (step - self.start_step) * global_batch, None,
+                                 self.device, self.world_size)
+        wall = float(p.get("wall_seconds", 0.0)) + session_wall
+        record = compute_record(wall, step, step * global_batch, wall / step if step else None, self.device,
+                                self.world_size, sessions=int(p.get("sessions", 0)) + 1,
+                                session_wall_seconds=[*p.get("session_wall_seconds", []), session_wall],
+                                wall_what="sum over the run's sessions of the training loop's wall time (data "
+                                          "loading and checkpoint writes included)")
+        record["gpu_hours"] = float(p.get("gpu_hours", 0.0)) + session["gpu_hours"]
+        record["cpu_core_hours"] = float(p.get("cpu_core_hours", 0.0)) + session["cpu_core_hours"]
+        record["peak_memory_bytes"] = max(int(record["peak_memory_bytes"]), int(p.get("peak_memory_bytes", 0)))
+        return record

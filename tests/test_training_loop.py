@@ -80,6 +80,26 @@ def test_resume_equivalence(toy_env, monkeypatch):
             torch.testing.assert_close(resumed[key][name], value, rtol=1e-5, atol=1e-6, msg=f"{key}.{name}")
     steps = [json.loads(l)["step"] for l in (toy_env / "b" / "log.jsonl").read_text().splitlines()]
     assert steps == [0, 1, 2, 3]
+    # the compute ledger adds the resumed session to the interrupted one
+    first, ledger = load_checkpoint(toy_env / "b" / "checkpoint_previous.pth")["compute"], resumed["compute"]
+    assert (ledger["sessions"], ledger["steps"], ledger["samples_seen"]) == (2, 4, 8)
+    assert len(ledger["session_wall_seconds"]) == 2 and ledger["session_wall_seconds"][0] == first["wall_seconds"]
+    assert ledger["wall_seconds"] == pytest.approx(sum(ledger["session_wall_seconds"]))
+    assert ledger["cpu_core_hours"] > first["cpu_core_hours"] > 0
+
+
+def test_the_compute_ledger_is_in_the_checkpoint_and_config_json(toy_env):
+    final = run_pretraining(_cfg(steps=2), toy_env / "run", progress=False)
+    ckpt = load_checkpoint(final)
+    ledger = ckpt["compute"]
+    assert json.loads((toy_env / "run" / "config.json").read_text())["compute"] == ledger
+    assert (ledger["steps"], ledger["samples_seen"], ledger["sessions"]) == (2, 4, 1)
+    assert ledger["wall_seconds"] > 0 and ledger["mean_step_seconds"] == pytest.approx(ledger["wall_seconds"] / 2)
+    model_bytes = sum(v.numel() * v.element_size() for v in ckpt["task_state"].values())
+    assert ledger["peak_memory_bytes"] > model_bytes  # peak RSS on CPU holds at least the model
+    assert ledger["device"]["type"] == "cpu" and ledger["device"]["count"] == torch.get_num_threads()
+    assert ledger["gpu_hours"] == 0.0
+    assert ledger["cpu_core_hours"] == pytest.approx(ledger["wall_seconds"] / 3600 * torch.get_num_threads())
 
 
 def test_existing_run_needs_resume_and_same_settings(toy_env):

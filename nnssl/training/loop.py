@@ -35,6 +35,7 @@ from nnssl.data.preprocessed import (PreprocessedSource, RandomCropDataset, Step
 from nnssl.encoders.swin import EncoderConfig, SwinEncoder, check_swin_input_size
 from nnssl.nnunet.environment import nnssl_results_root
 from nnssl.io import atomic_write, describe_removed, remove_stale_temp_files
+from nnssl.ledger import RunLedger
 from nnssl.nnunet.naming import CONFIGURATION, SWIN_PLANS
 from nnssl.recipes import OptimRecipe, ResolvedOptim
 from nnssl.tasks import PretextTask, config_from_overrides, get_task_class
@@ -351,6 +352,7 @@ def _train(cfg: PretrainConfig, out_dir: Path, resume: bool, progress: bool, inf
     previous = out_dir / "checkpoint_previous.pth"
     start_step, last_saved = 0, None
     changes: dict[str, list[Any]] = {}
+    prior_compute = None
     if resume:
         ckpt, fallback = _load_for_resume(out_dir, device)
         if fallback and info.is_main:
@@ -361,6 +363,7 @@ def _train(cfg: PretrainConfig, out_dir: Path, resume: bool, progress: bool, inf
         if ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
         start_step = last_saved = int(ckpt["step"])
+        prior_compute = ckpt.get("compute")  # the ledger of the sessions before this one
         _set_rng_state(ckpt["rng"])
         if changes and info.is_main:
             _note(f"resuming at step {start_step} with changed optimisation settings: " + "; ".join(
@@ -369,6 +372,10 @@ def _train(cfg: PretrainConfig, out_dir: Path, resume: bool, progress: bool, inf
         raise FileExistsError(f"{out_dir} already holds a run: pass --resume to continue it, or choose another --output")
 
     log = TrainingLog(out_dir, enabled=info.is_main, start_step=start_step)
+    run_config: dict[str, Any] = {}
+
+    def write_config(config: dict[str, Any]) -> None:
+        atomic_write(out_dir / "config.json", lambda f: json.dump(config, f, indent=2, default=str), binary=False)
     if info.is_main:
         if log.note:
             _note(log.note)
@@ -379,7 +386,7 @@ def _train(cfg: PretrainConfig, out_dir: Path, resume: bool, progress: bool, inf
         run_config = {**cfg.to_dict(), "encoder_config": task.encoder().cfg.to_dict(),
                       "task_config": dataclasses.asdict(task.cfg), "optimisation": optim.to_dict(),
                       "warnings": warnings, "resume_changes": history}
-        atomic_write(out_dir / "config.json", lambda f: json.dump(run_config, f, indent=2, default=str), binary=False)
+        write_config(run_config)
 
     model: torch.nn.Module = task
     if info.enabled:
@@ -397,7 +404,7 @@ def _train(cfg: PretrainConfig, out_dir: Path, resume: bool, progress: bool, inf
                         num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
                         prefetch_factor=4 if cfg.num_workers > 0 else None, drop_last=False)
 
-    def payload(step: int) -> dict[str, Any]:
+    def payload(step: int, compute: dict[str, Any]) -> dict[str, Any]:
         return {
             "method": cfg.method,
             "encoder_config": task.encoder().cfg.to_dict(),
@@ -412,6 +419,7 @@ def _train(cfg: PretrainConfig, out_dir: Path, resume: bool, progress: bool, inf
             "optimisation": optim.to_dict(),
             "provenance": _provenance(sources),
             "rng": _rng_state(),
+            "compute": compute,
         }
 
     # Under a GradScaler the scaler skips steps with non-finite gradients itself (and lowers its scale): the flag
@@ -471,10 +479,13 @@ def _train(cfg: PretrainConfig, out_dir: Path, resume: bool, progress: bool, inf
                 f"last steps' loss and gradients were finite (an update overflowed: the learning rate is too high). "
                 f"Nothing was saved: {how_to_continue()}")
         if info.is_main:
-            data = payload(step)
+            compute = ledger.record(step, global_batch)
+            data = payload(step, compute)
             save_checkpoint(latest, data, keep_previous=previous)
             if also_final:
                 save_checkpoint(final, data)
+            run_config["compute"] = compute  # the compute ledger so far (final: the whole run's)
+            write_config(run_config)
             log.plot()
         last_saved = step
 
@@ -484,6 +495,7 @@ def _train(cfg: PretrainConfig, out_dir: Path, resume: bool, progress: bool, inf
 
         bar = tqdm(total=cfg.steps, initial=start_step, desc=f"pretrain {cfg.method}", unit="step", dynamic_ncols=True)
     params = [p for g in optimizer.param_groups for p in g["params"]]
+    ledger = RunLedger(device, info.world_size, start_step, prior_compute)
     task.train()
     for step, crops in zip(range(start_step, cfg.steps), loader):
         lr, wd = schedules.apply(optimizer, step)
