@@ -19,6 +19,9 @@ if TYPE_CHECKING:  # torch is imported where a device is asked about: the report
 
 #: Version of the record's layout.
 LEDGER_VERSION = 1
+#: The fine-tuning record a trainer writes into its fold folder (its ledger under "compute", what it read of the
+#: pretraining run under "pretraining"); the report reads it.
+FINETUNE_RECORD = "nnssl_finetune.json"
 
 
 def device_description(device: torch.device | str, world_size: int = 1) -> dict[str, Any]:

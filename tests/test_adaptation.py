@@ -209,6 +209,10 @@ def test_frozen_pretrained_encoder_is_bit_identical_after_steps_and_the_decoder_
     n_encoder = sum(1 for n, _ in net.named_parameters() if n.startswith("swinViT."))
     assert record["protocol"] == "frozen" and record["frozen_encoder"]["tensors"] == n_encoder
     assert record["pretrained_encoder"].startswith("loaded")
+    # what the ledger keeps of the pretraining run: this checkpoint has neither a ledger, nor spacing nor a crop
+    pre = record["pretraining"]
+    assert (pre["method"], pre["compute"], pre["mismatches"]) == ("simmim", None, [])
+    assert pre["unrecorded"] == ["spacing", "patch size"]
 
 
 def test_probe_trains_only_the_probe(nn_env):

@@ -14,14 +14,14 @@ from typing import Any, Optional
 
 from nnssl.finetune.fewshot import SUBSET_FILE, select_fewshot, subset_seed, write_subset_record
 from nnssl.io import atomic_write
-from nnssl.ledger import compute_record
+from nnssl.ledger import FINETUNE_RECORD, compute_record
 
 ENV_ITERS = "NNSSL_ITERATIONS_PER_EPOCH"
 ENV_VAL_ITERS = "NNSSL_VAL_ITERATIONS_PER_EPOCH"
 ENV_NO_MIRROR = "NNSSL_DISABLE_MIRRORING"
 ENV_LR = "NNSSL_LEARNING_RATE"
 #: The fine-tuning record of a fold: trainer, protocol, parameter groups, what is frozen, compute ledger.
-RECORD_FILE = "nnssl_finetune.json"
+RECORD_FILE = FINETUNE_RECORD
 
 
 def positive_int_env(name: str) -> Optional[int]:

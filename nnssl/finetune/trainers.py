@@ -329,10 +329,12 @@ class SwinSSLTrainer(SwinScratchTrainer):
     def initialize(self):
         super().initialize()
         if not self._restoring_checkpoint:
-            self.pretrained_report = self.load_pretrained_encoder_into(self._unwrapped_network())
-            write_finetune_record(self, {"pretrained_encoder": self.pretrained_report.summary()})
+            pretraining: dict = {}
+            self.pretrained_report = self.load_pretrained_encoder_into(self._unwrapped_network(), pretraining)
+            write_finetune_record(self, {"pretrained_encoder": self.pretrained_report.summary(),
+                                         "pretraining": pretraining})
 
-    def load_pretrained_encoder_into(self, network: nn.Module) -> LoadReport:
+    def load_pretrained_encoder_into(self, network: nn.Module, record: dict | None = None) -> LoadReport:
         """Load the attached checkpoint's encoder into ``network``; returns the LoadReport.
 
         Under DDP every rank calls this in initialize() and reads the same file (verified by the sha256 in the
@@ -341,7 +343,7 @@ class SwinSSLTrainer(SwinScratchTrainer):
         """
         return load_pretrained_encoder(network, self.configuration_manager.configuration,
                                        self.plans_manager.dataset_name, self.plans_manager.plans_name,
-                                       self.num_input_channels, log=self.print_to_log_file)
+                                       self.num_input_channels, log=self.print_to_log_file, record=record)
 
 
 def _check_patch_size(plans: dict, configuration: str) -> None:
