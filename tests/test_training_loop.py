@@ -197,3 +197,30 @@ def test_cli_end_to_end(toy_env, capsys):
     assert rc == 0, capsys.readouterr().err
     run = toy_env / "results" / "toy__tiny__D990"
     assert load_checkpoint(run / "checkpoint_final.pth")["step"] == 3  # ceil(2 epochs * 3 cases / batch 2)
+
+
+def test_data_fractions_are_nested_seeded_subsets_identical_across_methods_and_recorded(toy_env, monkeypatch):
+    from nnssl.data.subsets import select_cases
+
+    cases = [(d, f"case_{i:03d}") for d in ("Dataset990_A", "Dataset991_B") for i in range(20)]
+    quarter, half = select_cases(cases, 0.25, seed=0), select_cases(cases, 0.5, seed=0)
+    assert len(quarter) == 10 and len(half) == 20 and set(quarter) < set(half)
+    assert select_cases(list(reversed(cases)), 0.25, seed=0) == quarter  # the order cases are listed in is irrelevant
+    assert select_cases(cases, 0.25, seed=1) != quarter and select_cases(cases, 1.0, seed=3) == sorted(cases)
+    with pytest.raises(ValueError, match=r"must be a number in \(0, 1\]"):
+        select_cases(cases, 0.0, seed=0)
+    # two methods at the same fraction pretrain on the same recorded cases
+    monkeypatch.setitem(nnssl.tasks._REGISTRY, "toy2", "toy_task:ToyTask")
+    records = {}
+    for method in ("toy", "toy2"):
+        final = run_pretraining(_cfg(method=method, steps=2, data_fraction=0.5), toy_env / method, progress=False)
+        config = json.loads((toy_env / method / "config.json").read_text())
+        assert config["data_fraction"] == 0.5
+        assert load_checkpoint(final)["provenance"]["data_subset"] == config["data_subset"]
+        records[method] = config["data_subset"]
+    assert records["toy"] == records["toy2"]
+    assert (records["toy"]["num_cases"], records["toy"]["of_cases"]) == (2, 3)  # ceil(0.5 * 3) of the toy's 3 cases
+    assert records["toy"]["cases"] == {"Dataset990_ToyCT": [c for _, c in select_cases(
+        [("Dataset990_ToyCT", c) for c in ("case_000", "case_001", "case_002")], 0.5, seed=0)]}
+    with pytest.raises(ValueError, match="data_fraction"):
+        _cfg(data_fraction=1.5)
