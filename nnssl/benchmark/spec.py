@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 from nnssl.nnunet.naming import (EPOCHS, MAX_DRAW, NNUNET_EPOCHS, NNUNET_ITERATIONS_PER_EPOCH, SCRATCH, SHOTS,
                                  is_scratch)
-from nnssl.nnunet.naming import CNN_BASELINES, FULL, PROTOCOL_GRAMMAR, parse_protocol
+from nnssl.nnunet.naming import CNN_BASELINES, FULL, PROTOCOL_GRAMMAR, parse_protocol, variant_method
 
 
 class SpecError(ValueError):
@@ -65,6 +65,13 @@ class PretrainingSpec:
     clip_grad: float | None = None
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
     per_method: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: design experiments: each method is pretrained on each share of the cases (nested seeded subsets)...
+    data_fractions: list[float] = field(default_factory=lambda: [1.0])
+    #: ... and with each encoder preset (None: ``encoder`` only); every other preset gets its own scratch baseline
+    encoders: list[str] | None = None
+
+    def encoder_list(self) -> list[str]:
+        return list(self.encoders) if self.encoders else [self.encoder]
 
     def settings(self, method: str) -> dict[str, Any]:
         """The pretraining settings of ``method``: PER_METHOD_SETTINGS, per-method values over the shared ones
@@ -77,6 +84,17 @@ class PretrainingSpec:
         crop = self.settings(method)["crop"]
         crop = list(crop) if isinstance(crop, (list, tuple)) else [crop]
         return tuple(int(c) for c in (crop * 3 if len(crop) == 1 else crop))  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class PretrainingRun:
+    """One pretraining run of the grid: ``name`` is the method as the grid and the report know it (``smit``, or a
+    design-experiment variant such as ``smit-small-data25``), ``method`` the pretext task it runs."""
+
+    name: str
+    method: str
+    encoder: str
+    fraction: float
 
 
 @dataclass
@@ -381,6 +399,38 @@ class BenchmarkSpec:
         """The CNN baseline the report tests against (fixed in the spec, never picked from the results)."""
         return self.reference_baseline or (self.baselines[0] if self.baselines else None)
 
+    def _validate_design_axes(self, presets: Any) -> None:
+        """pretraining.data_fractions: whole percentages in (0, 1]; pretraining.encoders: known presets; each once,
+        and no variant name clashes with a method, checkpoint or baseline."""
+        pre = self.pretraining
+        fractions = pre.data_fractions
+        if not isinstance(fractions, list) or not fractions:
+            raise SpecError(f"pretraining.data_fractions must be a non-empty list such as [0.25, 0.5, 1.0], got "
+                            f"{fractions!r}")
+        for f in fractions:
+            ok = isinstance(f, (int, float)) and not isinstance(f, bool) and math.isfinite(f) and 0 < f <= 1
+            if not ok or abs(round(f * 100) - f * 100) > 1e-6:
+                raise SpecError(f"pretraining.data_fractions: {f!r} must be a share of the cases in (0, 1] in whole "
+                                "percent (0.25, 0.5, 1.0); the subsets are nested (0.25 inside 0.5)")
+        if len({round(f * 100) for f in fractions}) != len(fractions):
+            raise SpecError(f"pretraining.data_fractions lists a fraction twice: {fractions!r}")
+        pre.data_fractions = [float(f) for f in fractions]
+        if pre.encoders is not None:
+            if not isinstance(pre.encoders, list) or not pre.encoders:
+                raise SpecError(f"pretraining.encoders must be a non-empty list of presets such as [tiny, small, "
+                                f"base], got {pre.encoders!r}")
+            for e in pre.encoders:
+                if e not in presets:
+                    raise SpecError(f"pretraining.encoders: unknown preset {e!r}; choose from {', '.join(presets)}")
+            if len(set(pre.encoders)) != len(pre.encoders):
+                raise SpecError(f"pretraining.encoders lists a preset twice: {pre.encoders!r}")
+        taken = set(self.methods) | set(self.checkpoints) | set(self.baselines)
+        for run in self.pretraining_runs:
+            if run.name != run.method and run.name in taken:
+                raise SpecError(f"the design-experiment run {run.name!r} ({run.method}, encoder {run.encoder}, "
+                                f"{run.fraction:g} of the cases) has the name of a method, checkpoint or baseline; "
+                                "rename that one")
+
     def _validate_pretraining(self, registry: set[str]) -> None:
         """Every pretraining setting and method option as the commands would check them, before anything runs."""
         from nnssl.encoders.swin import PRESETS, check_swin_input_size
@@ -389,6 +439,7 @@ class BenchmarkSpec:
         pre = self.pretraining
         if pre.encoder not in PRESETS:
             raise SpecError(f"pretraining.encoder: unknown preset {pre.encoder!r}; choose one of {', '.join(PRESETS)}")
+        self._validate_design_axes(PRESETS)
         for section, table in (("options", pre.options), ("per_method", pre.per_method)):
             if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
                 raise SpecError(f"pretraining.{section} must map a method to a mapping of settings")
@@ -435,6 +486,26 @@ class BenchmarkSpec:
     @property
     def pretrained_methods(self) -> list[str]:
         return [m for m in self.methods if m != SCRATCH]
+
+    @property
+    def pretraining_runs(self) -> list[PretrainingRun]:
+        """The runs the grid pretrains: every pretrained method (not a given checkpoint) x encoder x data fraction;
+        the spec's preset and all cases add no token to the name."""
+        pre = self.pretraining
+        return [PretrainingRun(variant_method(m, e if e != pre.encoder else None, f if f != 1.0 else None), m, e,
+                               float(f))
+                for m in self.pretrained_methods if m not in self.checkpoints
+                for e in pre.encoder_list() for f in pre.data_fractions]
+
+    @property
+    def finetuned_pretrained(self) -> list[str]:
+        """Every pretrained encoder the grid fine-tunes: the pretraining runs' names, then the given checkpoints."""
+        return [r.name for r in self.pretraining_runs] + [m for m in self.pretrained_methods if m in self.checkpoints]
+
+    def base_method(self, name: str) -> str:
+        """The spec's method of a design-experiment variant (``smit-small-data25`` -> ``smit``); other names as
+        they are."""
+        return next((r.method for r in self.pretraining_runs if r.name == name), name)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

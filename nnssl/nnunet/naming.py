@@ -330,6 +330,22 @@ def baseline_of_plans(plans: str) -> str:
                      f"({', '.join(p for _, p, _ in CNN_BASELINES.values())})")
 
 
+#: Marks a design-experiment variant pretrained on a share of the data: ``<method>[-<encoder>]-data<percent>``.
+DATA_TOKEN = "data"
+
+
+def variant_method(method: str, encoder: str | None = None, fraction: float | None = None) -> str:
+    """The method name of a design-experiment variant: ``smit`` pretrained with encoder preset ``small`` on 25% of
+    the pretraining cases is ``smit-small-data25`` (None: the grid's preset / all cases, no token)."""
+    name = method + (f"-{encoder}" if encoder else "")
+    if fraction is not None:
+        percent = round(fraction * 100)
+        if abs(percent - fraction * 100) > 1e-6:
+            raise ValueError(f"data fraction {fraction!r} is not a whole percentage (0.25, 0.5, ...)")
+        name += f"-{DATA_TOKEN}{percent}"
+    return check_plans_suffix(name)
+
+
 def scratch_method(encoder_tag: str) -> str:
     """The method name of a from-scratch run of another encoder, e.g. ``scratch-base``."""
     return SCRATCH_PREFIX + check_plans_suffix(encoder_tag)
@@ -405,4 +421,5 @@ __all__ = [
     "SCRATCH_PREFIX", "SHOTS", "SWIN_PLANS", "TrainerName", "attached_plans_name", "check_plans_identifier",
     "check_plans_suffix", "encoder_tag", "is_scratch", "method_of_plans",
     "model_folder_name", "parse_run_name", "parse_trainer_name", "plans_name", "scratch_method", "trainer_name",
+    "DATA_TOKEN", "variant_method",
 ]
