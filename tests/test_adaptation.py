@@ -213,6 +213,9 @@ def test_frozen_pretrained_encoder_is_bit_identical_after_steps_and_the_decoder_
     pre = record["pretraining"]
     assert (pre["method"], pre["compute"], pre["mismatches"]) == ("simmim", None, [])
     assert pre["unrecorded"] == ["spacing", "patch size"]
+    n_params = sum(p.numel() for n, p in net.named_parameters() if n.startswith("swinViT."))
+    assert record["encoder_parameters"] == pre["encoder_parameters"] == n_params  # the design experiments' x axis
+    assert (pre["pretraining_cases"], pre["data_fraction"]) == (None, None)  # not recorded by this checkpoint
 
 
 def test_probe_trains_only_the_probe(nn_env):

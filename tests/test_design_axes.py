@@ -91,3 +91,44 @@ def test_a_variant_name_may_not_shadow_a_checkpoint():
     with pytest.raises(SpecError, match="'smit-data50' .* has the name of a method, checkpoint or baseline"):
         spec_from_dict({**SPEC, "methods": ["scratch", "smit", "smit-data50"],
                         "checkpoints": {"smit-data50": "/x/ckpt.pth"}})
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the report's design-experiment tables and figures
+# ---------------------------------------------------------------------------------------------------------------------
+def test_report_plots_dice_against_pretraining_cases_and_encoder_size(tmp_path):
+    import json
+
+    from test_report import CT, CT_JSON, D, L, S, _run, _table
+
+    from nnssl.analysis.report import ReportOptions, build_report
+    from nnssl.analysis.results import load_results
+    from nnssl.ledger import FINETUNE_RECORD
+
+    root, raw = tmp_path / "results", tmp_path / "raw"
+    (raw / CT).mkdir(parents=True)
+    (raw / CT / "dataset.json").write_text(json.dumps(CT_JSON))
+    runs = {  # method: (pretraining cases, fraction, encoder parameters, Dice added)
+        "scratch": (None, None, 1000, 0.0), "scratch-small": (None, None, 4000, 0.01),
+        "smit-data25": (2, 0.25, 1000, 0.02), "smit-data50": (4, 0.5, 1000, 0.03), "smit": (8, 1.0, 1000, 0.04),
+        "smit-small": (8, 1.0, 4000, 0.05)}
+    for m, (cases, fraction, params, add) in runs.items():
+        kind = "Scratch" if m.startswith("scratch") else "SSL"
+        plans = "nnUNetSwinPlans" + ("" if m == "scratch" else f"_{m}")
+        fold = _run(root, CT, f"Swin{kind}Trainer__{plans}__3d_fullres", "0", {"1": L + add, "2": S + add})
+        record = {"protocol": "full", "encoder_parameters": params}
+        if cases is not None:
+            record["pretraining"] = {"method": "smit", "pretraining_cases": cases, "data_fraction": fraction}
+        (fold / FINETUNE_RECORD).write_text(json.dumps(record))
+    report, paths = build_report(load_results(root, raw=raw, preprocessed=None), tmp_path / "o",
+                                 ReportOptions(n_boot=200, seed=0))
+    data = _table(report, f"{CT}, all cases: mean foreground Dice against the number of pretraining cases")
+    assert [(r[1], r[2], r[3]) for r in data.rows] == [("smit-data25", "2", "25%"), ("smit-data50", "4", "50%"),
+                                                       ("smit", "8", "100%")]  # smit-small: one amount, no series
+    assert data.rows[0][0] == "smit (1,000 encoder parameters)" and data.rows[2][4].startswith("0.715 [")
+    size = _table(report, f"{CT}, all cases: mean foreground Dice against the encoder's parameters")
+    assert [(r[0], r[1], r[2]) for r in size.rows] == [("smit", "smit", "1,000"), ("smit", "smit-small", "4,000"),
+                                                       ("scratch", "scratch", "1,000"),
+                                                       ("scratch", "scratch-small", "4,000")]
+    figures = sorted(p.name for p in (tmp_path / "o" / "figures").glob("design_*.png"))
+    assert len(figures) == 2 and figures[0].startswith("design_cases_") and figures[1].startswith("design_params_")

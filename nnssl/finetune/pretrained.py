@@ -180,6 +180,23 @@ def pretraining_mismatches(ckpt: dict[str, Any], configuration: dict) -> tuple[l
     return found, unrecorded
 
 
+def pretraining_data(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """What the design experiments plot against: the share and number of pretraining cases (None when the checkpoint
+    does not record them) and the encoder's preset and parameter count."""
+    prov = ckpt.get("provenance") or {}
+    subset = prov.get("data_subset") if isinstance(prov.get("data_subset"), dict) else None
+    counts = [d.get("num_cases") for d in prov.get("datasets") or [] if isinstance(d, dict)]
+    cases = subset["num_cases"] if subset else (sum(counts) if counts and all(isinstance(c, int) for c in counts)
+                                                else None)
+    config = ckpt.get("config") or {}
+    encoder = ckpt.get("encoder") or {}
+    return {"data_fraction": float(subset["fraction"]) if subset else (1.0 if cases is not None else None),
+            "pretraining_cases": cases, "encoder_preset": config.get("encoder"),
+            # parameters only: the integer relative-position indices are buffers
+            "encoder_parameters": int(sum(int(t.numel()) for t in encoder.values()
+                                          if hasattr(t, "is_floating_point") and t.is_floating_point()))}
+
+
 def describe_mismatch(m: dict[str, Any]) -> str:
     return f"{m['what']}: pretraining {m['pretraining']} vs fine-tuning {m['fine_tuning']}"
 
@@ -221,5 +238,5 @@ def load_pretrained_encoder(network: nn.Module, configuration: dict, dataset: st
             log(f"nnssl: note: {describe_mismatch(m)} (recorded in the fold's nnssl_finetune.json)")
     if record is not None:
         record.update({"method": ckpt.get("method"), "sha256": sha, "compute": ckpt.get("compute"),
-                       "mismatches": mismatches, "unrecorded": unrecorded})
+                       "mismatches": mismatches, "unrecorded": unrecorded, **pretraining_data(ckpt)})
     return report

@@ -239,6 +239,9 @@ class SwinScratchTrainer(nnUNetTrainer):
                 "parameter_groups": adaptation.describe_groups(self.param_groups),
                 "frozen_encoder": adaptation.frozen_summary(net),
                 "decoder_only_iterations": self.lr_scheduler.delayed_start,
+                # the encoder's size (the report's Dice-against-encoder-size figure; a probe keeps the encoder too)
+                "encoder_parameters": int(sum(p.numel() for n, p in net.named_parameters()
+                                              if n.startswith("swinViT."))),
                 "lr_rule": "lr(group, it) = warmup_cosine(it) x lr_scale (llrd: decay ** depth from the top; "
                            "decfirst: the encoder group x 0 before decoder_only_iterations, then a linear warm-up)"}
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from nnssl.analysis.report import attention, dice, features, headline, overview, pretraining, tests, training
-from nnssl.analysis.report import baselines, cost, ladder
+from nnssl.analysis.report import baselines, cost, design, ladder
 from nnssl.analysis.report.blocks import Heading, Para, Report, Table
 from nnssl.analysis.report.context import ReportContext
 
@@ -31,6 +31,7 @@ def build(ctx: ReportContext) -> Report:
     training.convergence(ctx)
     training.fewshot(ctx)
     cost.cost(ctx)
+    design.design(ctx)
     features.cka(ctx)
     attention.attention(ctx)
     pretraining.pretraining(ctx)
