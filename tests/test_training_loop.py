@@ -219,6 +219,17 @@ def test_data_fractions_are_nested_seeded_subsets_identical_across_methods_and_r
         assert load_checkpoint(final)["provenance"]["data_subset"] == config["data_subset"]
         records[method] = config["data_subset"]
     assert records["toy"] == records["toy2"]
+    # what a fine-tuning record keeps of such a checkpoint (nnssl.finetune.pretrained), and its mismatches
+    from nnssl.finetune.pretrained import pretraining_data, pretraining_mismatches
+
+    ckpt = load_checkpoint(final)
+    facts = pretraining_data(ckpt)
+    assert (facts["pretraining_cases"], facts["data_fraction"], facts["encoder_preset"]) == (2, 0.5, "tiny")
+    assert facts["encoder_parameters"] > 0 and ckpt["compute"]["steps"] == 2
+    target = {"spacing": [2.0, 2.0, 2.0], "patch_size": [32, 32, 32], "normalization_schemes": ["CTNormalization"]}
+    assert pretraining_mismatches(ckpt, target) == ([], [])
+    assert [m["what"] for m in pretraining_mismatches(ckpt, {**target, "patch_size": [64, 64, 64]})[0]] == \
+        ["patch size"]
     assert (records["toy"]["num_cases"], records["toy"]["of_cases"]) == (2, 3)  # ceil(0.5 * 3) of the toy's 3 cases
     assert records["toy"]["cases"] == {"Dataset990_ToyCT": [c for _, c in select_cases(
         [("Dataset990_ToyCT", c) for c in ("case_000", "case_001", "case_002")], 0.5, seed=0)]}
