@@ -370,10 +370,14 @@ def test_only_rules_thin_the_grid(tmp_path):
                     "finetune/901/scratch/5/0", "finetune/901/smit/5/0",
                     "finetune/902/scratch/all/0", "finetune/902/smit/all/0",
                     "finetune/902/scratch/5/0", "finetune/902/smit/5/0"}
+    down["only"] = down["only"] + [{"datasets": [902], "shots": [5], "methods": []}]  # no MRI 5-shot at all
+    spec = spec_from_dict({**SPEC, "methods": ["scratch", "smit", "dino"], "downstream": down})
+    thinner = {j.key for j in build_jobs(spec, Paths.under(tmp_path), tmp_path / "r") if j.stage == "finetune"}
+    assert thinner == runs - {"finetune/902/scratch/5/0", "finetune/902/smit/5/0"}
     for bad, message in (([{"datasets": [903], "methods": ["smit"]}], r"only\[0\].datasets: 903 not in"),
                          ([{"methods": ["mae"]}], r"only\[0\].methods: mae not in"),
                          ([{"datasets": [902]}], r"only\[0\] must be a mapping with methods"),
-                         ([{"methods": []}], r"only\[0\].methods must be a non-empty list")):
+                         ([{"shots": [], "methods": ["smit"]}], r"only\[0\].shots must be a non-empty list")):
         with pytest.raises(SpecError, match=message):
             spec_from_dict({**SPEC, "downstream": {**SPEC["downstream"], "only": bad}})
 
@@ -394,3 +398,39 @@ def test_budgets_below_the_floors_warn_before_the_grid_starts(tmp_path):
     assert any(w.startswith("downstream:") and "raise epochs or iterations_per_epoch" in w for w in warnings)
     assert any("pretraining of simmim" in w and "raise pretraining.steps" in w for w in warnings)
     assert any("pretraining of simmim" in w and "set pretraining.lr" in w for w in warnings)
+
+
+def test_headline_family_and_validation_cases_follow_the_spec(tmp_path):
+    """The power of a design: Holm's family is every pretrained method x dataset x regime that has a scratch run
+    (only rules applied); validation cases come from the fixed split, else from nnU-Net's 5-fold split of the phantoms."""
+    from nnssl.benchmark.budget import headline_comparisons, validation_cases
+
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps([{"train": ["a", "b"], "val": ["c", "d", "e"]}]))
+    spec = spec_from_dict({**SPEC, "methods": ["scratch", "smit", "dino"],
+                           "phantoms": {"datasets": [900, 901, 902], "cases": {902: 24}},
+                           "downstream": {"datasets": [901, 902], "shots": ["5", "all"], "folds": [0],
+                                          "splits": {901: str(split)},
+                                          "only": [{"datasets": [902], "shots": [5], "methods": ["scratch", "smit"]}]}})
+    assert sorted(headline_comparisons(spec)) == sorted([
+        ("901", "5", "smit"), ("901", "5", "dino"), ("901", "all", "smit"), ("901", "all", "dino"),
+        ("902", "5", "smit"), ("902", "all", "smit"), ("902", "all", "dino")])
+    assert validation_cases(spec, "901") == 3
+    assert validation_cases(spec, "902") == 5  # 24 cases: folds of 5, 5, 5, 5, 4
+    no_scratch = spec_from_dict({**SPEC, "downstream": {**SPEC["downstream"], "only": [{"methods": ["smit"]}]}})
+    assert headline_comparisons(no_scratch) == []
+
+
+def test_shipped_studies_are_complete_designs_above_every_floor():
+    """benchmarks/study_*.yaml: scratch, smit, simmim, a self-distillation and a contrastive method, >= 3 draws at
+    5-shot plus all cases, fixed splits, and no budget warning."""
+    from nnssl.benchmark.budget import budget_warnings
+    from nnssl.tasks import get_task_class
+
+    for path in sorted((Path(__file__).parents[1] / "benchmarks").glob("study_*.yaml")):
+        spec = load_spec(path)
+        families = {get_task_class(m).family for m in spec.pretrained_methods}
+        assert {"scratch", "smit", "simmim"} <= set(spec.methods) and len(families) >= 3, path
+        assert spec.downstream.draws >= 3 and {"5", "all"} <= set(spec.downstream.shots), path
+        assert set(spec.downstream.splits) == set(spec.downstream.datasets), path
+        assert budget_warnings(spec) == [], (path, budget_warnings(spec))

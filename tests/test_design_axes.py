@@ -132,3 +132,12 @@ def test_report_plots_dice_against_pretraining_cases_and_encoder_size(tmp_path):
                                                        ("scratch", "scratch-small", "4,000")]
     figures = sorted(p.name for p in (tmp_path / "o" / "figures").glob("design_*.png"))
     assert len(figures) == 2 and figures[0].startswith("design_cases_") and figures[1].startswith("design_params_")
+
+
+def test_the_headline_count_of_a_spec_includes_the_design_runs_not_the_rungs_or_baselines():
+    from nnssl.benchmark.budget import headline_comparisons
+
+    spec = spec_from_dict({**SPEC, "baselines": ["nnunet"],
+                           "downstream": {**SPEC["downstream"], "protocols": ["full", "frozen"]}})
+    assert sorted(m for _, _, m in headline_comparisons(spec)) == [
+        "smit", "smit-data25", "smit-data50", "smit-small", "smit-small-data25", "smit-small-data50"]

@@ -7,7 +7,11 @@ pretraining, and the warning says so before the first job.
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from nnssl.benchmark.spec import BenchmarkSpec
+from nnssl.nnunet.naming import SCRATCH
 
 #: Fine-tuning iterations below which from-scratch SwinUNETR segments no organ but the liver on the phantoms
 #: (mean Dice over liver, spleen and kidneys < 0.3 at every learning rate measured; documentation/results.md).
@@ -58,4 +62,35 @@ def resolved_lr(spec: BenchmarkSpec, method: str) -> float | None:
     return float(recipe.base_lr * recipe.scale(int(settings["batch_size"])))
 
 
-__all__ = ["MIN_FINETUNE_ITERATIONS", "MIN_PRETRAIN_LR", "MIN_PRETRAIN_STEPS", "budget_warnings", "resolved_lr"]
+def headline_comparisons(spec: BenchmarkSpec) -> list[tuple[str, str, str]]:
+    """(dataset, regime, method) of every comparison the report's headline will make for this grid: each pretrained
+    method (checkpoints and design-experiment runs included) against scratch wherever both are fine-tuned
+    (``downstream.only`` applied), with full fine-tuning (the ladder's rungs and the CNN baselines are families of
+    their own). Holm's correction runs over all of them, so their number sets the design's power."""
+    down = spec.downstream
+    return [(d, s, m) for d in down.datasets for s in down.shots for m in spec.finetuned_pretrained
+            if down.includes(d, spec.base_method(m), s) and down.includes(d, SCRATCH, s)]
+
+
+def validation_cases(spec: BenchmarkSpec, dataset: str) -> int | None:
+    """Validation cases a comparison on ``dataset`` pairs (pooled over the grid's folds): from the fixed split when
+    the spec has one, else nnU-Net's 5-fold split of the phantom cases the spec generates (None: not knowable from
+    the spec, e.g. your own data without a split file)."""
+    folds = spec.downstream.folds
+    if dataset in spec.downstream.splits:
+        split = json.loads(Path(spec.downstream.splits[dataset]).read_text())
+        return sum(len(split[f]["val"]) for f in folds)
+    ph = spec.phantoms
+    if ph is None or dataset not in ph["datasets"]:
+        return None
+    from nnssl.data.phantoms.datasets import DATASETS
+
+    cases = ph.get("cases", {}).get(dataset, DATASETS[int(dataset)].cases) if int(dataset) in DATASETS else None
+    if cases is None:
+        return None
+    per_fold = [len(range(f, cases, 5)) for f in range(5)]  # nnU-Net's KFold(5): fold sizes differ by at most one
+    return sum(per_fold[f] for f in folds)
+
+
+__all__ = ["MIN_FINETUNE_ITERATIONS", "MIN_PRETRAIN_LR", "MIN_PRETRAIN_STEPS", "budget_warnings",
+           "headline_comparisons", "resolved_lr", "validation_cases"]

@@ -121,7 +121,7 @@ class DownstreamSpec:
     #: paths are read from the spec file's folder
     splits: dict[str, str] = field(default_factory=dict)
     #: rules that thin the grid: [{datasets: [...], shots: [...], methods: [...]}]; a run (dataset, method, shots)
-    #: is fine-tuned only if every rule whose datasets and shots match it lists the method
+    #: is fine-tuned only if every rule whose datasets and shots match it lists the method (``methods: []``: none)
     only: list[dict[str, list[str]]] = field(default_factory=list)
     #: rungs of the adaptation ladder every Swin method (scratch too) is fine-tuned with: full, frozen, probe<s>,
     #: decfirst<P>, llrd<NN> (nnssl.nnunet.naming.Protocol)
@@ -326,7 +326,8 @@ class BenchmarkSpec:
                 raise SpecError(f"{where} must be a mapping with methods and optionally datasets and shots, e.g. "
                                 "{datasets: [902], methods: [scratch, smit]}")
             for key, values in rule.items():
-                if not isinstance(values, list) or not values:
+                # methods: [] drops the matching datasets and regimes from fine-tuning altogether
+                if not isinstance(values, list) or (not values and key != "methods"):
                     raise SpecError(f"{where}.{key} must be a non-empty list, got {values!r}")
                 rule[key] = [str(v) for v in values]
                 unknown = [v for v in rule[key] if v not in known[key]]

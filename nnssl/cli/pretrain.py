@@ -162,7 +162,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.show_config:
             from nnssl.training.loop import describe_run
 
-            print(describe_run(cfg, int(os.environ.get("WORLD_SIZE", "1"))))
+            try:
+                print(describe_run(cfg, int(os.environ.get("WORLD_SIZE", "1"))), flush=True)
+            except BrokenPipeError:  # the reader stopped early (`| head`): not an error of the settings
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 0
         allow = [a.strip() for a in args.allow_changed.split(",") if a.strip()]
         final = run_pretraining(cfg, args.output, resume=args.resume, progress=not args.no_progress,

@@ -13,39 +13,33 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from nnssl.analysis.dice_stats import hierarchical_bootstrap_ci, holm, paired_wilcoxon, significance_marker
 from nnssl.analysis.power import design_sentence, detectable_difference, pilot_sd
 from nnssl.analysis.report.blocks import Heading, Para, Table
 from nnssl.analysis.report.context import ReportContext
 from nnssl.analysis.report.format import fmt_p
-from nnssl.analysis.results import paired_case_means, paired_draw_matrices
+from nnssl.analysis.results import Regime, paired_case_means, paired_draw_matrices
 from nnssl.nnunet.naming import is_scratch
 
 
 def headline(ctx: ReportContext) -> None:
-    r, t, d = ctx.report, ctx.tree, ctx.opt.digits
+    r, d = ctx.report, ctx.opt.digits
     level = int(round(ctx.opt.level * 100))
     r.add(Heading(2, "Headline: pretraining against training from scratch"))
-    rows, tests, unmatched, differences = [], [], [], []
-    for ds in t.dataset_names():
-        for regime in ctx.headline_regimes(ds):
-            for m in ctx.swin_methods(ds, regime):
-                if is_scratch(m):
-                    continue
-                base = ctx.baseline_for(ds, regime, m)
-                if base is None:
-                    unmatched.append(f"{m} ({ds}, {regime.label()})")
-                    continue
-                a, b = ctx.cases(ds, regime, m), ctx.cases(ds, regime, base)
-                ma, mb = paired_draw_matrices(a, b)
-                diff = hierarchical_bootstrap_ci(ma - mb, n_boot=ctx.opt.n_boot, seed=ctx.opt.seed,
-                                                 level=ctx.opt.level)
-                case_a, case_b, _ = paired_case_means(a, b)
-                pt = paired_wilcoxon(case_a, case_b)
-                tests.append(pt)
-                differences.append(case_a - case_b)
-                rows.append([ds, regime.label(), m, ctx.case_ci(ds, regime, m).fmt(d), base,
-                             ctx.case_ci(ds, regime, base).fmt(d), diff.fmt(d), str(pt.n)])
+    rows, tests, differences = [], [], []
+    unmatched: list[str] = []
+    for ds, regime, m, base in comparisons(ctx, unmatched):
+        a, b = ctx.cases(ds, regime, m), ctx.cases(ds, regime, base)
+        ma, mb = paired_draw_matrices(a, b)
+        diff = hierarchical_bootstrap_ci(ma - mb, n_boot=ctx.opt.n_boot, seed=ctx.opt.seed, level=ctx.opt.level)
+        case_a, case_b, _ = paired_case_means(a, b)
+        pt = paired_wilcoxon(case_a, case_b)
+        tests.append(pt)
+        differences.append(case_a - case_b)
+        rows.append([ds, regime.label(), m, ctx.case_ci(ds, regime, m).fmt(d), base,
+                     ctx.case_ci(ds, regime, base).fmt(d), diff.fmt(d), str(pt.n)])
     if not rows:
         r.add(Para("No pretrained method has a from-scratch baseline of its encoder in the same dataset and regime: "
                    "run the scratch trainers too (methods: [scratch, ...] in the grid spec).", note=True))
@@ -76,6 +70,34 @@ def headline(ctx: ReportContext) -> None:
         r.add(Para("No from-scratch baseline of the same encoder for: " + ", ".join(unmatched) + ". Their "
                    "comparisons would mix pretraining with architecture; the grid plans a scratch run per encoder "
                    "(`scratch-<encoder>`).", note=True))
+
+
+def comparisons(ctx: ReportContext, unmatched: list[str] | None = None) -> list[tuple[str, Regime, str, str]]:
+    """The headline's family of tests: (dataset, regime, pretrained method, its from-scratch baseline), in table
+    order; methods without a baseline of their encoder are appended to ``unmatched`` as "m (dataset, regime)"."""
+    t, out = ctx.tree, []
+    for ds in t.dataset_names():
+        for regime in ctx.headline_regimes(ds):  # full fine-tuning: the ladder's rungs have their own family
+            for m in ctx.swin_methods(ds, regime):  # the CNN baselines too (report.baselines)
+                if is_scratch(m):
+                    continue
+                base = ctx.baseline_for(ds, regime, m)
+                if base is None:
+                    if unmatched is not None:
+                        unmatched.append(f"{m} ({ds}, {regime.label()})")
+                    continue
+                out.append((ds, regime, m, base))
+    return out
+
+
+def paired_differences(ctx: ReportContext) -> list[np.ndarray]:
+    """Per comparison of the headline, the paired per-case differences (method - baseline, each case averaged over
+    the draws both share): the spread a power calculation for a larger design starts from."""
+    out = []
+    for ds, regime, m, base in comparisons(ctx):
+        case_a, case_b, _ = paired_case_means(ctx.cases(ds, regime, m), ctx.cases(ds, regime, base))
+        out.append(case_a - case_b)
+    return out
 
 
 def _power_sentence(differences: list, cases: list[int], digits: int) -> str | None:
