@@ -7,10 +7,11 @@ Layout read (nnU-Net v2)::
         checkpoint_final.pth             'logging' dict: per-epoch mean_fg_dice, ema_fg_dice, losses, timestamps
         (checkpoint_latest.pth)          used when the final checkpoint is missing (unfinished training)
 
-Run naming: ``nnssl.nnunet.naming`` (trainer ``Swin(Scratch|SSL)Trainer[_<protocol>][_<k>shot[_draw<r>]][_<E>epochs]``,
-plans ``nnUNetSwinPlans`` for scratch or ``nnUNetSwinPlans_<method>``; the CNN baselines' ``CNNTrainer[...]`` on
-nnU-Net's ``nnUNetPlans`` / ``nnUNetResEnc...Plans``, method ``nnunet`` / ``resenc_l``). Folders that do not match are not read; they are
-listed in :attr:`ResultsTree.ignored` with the reason.
+Run naming: ``nnssl.nnunet.naming`` (trainer
+``Swin(Scratch|SSL)Trainer[_<protocol>][_<k>shot[_draw<r>]][_<E>epochs]``, plans ``nnUNetSwinPlans`` for scratch or
+``nnUNetSwinPlans_<method>``; the CNN baselines' ``CNNTrainer[...]`` on nnU-Net's ``nnUNetPlans`` /
+``nnUNetResEnc...Plans``, method ``nnunet`` / ``resenc_l``). Folders that do not match are not read; they are listed in
+:attr:`ResultsTree.ignored` with the reason.
 """
 from __future__ import annotations
 

@@ -40,7 +40,8 @@ class CNNTrainer(nnUNetTrainer):
                  device: torch.device = torch.device('cuda')):
         if plans.get(PLANS_MARKER):
             raise ValueError(
-                f"{self.__class__.__name__} trains nnU-Net's CNN plans ({', '.join(p for _, p, _ in CNN_BASELINES.values())}); "
+                f"{self.__class__.__name__} trains nnU-Net's CNN plans "
+                f"({', '.join(p for _, p, _ in CNN_BASELINES.values())}); "
                 f"plans '{plans.get('plans_name', '?')}' are Swin plans: train them with the Swin trainers "
                 "(SwinScratchTrainer, SwinSSLTrainer) or pass -p nnUNetPlans")
         super().__init__(plans, configuration, fold, dataset_json, device)

@@ -35,7 +35,8 @@ def dice(ctx: ReportContext) -> None:
                 bars.setdefault(regime, {})[m] = fg
                 per_label = [ctx.case_ci(ds, regime, m, k).fmt(d) for k in keys]
                 nn_fg = float(np.mean([f.summary_fg_mean for f in folds]))
-                row = [ctx.label(m), ",".join(sorted({f.fold for f in folds})), str(fg.n)] + per_label + [fg.fmt(d), fmt(nn_fg, d)]
+                row = ([ctx.label(m), ",".join(sorted({f.fold for f in folds})), str(fg.n)] + per_label
+                       + [fg.fmt(d), fmt(nn_fg, d)])
                 if draws > 1:
                     mean, sd, n = ctx.spread(ds, regime, m)
                     row.append(f"{fmt(mean, d)} ± {fmt(sd, d)} ({n})")

@@ -80,8 +80,8 @@ def fewshot(ctx: ReportContext) -> None:
                     a, k, _ = paired_arrays(case_means(ctx.cases(ds, full, m)), case_means(ctx.cases(ds, few, m)))
                     g = paired_gap(a, k, n_boot=ctx.opt.n_boot, seed=ctx.opt.seed, level=ctx.opt.level)
                     budget = "" if full.epochs is None else f", {full.epochs} epochs"
-                    rows.append([ds, ctx.label(m), f"{few.shots}-shot{budget}" + (
-                                 f", {protocol_label(few.protocol)}" if few.protocol != FULL else ""), str(g.n), fmt(g.dice_all, 3),
+                    rung = f", {protocol_label(few.protocol)}" if few.protocol != FULL else ""
+                    rows.append([ds, ctx.label(m), f"{few.shots}-shot{budget}{rung}", str(g.n), fmt(g.dice_all, 3),
                                  fmt(g.dice_k, 3), g.fmt(1)])
     if not rows:
         r.add(Para("Needs, for the same dataset and method, a run on all cases and a k-shot run "
