@@ -58,6 +58,7 @@ def nonfinite_names(state: Mapping[str, Any]) -> list[str]:
 
 
 def describe_nonfinite(bad: list[str], total: int, what: str = "encoder tensors") -> str:
+    """One sentence: how many of ``total`` tensors hold NaN/Inf, naming up to three of ``bad``."""
     return f"{len(bad)} of {total} {what} hold NaN or Inf values (e.g. {', '.join(bad[:3])})"
 
 
@@ -131,6 +132,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 
 def encoder_config_of(ckpt: dict[str, Any]) -> EncoderConfig:
+    """The EncoderConfig stored in a loaded checkpoint."""
     return EncoderConfig.from_dict(ckpt["encoder_config"])
 
 
@@ -151,9 +153,11 @@ class LoadReport:
 
     @property
     def expected(self) -> int:
+        """Number of encoder tensors the target expected (loaded, adapted, missing or of another shape)."""
         return len(self.loaded) + len(self.adapted) + len(self.missing) + len(self.shape_mismatch)
 
     def summary(self) -> str:
+        """One line: tensors loaded of expected, adapted ones, ignored unexpected ones."""
         text = f"loaded {len(self.loaded) + len(self.adapted)}/{self.expected} encoder tensors"
         if self.adapted:
             text += f" ({len(self.adapted)} adapted to the input channels: {', '.join(self.adapted)})"

@@ -40,6 +40,7 @@ class LightDecoder(nn.Module):
         self.proj = nn.Conv3d(in_channels, stride**3 * out_channels, kernel_size=1)
 
     def forward(self, features: Tensor) -> Tensor:
+        """(B, in_channels, D/stride, H/stride, W/stride) -> (B, out_channels, D, H, W)."""
         return pixel_shuffle_3d(self.proj(features), self.stride)
 
 
@@ -64,6 +65,7 @@ class InpaintingDecoder(nn.Module):
         self.net = nn.Sequential(*blocks)
 
     def forward(self, x: Tensor) -> Tensor:
+        """(B, dim, D/32, H/32, W/32) -> (B, out_channels, D, H, W)."""
         return self.net(x)
 
 

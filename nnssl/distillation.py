@@ -29,6 +29,7 @@ class HeadSettings:
     norm_last_layer: bool = True
 
     def build(self, in_dim: int, out_dim: int | None = None) -> DINOHead:
+        """A DINOHead from ``in_dim`` to ``out_dim`` (default: the settings' ``out_dim``)."""
         return DINOHead(in_dim, out_dim or self.out_dim, self.hidden_dim, self.bottleneck_dim, self.layers,
                         self.norm_last_layer)
 
@@ -81,6 +82,7 @@ class DistillationSchedule:
         self.freeze_steps = 0
 
     def setup(self, total_steps: int) -> None:
+        """Precompute the temperature schedules and the freeze length for a run of ``total_steps``."""
         warmup = round(self.warmup_fraction * total_steps)
         self._teacher = warmup_then_constant(self.temp_start, self.temp, total_steps, warmup)
         self.freeze_steps = round(self.freeze_fraction * total_steps)
@@ -95,10 +97,12 @@ class DistillationSchedule:
             raise RuntimeError("setup(total_steps) must be called before training (the loop does)")
 
     def teacher_temp(self, step: int) -> float:
+        """Teacher temperature of the global head at ``step`` (after ``setup``)."""
         self._check()
         return at(self._teacher, step)  # type: ignore[arg-type]
 
     def patch_temp(self, step: int) -> float:
+        """Teacher temperature of the patch head at ``step``; RuntimeError without ``patch_temp``."""
         self._check()
         if self._patch is None:
             raise RuntimeError("this schedule has no patch temperature")

@@ -50,6 +50,7 @@ class MLP(nn.Module):
         self.net = nn.Sequential(*blocks)
 
     def forward(self, x: Tensor) -> Tensor:
+        """(B, in_dim) -> (B, out_dim)."""
         return self.net(x)
 
 
@@ -84,6 +85,7 @@ class DINOHead(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, x: Tensor) -> Tensor:
+        """(..., in_dim) -> (..., out_dim) logits: MLP, L2-normalise the bottleneck, weight-normed linear."""
         x = F.normalize(self.mlp(x), dim=-1, eps=1e-6)
         return self.last_layer(x)
 

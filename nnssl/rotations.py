@@ -60,7 +60,7 @@ class Rotation:
         return torch.rot90(x, self.k, self._dims(x))
 
     def invert(self, x: Tensor) -> Tensor:
-        """Undo ``apply``."""
+        """Undo ``apply`` on a volume (..., D, H, W): rotate by the opposite angle."""
         if self.axis is None or self.k % 4 == 0:
             return x
         return torch.rot90(x, -self.k, self._dims(x))

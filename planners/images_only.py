@@ -66,6 +66,8 @@ class ImagesOnlyFingerprintExtractor(DatasetFingerprintExtractor):
     """nnU-Net's dataset fingerprint for a dataset without labels (same JSON keys, body voxels as foreground)."""
 
     def run(self, overwrite_existing: bool = False) -> dict:
+        """dataset_fingerprint.json from body voxels, written atomically (an existing one is read back unless
+        ``overwrite_existing``); returns the fingerprint."""
         out_folder = join(nnUNet_preprocessed, self.dataset_name)
         maybe_mkdir_p(out_folder)
         fingerprint_file = join(out_folder, "dataset_fingerprint.json")
@@ -111,6 +113,7 @@ class ImagesOnlyPreprocessor(DefaultPreprocessor):
     """nnU-Net's DefaultPreprocessor with an in-memory all-zero label per case (no label file is read)."""
 
     def run_case(self, image_files, seg_file, plans_manager, configuration_manager, dataset_json):
+        """nnU-Net's ``run_case`` with an all-zero in-memory label of the image's size: (data, seg, properties)."""
         if isinstance(dataset_json, str):
             dataset_json = load_json(dataset_json)
         data, props = plans_manager.image_reader_writer_class().read_images(image_files)

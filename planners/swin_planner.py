@@ -152,6 +152,8 @@ class SwinExperimentPlanner(ExperimentPlanner):
 
     def get_plans_for_configuration(self, spacing, median_shape, data_identifier: str,
                                     approximate_n_voxels_dataset: float, _cache: dict) -> dict:
+        """One 3D configuration: patch and batch size from ``swin_patch_and_batch_size``, the encoder under
+        ``ENCODER_KEY``, and nnU-Net's own resampling and normalisation choices."""
         if len(spacing) != 3:
             raise ValueError("SwinExperimentPlanner only plans 3D configurations")
         patch_size, batch_size = swin_patch_and_batch_size(
@@ -188,6 +190,8 @@ class SwinExperimentPlanner(ExperimentPlanner):
         }
 
     def plan_experiment(self) -> dict:
+        """Plan 3d_fullres only, mark the plans as Swin plans, reuse nnU-Net's preprocessed data when identical, save
+        and return the plans."""
         transpose_forward, transpose_backward = self.determine_transpose()
         fullres_spacing = self.determine_fullres_target_spacing()
         spacing_t = fullres_spacing[transpose_forward]
@@ -226,6 +230,7 @@ class SwinExperimentPlanner(ExperimentPlanner):
         return plans
 
     def save_plans(self, plans: dict) -> None:
+        """Write ``plans`` as ``<plans_identifier>.json`` in the dataset's preprocessed folder."""
         # nnU-Net's save_plans keeps foreign configurations of an existing file; ours holds 3d_fullres only, so
         # write it fresh (atomically) instead.
         import json

@@ -205,12 +205,14 @@ class MinibatchCKA:
         self.reset()
 
     def reset(self) -> None:
+        """Forget all accumulated minibatches."""
         self._hxy = 0.0
         self._hxx = 0.0
         self._hyy = 0.0
         self.n_batches = 0
 
     def update(self, x_batch: Any, y_batch: Any) -> None:
+        """Add one minibatch: x_batch (b, p), y_batch (b, q), the same b >= 4 examples."""
         X, Y = _check_pair(x_batch, y_batch, min_n=4)
         K, L = _gram(X), _gram(Y)
         self._hxy += unbiased_hsic(K, L)
@@ -219,6 +221,7 @@ class MinibatchCKA:
         self.n_batches += 1
 
     def compute(self) -> float:
+        """CKA from the mean HSIC_1 terms of the minibatches so far (RuntimeError before any update)."""
         if self.n_batches == 0:
             raise RuntimeError("MinibatchCKA.compute() called before any update(); feed at least one minibatch")
         k = float(self.n_batches)
@@ -299,6 +302,7 @@ class StageMinibatchCKA:
         self.n_batches = 0
 
     def update(self, feats_a: Sequence[Any], feats_b: Sequence[Any]) -> None:
+        """Add one batch: stage outputs of A and B on the same >= 4 images, each (B, C_s, ...)."""
         ea, eb = _gram_matrices(feats_a, feats_b, self.pooling, self.grid)
         if ea[0].shape[0] < 4:
             raise ValueError(f"each minibatch needs at least 4 images for the unbiased HSIC, got {ea[0].shape[0]}")
@@ -318,6 +322,7 @@ class StageMinibatchCKA:
         self.n_batches += 1
 
     def compute(self) -> np.ndarray:
+        """(n_stages_a, n_stages_b) CKA from the accumulated HSIC_1 terms."""
         if self._hab is None:
             raise RuntimeError("StageMinibatchCKA.compute() called before any update()")
         k = float(self.n_batches)

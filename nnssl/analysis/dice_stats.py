@@ -31,6 +31,7 @@ class MeanCI:
     n: int
 
     def fmt(self, digits: int = 3) -> str:
+        """``mean [low, high]`` with ``digits`` decimals; the mean alone without a CI, ``n/a`` without cases."""
         if self.n == 0 or not math.isfinite(self.mean):
             return "n/a"
         if not (math.isfinite(self.low) and math.isfinite(self.high)):

@@ -34,6 +34,7 @@ class Gap:
     n: int
 
     def fmt(self, digits: int = 1) -> str:
+        """``gap [low, high]`` in % with ``digits`` decimals; the gap alone without a CI, ``n/a`` when undefined."""
         if not math.isfinite(self.gap):
             return "n/a"
         if not (math.isfinite(self.low) and math.isfinite(self.high)):

@@ -72,6 +72,7 @@ def read_log(path: str | Path) -> PretrainingLog:
 
 
 def is_run_folder(folder: Path) -> bool:
+    """True when ``folder`` holds a pretraining run's ``log.jsonl`` or ``config.json``."""
     return folder.is_dir() and any((folder / f).is_file() for f in RUN_FILES)
 
 
@@ -100,6 +101,7 @@ class WindowChange:
     verdict: str
 
     def to_dict(self) -> dict[str, Any]:
+        """The fields as a dict, with None for non-finite floats (JSON-safe)."""
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
                 for k, v in self.__dict__.items()}
 

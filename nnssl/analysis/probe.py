@@ -232,6 +232,7 @@ class Estimate:
     high: float
 
     def to_dict(self) -> dict[str, float | None]:
+        """``{"value", "low", "high"}`` with None for undefined (non-finite) numbers (JSON-safe)."""
         return {k: (None if not math.isfinite(v) else float(v))
                 for k, v in (("value", self.value), ("low", self.low), ("high", self.high))}
 

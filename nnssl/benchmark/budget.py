@@ -14,7 +14,8 @@ from nnssl.benchmark.spec import BenchmarkSpec
 from nnssl.nnunet.naming import SCRATCH
 
 #: Fine-tuning iterations below which from-scratch SwinUNETR segments no organ but the liver on the phantoms
-#: (mean Dice over liver, spleen and kidneys < 0.3 at every learning rate measured; documentation/results.md).
+#: (no other organ passes Dice 0.5 before 200 iterations at any learning rate or resolution measured, and the mean
+#: over liver, spleen and kidneys stays below 0.25 up to 600; documentation/results.md, section 1).
 MIN_FINETUNE_ITERATIONS = 200
 #: Pretraining steps below which a method's loss change cannot be told from its step-to-step noise on the phantoms
 #: (the loss windows of the Pretraining section hold fewer than 10 steps each; documentation/report.md).

@@ -404,11 +404,6 @@ def export_note(to: str, order: str) -> str:
     return f"patch merging '{order}': the order {to}'s pinned code runs"
 
 
-def save_monai_state_dict(path: str | os.PathLike, encoder: dict[str, Tensor]) -> Path:
-    """Write ``{"swinViT.*": tensor}`` atomically: ``SwinUNETR.load_state_dict(torch.load(path), strict=False)``."""
-    return atomic_write(path, lambda f: torch.save(dict(encoder), f))
-
-
 def convert_file(in_path: str | os.PathLike, out_path: str | os.PathLike, source: str, to: str = "nnssl",
                  method: str | None = None, expected: EncoderConfig | None = None,
                  allow_inexact: bool = False, merging: str | None = None, target_merging: str | None = None,
@@ -466,4 +461,4 @@ def preset_config(name: str) -> EncoderConfig:
 
 __all__ = ["ConversionReport", "Coverage", "Orientation", "SOURCES", "SOURCE_CHOICES", "SOURCE_PREPROCESSING",
            "TARGETS", "convert_file", "encoder_for_order", "export_note", "finalize_encoder", "imported_payload",
-           "load_source", "preset_config", "resolve_axis_map", "save_monai_state_dict"]
+           "load_source", "preset_config", "resolve_axis_map"]

@@ -64,6 +64,7 @@ class AxisMap:
 
     @property
     def is_identity(self) -> bool:
+        """True when the map keeps every axis in place and unreversed."""
         return self.perm == (0, 1, 2) and not any(self.flips)
 
     def apply(self, x: Tensor) -> Tensor:
@@ -89,6 +90,7 @@ class AxisMap:
         return "target axis <- source axis: " + ", ".join(parts)
 
     def to_dict(self) -> dict:
+        """``{"perm": [...], "flips": [...]}`` for reports and provenance."""
         return {"perm": list(self.perm), "flips": list(self.flips)}
 
 

@@ -27,6 +27,7 @@ class Coverage:
 
     @property
     def loaded_fraction(self) -> float:
+        """Share of the encoder's parameters read from the source (0 for an empty encoder)."""
         return self.loaded_parameters / self.encoder_parameters if self.encoder_parameters else 0.0
 
     @property

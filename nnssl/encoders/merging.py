@@ -106,6 +106,8 @@ class OrderedPatchMerging(nn.Module):
         self.norm = norm_layer(8 * dim)
 
     def forward(self, x: Tensor) -> Tensor:
+        """(B, D, H, W, C) -> (B, ceil(D/2), ceil(H/2), ceil(W/2), 2C): concatenate the 8 sub-grids in ``order``,
+        LayerNorm, linear reduction."""
         if x.ndim != 5:
             raise ValueError(f"expected (B, D, H, W, C), got shape {tuple(x.shape)}")
         _, d, h, w, _ = x.shape

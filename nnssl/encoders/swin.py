@@ -83,6 +83,7 @@ class EncoderConfig:
             raise ValueError(f"drop_path_rate={self.drop_path_rate} must lie in [0, 1).")
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly dict (lists for tuples, a known merge order by name); inverse of ``from_dict``."""
         d = dataclasses.asdict(self)
         d["depths"], d["num_heads"] = list(self.depths), list(self.num_heads)
         # A known order is stored by name (readable plans); another one as its 8 offsets.
@@ -96,6 +97,7 @@ class EncoderConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "EncoderConfig":
+        """Config from ``to_dict`` output; unknown keys raise ValueError with a close-match hint."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -106,11 +108,13 @@ class EncoderConfig:
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> "EncoderConfig":
+        """A preset (``tiny``, ``small``, ``base``, ``smit``, ...) with ``overrides`` applied."""
         if name not in PRESETS:
             raise ValueError(f"unknown encoder preset {name!r}; choose one of {', '.join(PRESETS)}")
         return dataclasses.replace(PRESETS[name], **overrides)
 
     def replace(self, **changes: Any) -> "EncoderConfig":
+        """A copy with ``changes`` applied (validated again)."""
         return dataclasses.replace(self, **changes)
 
     def stage_channels(self) -> list[int]:
@@ -226,6 +230,7 @@ class SwinEncoder(nn.Module):
 
     @property
     def out_channels(self) -> list[int]:
+        """Channels of the five outputs: [F, 2F, 4F, 8F, 16F]."""
         return self.cfg.stage_channels()
 
     def _apply_mask_token(self, module: nn.Module, args: Any, tokens: Tensor) -> Tensor:
@@ -241,6 +246,9 @@ class SwinEncoder(nn.Module):
         return tokens * (1.0 - w) + self.mask_token.view(1, -1, 1, 1, 1).to(tokens.dtype) * w
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> list[Tensor]:
+        """x (B, C, D, H, W), mask (B, D/2, H/2, W/2) bool or None -> five maps (B, 2^i F, D/2^(i+1), ...).
+
+        Sizes must be divisible by 32 (``check_swin_input_size``); see the class docstring."""
         if x.ndim != 5:
             raise ValueError(f"expected input (B, C, D, H, W), got shape {tuple(x.shape)}")
         if x.shape[1] != self.cfg.in_channels:

@@ -66,6 +66,8 @@ class DINOLoss(CenteredDistillationLoss):
 
     def forward(self, student: Sequence[Tensor], teacher: Sequence[Tensor], teacher_temp: float,
                 update_center: bool = True) -> Tensor:
+        """student V_s x (B, K), teacher V_t x (B, K) logits -> scalar: mean cross-entropy over the pairs of different
+        views; then moves the centre unless ``update_center=False``."""
         if teacher_temp <= 0:
             raise ValueError(f"teacher_temp must be > 0, got {teacher_temp}")
         if len(teacher) < 1 or len(student) < 1:

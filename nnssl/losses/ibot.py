@@ -30,6 +30,8 @@ class PatchDistillationLoss(CenteredDistillationLoss):
 
     def forward(self, student: Sequence[Tensor], teacher: Sequence[Tensor], masks: Sequence[Tensor],
                 teacher_temp: float, update_center: bool = True) -> Tensor:
+        """student, teacher V x (B, N, K) logits, masks V x (B, N) bool -> scalar: the mean over views of the
+        per-sample mean loss of the masked tokens; then moves the centre unless ``update_center=False``."""
         if teacher_temp <= 0:
             raise ValueError(f"teacher_temp must be > 0, got {teacher_temp}")
         if not (len(student) == len(teacher) == len(masks)) or len(student) == 0:

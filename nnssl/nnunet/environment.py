@@ -35,6 +35,7 @@ def trainers_path() -> str:
 
 
 def export_line() -> str:
+    """The shell line that points ``nnUNet_extTrainer`` at the installed trainers."""
     return f"export nnUNet_extTrainer={trainers_path()}"
 
 

@@ -197,6 +197,7 @@ class TrainerName:
 
     @property
     def name(self) -> str:
+        """The class name, e.g. ``SwinSSLTrainer_llrd75_5shot_draw1_2epochs``; inverse of ``parse_trainer_name``."""
         name = "CNNTrainer" if self.kind == CNN_KIND else f"Swin{self.kind}Trainer"
         if self.protocol != FULL:
             name += f"_{self.protocol}"
@@ -208,6 +209,7 @@ class TrainerName:
 
     @property
     def pretrained(self) -> bool:
+        """True for trainers that load a pretraining checkpoint (SSL), False for Scratch and the CNN baselines."""
         return KINDS.get(self.kind, False)
 
     @property

@@ -12,7 +12,6 @@ time by ``nnssl.finetune.pretrained.resolve_pretrained_checkpoint``).
 from __future__ import annotations
 
 import os
-from typing import Any
 
 from nnssl.encoders.swin import EncoderConfig, check_swin_input_size
 from nnssl.nnunet.naming import SWIN_PLANS, plans_name
@@ -120,8 +119,3 @@ def make_pretrained_entry(name: str, method: str, sha256: str, file: str) -> dic
         raise ValueError(f"{sha256!r} is not a hex sha256 digest")
     return {PRETRAINED_NAME: name, PRETRAINED_METHOD: method, PRETRAINED_SHA256: sha256,
             PRETRAINED_FILE: file.replace(os.sep, "/")}
-
-
-def pretrained_entry(configuration: dict) -> dict[str, Any] | None:
-    """The configuration's PRETRAINED_KEY entry (None when the plans attach no checkpoint)."""
-    return configuration.get(PRETRAINED_KEY)

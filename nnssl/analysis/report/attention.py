@@ -166,6 +166,7 @@ def localisation_figure(ctx: ReportContext, title: str, pooled: Mapping[str, lis
 
 
 def attention(ctx: ReportContext) -> None:
+    """Add the attention section: distance and localisation figures and tables per dataset, method, regime."""
     r, d = ctx.report, ctx.opt.digits
     r.add(Heading(2, "Attention"))
     if not ctx.attention_files:

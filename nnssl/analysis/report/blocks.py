@@ -10,18 +10,24 @@ from nnssl.nnunet.naming import SCRATCH
 
 @dataclass
 class Heading:
+    """A section heading of ``level`` (1 = title)."""
+
     level: int
     text: str
 
 
 @dataclass
 class Para:
+    """A paragraph; ``note`` renders it as a highlighted note."""
+
     text: str
     note: bool = False  # rendered as a highlighted note (missing data, caveats)
 
 
 @dataclass
 class Table:
+    """A table of strings with a header row and an optional caption."""
+
     header: list[str]
     rows: list[list[str]]
     caption: str = ""
@@ -29,12 +35,16 @@ class Table:
 
 @dataclass
 class Figure:
+    """A PNG figure (absolute path) with its caption."""
+
     path: Path  # absolute path of the PNG
     caption: str
 
 
 @dataclass
 class ReportOptions:
+    """The report's settings: the from-scratch baseline, bootstrap resamples, seed and level, decimals."""
+
     baseline: str = SCRATCH
     n_boot: int = 10000
     seed: int = 0
@@ -46,14 +56,18 @@ class ReportOptions:
 
 @dataclass
 class Report:
+    """The report as an ordered list of blocks plus the warnings collected while building it."""
+
     title: str
     blocks: list[Any] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
     def add(self, *blocks: Any) -> None:
+        """Append ``blocks`` in order."""
         self.blocks.extend(blocks)
 
     def tables(self) -> list[Table]:
+        """The report's tables, in order."""
         return [b for b in self.blocks if isinstance(b, Table)]
 
 

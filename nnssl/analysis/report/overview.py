@@ -8,6 +8,7 @@ from nnssl.analysis.report.context import ReportContext
 
 
 def overview(ctx: ReportContext) -> None:
+    """Add the report's opening: results folder, datasets, ignored folders and notes on runs."""
     r, t = ctx.report, ctx.tree
     r.add(Para(
         f"Results folder: `{t.root}`. Generated {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}. "

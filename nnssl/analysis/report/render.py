@@ -15,6 +15,7 @@ def _md_cell(s: str) -> str:
 
 
 def render_markdown(report: Report, out_dir: Path) -> str:
+    """The report as Markdown; figures are linked relative to ``out_dir``, where the file is written."""
     lines: list[str] = []
     for b in report.blocks:
         if isinstance(b, Heading):
@@ -48,6 +49,7 @@ def _inline(text: str) -> str:
 
 
 def render_html(report: Report) -> str:
+    """The report as one self-contained HTML page (figures embedded as base64 PNGs)."""
     out = ["<!DOCTYPE html>", "<html><head><meta charset='utf-8'>", f"<title>{html.escape(report.title)}</title>",
            f"<style>{_CSS}</style></head><body>"]
     for b in report.blocks:

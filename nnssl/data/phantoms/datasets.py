@@ -35,6 +35,8 @@ FILE_ENDING = ".nii.gz"
 
 @dataclass(frozen=True)
 class LabelDef:
+    """One label of a phantom dataset: name and id in dataset.json, the structures it covers, its structure group."""
+
     name: str
     id: int
     structs: tuple[int, ...]  # internal structure ids (anatomy.S) mapped to this label
@@ -43,6 +45,8 @@ class LabelDef:
 
 @dataclass(frozen=True)
 class DatasetSpec:
+    """One default phantom dataset: id, name, modality, labels (none: images-only), case count and grid."""
+
     id: int
     name: str
     modality: str  # "CT" or "MRI" (the nnU-Net channel name: CT -> CT normalisation, MRI -> z-score)
@@ -57,9 +61,11 @@ class DatasetSpec:
 
     @property
     def images_only(self) -> bool:
+        """True when the dataset has no labels (written without labelsTr, for pretraining)."""
         return not self.labels
 
     def folder_name(self, dataset_id: int | None = None) -> str:
+        """``DatasetXXX_Name`` under ``dataset_id`` (default: the spec's own id)."""
         return f"Dataset{(self.id if dataset_id is None else dataset_id):03d}_{self.name}"
 
     def label_lut(self) -> np.ndarray:
@@ -70,9 +76,11 @@ class DatasetSpec:
         return lut
 
     def labels_json(self) -> dict[str, int]:
+        """dataset.json ``labels``: background 0, then label name -> id."""
         return {"background": 0, **{lab.name: lab.id for lab in self.labels}}
 
     def structure_groups(self) -> dict[str, list[str]]:
+        """dataset.json ``nnssl_structure_groups``: group (small, large, ...) -> label names."""
         return {g: [lab.name for lab in self.labels if lab.group == g] for g in GROUPS}
 
 
@@ -140,6 +148,7 @@ def resolve_dataset(key: str | int) -> tuple[DatasetSpec, int]:
 
 
 def case_grid(spec: DatasetSpec, subject: Subject, size=None, spacing=None) -> Grid:
+    """The voxel grid of one case, centred on the subject's field of view (``size``/``spacing`` override the spec's)."""
     size = spec.size if size is None else validate_size(size)
     spacing = spec.spacing if spacing is None else validate_spacing(spacing)
     return Grid(size, spacing, subject.fov_center)
@@ -169,6 +178,7 @@ def _write_nifti(arr: np.ndarray, grid: Grid, path: Path) -> None:
 
 
 def dataset_json(spec: DatasetSpec, dataset_id: int, n: int, seed: int, size, spacing) -> dict:
+    """The dataset.json of ``spec`` written as ``dataset_id`` with ``n`` cases, recording how they were generated."""
     d = {
         "channel_names": {"0": spec.modality},
         "labels": spec.labels_json(),

@@ -65,10 +65,12 @@ def capsule_chain(points: np.ndarray, radii: np.ndarray) -> Callable:
 
 
 def box_of(c, r: float) -> Box:
+    """Bounding box (mm) of the ball of radius ``r`` around centre ``c`` (z, y, x)."""
     return tuple((float(ci) - r, float(ci) + r) for ci in c)  # type: ignore[return-value]
 
 
 def box_of_points(points: np.ndarray, r: float) -> Box:
+    """Bounding box (mm) of ``points`` (N, 3) in (z, y, x), widened by ``r`` on every side."""
     lo, hi = points.min(axis=0) - r, points.max(axis=0) + r
     return tuple((float(a), float(b)) for a, b in zip(lo, hi))  # type: ignore[return-value]
 

@@ -76,30 +76,37 @@ class Ctx:
     # which keeps them separable and cheap (see SmoothField._separable); the shapes use the warped ones.
     @property
     def uz(self) -> np.ndarray:
+        """Unwarped z (mm) of the slice, shape (d, 1, 1)."""
         return self._axes[0][self.sl[0]]
 
     @property
     def uy(self) -> np.ndarray:
+        """Unwarped y (mm) of the slice, shape (1, h, 1)."""
         return self._axes[1][:, self.sl[1]]
 
     @property
     def ux(self) -> np.ndarray:
+        """Unwarped x (mm) of the slice, shape (1, 1, w)."""
         return self._axes[2][:, :, self.sl[2]]
 
     @property
     def u(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(uz, uy, ux), the broadcastable unwarped coordinates, for ``SmoothField(*c.u)``."""
         return self.uz, self.uy, self.ux
 
     @property
     def z(self) -> np.ndarray:
+        """Warped subject z (mm) of the slice's voxels."""
         return self._full[0][self.sl]
 
     @property
     def y(self) -> np.ndarray:
+        """Warped subject y (mm) of the slice's voxels."""
         return self._full[1][self.sl]
 
     @property
     def x(self) -> np.ndarray:
+        """Warped subject x (mm) of the slice's voxels."""
         return self._full[2][self.sl]
 
     @property
@@ -131,6 +138,10 @@ SdFn = Callable[[Ctx], np.ndarray]
 
 @dataclass
 class Layer:
+    """One painted layer: a signed distance (mm, negative inside) on the context, its tissue and structure id.
+
+    Layers are painted in order, later ones over earlier ones (``render.rasterize``)."""
+
     name: str
     struct: int | None  # None: changes intensity only (vessels inside an organ keep the organ's label)
     tissue: str
@@ -141,6 +152,8 @@ class Layer:
 
 @dataclass
 class Tumour:
+    """A placed tumour (painted by its own lobulated-sphere layer): host, structure id, centre, radius mm, tissue."""
+
     host: str  # liver | kidney | lung
     struct: int
     center: tuple[float, float, float]  # (z, y, x) mm, subject frame
@@ -202,8 +215,10 @@ class Subject:
         return zd.astype(np.float32)
 
     def spine_y(self, z: np.ndarray) -> np.ndarray:
+        """y (mm) of the vertebral bodies' centre at height ``z``: a gentle sinusoidal curvature."""
         b = self.body
         return (b["y_vb"] + b["spine_amp"] * np.sin(2 * math.pi * z / 500.0 + b["spine_phase"])).astype(np.float32)
 
     def warp_bound(self) -> float:
+        """Upper bound (mm) of the warp's displacement, the margin by which layer boxes are widened."""
         return max(f.bound for f in self.warp)

@@ -15,6 +15,8 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Tissue:
+    """CT attenuation with contrast gains, texture, and relative T1/T2 signal of one tissue."""
+
     hu: float  # unenhanced attenuation
     art: float  # HU added at full arterial enhancement
     ven: float  # HU added at full portal-venous enhancement
@@ -24,6 +26,7 @@ class Tissue:
     mr_tex: float = 0.04  # relative std of MRI texture
 
     def ct(self, arterial: float, venous: float) -> float:
+        """HU at the given arterial and venous enhancement levels (1 = full): ``hu + arterial*art + venous*ven``."""
         return self.hu + arterial * self.art + venous * self.ven
 
 
