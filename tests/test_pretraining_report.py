@@ -137,6 +137,22 @@ def test_section_with_runs_and_probes(tmp_path):
     assert figures == ["pretraining_study_dino.png", "pretraining_study_simclr.png", "pretraining_study_simmim.png"]
 
 
+def test_design_experiment_runs_are_methods_of_their_own(tmp_path):
+    """The grid's run folder smit-data25 (method smit in config.json) matches its probe, named smit-data25."""
+    study = tmp_path / "nnssl_results" / "study"
+    _run(study / "smit", "smit", _flat())
+    _run(study / "smit-data25", "smit", _falling())
+    _probe(tmp_path / "probe" / "p.json", "smit-data25", diff_low=-0.05)
+    results = tmp_path / "results"
+    results.mkdir()
+    report, _ = build_report(load_results(results), tmp_path / "out", ReportOptions(n_boot=200),
+                             pretraining_dirs=[study], probe_files=[tmp_path / "probe" / "p.json"])
+    summary = next(t for t in report.tables() if t.header == ["method", "loss", "frozen-feature probe",
+                                                              "learning signal"])
+    rows = {r[0]: r[1:] for r in summary.rows}
+    assert rows == {"smit": ["flat/rising", "n/a", "no"], "smit-data25": ["falling", "does not beat random", "yes"]}
+
+
 def test_both_probes_must_win_at_the_same_stage(tmp_path):
     _probe(tmp_path / "s1.json", "mocov3", diff_low=0.05, linear_low=-0.05, stage=1)  # k-NN wins at stage 1
     _probe(tmp_path / "s2.json", "mocov3", diff_low=-0.05, linear_low=0.05)  # linear wins at stage 2

@@ -84,6 +84,26 @@ def test_resume_equivalence(toy_env, monkeypatch, workers, resume_workers):
             assert torch.equal(resumed[key][name], value), f"{key}.{name} differs"
     steps = [json.loads(l)["step"] for l in (toy_env / "b" / "log.jsonl").read_text().splitlines()]
     assert steps == [0, 1, 2, 3]
+    # the compute ledger adds the resumed session to the interrupted one
+    first, ledger = load_checkpoint(toy_env / "b" / "checkpoint_previous.pth")["compute"], resumed["compute"]
+    assert (ledger["sessions"], ledger["steps"], ledger["samples_seen"]) == (2, 4, 8)
+    assert len(ledger["session_wall_seconds"]) == 2 and ledger["session_wall_seconds"][0] == first["wall_seconds"]
+    assert ledger["wall_seconds"] == pytest.approx(sum(ledger["session_wall_seconds"]))
+    assert ledger["cpu_core_hours"] > first["cpu_core_hours"] > 0
+
+
+def test_the_compute_ledger_is_in_the_checkpoint_and_config_json(toy_env):
+    final = run_pretraining(_cfg(steps=2), toy_env / "run", progress=False)
+    ckpt = load_checkpoint(final)
+    ledger = ckpt["compute"]
+    assert json.loads((toy_env / "run" / "config.json").read_text())["compute"] == ledger
+    assert (ledger["steps"], ledger["samples_seen"], ledger["sessions"]) == (2, 4, 1)
+    assert ledger["wall_seconds"] > 0 and ledger["mean_step_seconds"] == pytest.approx(ledger["wall_seconds"] / 2)
+    model_bytes = sum(v.numel() * v.element_size() for v in ckpt["task_state"].values())
+    assert ledger["peak_memory_bytes"] > model_bytes  # peak RSS on CPU holds at least the model
+    assert ledger["device"]["type"] == "cpu" and ledger["device"]["count"] == torch.get_num_threads()
+    assert ledger["gpu_hours"] == 0.0
+    assert ledger["cpu_core_hours"] == pytest.approx(ledger["wall_seconds"] / 3600 * torch.get_num_threads())
 
 
 def test_existing_run_needs_resume_and_same_settings(toy_env):
@@ -181,3 +201,41 @@ def test_cli_end_to_end(toy_env, capsys):
     assert rc == 0, capsys.readouterr().err
     run = toy_env / "results" / "toy__tiny__D990"
     assert load_checkpoint(run / "checkpoint_final.pth")["step"] == 3  # ceil(2 epochs * 3 cases / batch 2)
+
+
+def test_data_fractions_are_nested_seeded_subsets_identical_across_methods_and_recorded(toy_env, monkeypatch):
+    from nnssl.data.subsets import select_cases
+
+    cases = [(d, f"case_{i:03d}") for d in ("Dataset990_A", "Dataset991_B") for i in range(20)]
+    quarter, half = select_cases(cases, 0.25, seed=0), select_cases(cases, 0.5, seed=0)
+    assert len(quarter) == 10 and len(half) == 20 and set(quarter) < set(half)
+    assert select_cases(list(reversed(cases)), 0.25, seed=0) == quarter  # the order cases are listed in is irrelevant
+    assert select_cases(cases, 0.25, seed=1) != quarter and select_cases(cases, 1.0, seed=3) == sorted(cases)
+    with pytest.raises(ValueError, match=r"must be a number in \(0, 1\]"):
+        select_cases(cases, 0.0, seed=0)
+    # two methods at the same fraction pretrain on the same recorded cases
+    monkeypatch.setitem(nnssl.tasks._REGISTRY, "toy2", "toy_task:ToyTask")
+    records = {}
+    for method in ("toy", "toy2"):
+        final = run_pretraining(_cfg(method=method, steps=2, data_fraction=0.5), toy_env / method, progress=False)
+        config = json.loads((toy_env / method / "config.json").read_text())
+        assert config["data_fraction"] == 0.5
+        assert load_checkpoint(final)["provenance"]["data_subset"] == config["data_subset"]
+        records[method] = config["data_subset"]
+    assert records["toy"] == records["toy2"]
+    # what a fine-tuning record keeps of such a checkpoint (nnssl.finetune.pretrained), and its mismatches
+    from nnssl.finetune.pretrained import pretraining_data, pretraining_mismatches
+
+    ckpt = load_checkpoint(final)
+    facts = pretraining_data(ckpt)
+    assert (facts["pretraining_cases"], facts["data_fraction"], facts["encoder_preset"]) == (2, 0.5, "tiny")
+    assert facts["encoder_parameters"] > 0 and ckpt["compute"]["steps"] == 2
+    target = {"spacing": [2.0, 2.0, 2.0], "patch_size": [32, 32, 32], "normalization_schemes": ["CTNormalization"]}
+    assert pretraining_mismatches(ckpt, target) == ([], [])
+    assert [m["what"] for m in pretraining_mismatches(ckpt, {**target, "patch_size": [64, 64, 64]})[0]] == \
+        ["patch size"]
+    assert (records["toy"]["num_cases"], records["toy"]["of_cases"]) == (2, 3)  # ceil(0.5 * 3) of the toy's 3 cases
+    assert records["toy"]["cases"] == {"Dataset990_ToyCT": [c for _, c in select_cases(
+        [("Dataset990_ToyCT", c) for c in ("case_000", "case_001", "case_002")], 0.5, seed=0)]}
+    with pytest.raises(ValueError, match="data_fraction"):
+        _cfg(data_fraction=1.5)

@@ -7,9 +7,11 @@ Layout read (nnU-Net v2)::
         checkpoint_final.pth             'logging' dict: per-epoch mean_fg_dice, ema_fg_dice, losses, timestamps
         (checkpoint_latest.pth)          used when the final checkpoint is missing (unfinished training)
 
-Run naming: ``nnssl.nnunet.naming`` (trainer ``Swin(Scratch|SSL)Trainer[_<k>shot[_draw<r>]][_<E>epochs]``, plans
-``nnUNetSwinPlans`` for scratch or ``nnUNetSwinPlans_<method>``). Folders that do not match are not read; they are
-listed in :attr:`ResultsTree.ignored` with the reason.
+Run naming: ``nnssl.nnunet.naming`` (trainer
+``Swin(Scratch|SSL)Trainer[_<protocol>][_<k>shot[_draw<r>]][_<E>epochs]``, plans ``nnUNetSwinPlans`` for scratch or
+``nnUNetSwinPlans_<method>``; the CNN baselines' ``CNNTrainer[...]`` on nnU-Net's ``nnUNetPlans`` /
+``nnUNetResEnc...Plans``, method ``nnunet`` / ``resenc_l``). Folders that do not match are not read; they are listed in
+:attr:`ResultsTree.ignored` with the reason.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ import numpy as np
 
 from nnssl.analysis.dice_stats import label_keys, modality, structure_groups
 from nnssl.nnunet.datasets import DATASET_RE
-from nnssl.nnunet.naming import SCRATCH, RunName, encoder_tag, parse_run_name
+from nnssl.nnunet.naming import FULL, SCRATCH, RunName, encoder_tag, parse_run_name, protocol_label
 
 FOLD_RE = re.compile(r"^fold_(\d+|all)$")
 # top-level folders that live in a results folder but are not datasets (CKA, attention and probe results, reports)
@@ -36,11 +38,14 @@ _KNOWN_ENDINGS = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".png", ".tif", ".
 
 @dataclass(frozen=True, order=True)
 class Regime:
-    """A comparable experimental setting within one dataset: label regime, fine-tuning budget, configuration."""
+    """A comparable experimental setting within one dataset: label regime, fine-tuning budget, configuration and
+    adaptation protocol ("full", or a rung of the ladder: methods are compared within one protocol, so a frozen
+    pretrained encoder meets a frozen random one)."""
 
     shots: str
     epochs: int | None
     configuration: str
+    protocol: str = FULL
 
     @property
     def shots_sort(self) -> tuple[int, int]:
@@ -52,11 +57,18 @@ class Regime:
             s += f", {self.epochs} epochs"
         if self.configuration != "3d_fullres":
             s += f", {self.configuration}"
+        if self.protocol != FULL:
+            s += f", {protocol_label(self.protocol)}"
         return s
+
+    @property
+    def full(self) -> "Regime":
+        """The same shots, budget and configuration with the whole network fine-tuned (where CNN baselines are)."""
+        return Regime(self.shots, self.epochs, self.configuration)
 
 
 def regime_sort_key(r: Regime) -> tuple:
-    return (r.configuration, -1 if r.epochs is None else r.epochs, r.shots_sort)
+    return (r.configuration, -1 if r.epochs is None else r.epochs, r.shots_sort, r.protocol != FULL, r.protocol)
 
 
 @dataclass
@@ -99,7 +111,7 @@ class FoldResult:
 
     @property
     def regime(self) -> Regime:
-        return Regime(self.run.shots, self.run.epochs, self.run.configuration)
+        return Regime(self.run.shots, self.run.epochs, self.run.configuration, self.run.protocol)
 
     def fg_case_dice(self) -> np.ndarray:
         """Per-case foreground Dice = NaN-aware mean over the foreground labels of each case, (n_cases,)."""
@@ -398,6 +410,7 @@ def tidy_records(tree: ResultsTree) -> list[dict[str, Any]]:
             "method": f.method,
             "shots": f.run.shots,
             "epochs": f.run.epochs,
+            "protocol": f.run.protocol,
             "configuration": f.run.configuration,
             "trainer": f.run.trainer,
             "plans": f.run.plans,

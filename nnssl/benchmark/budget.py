@@ -65,11 +65,12 @@ def resolved_lr(spec: BenchmarkSpec, method: str) -> float | None:
 
 def headline_comparisons(spec: BenchmarkSpec) -> list[tuple[str, str, str]]:
     """(dataset, regime, method) of every comparison the report's headline will make for this grid: each pretrained
-    method (checkpoints included) against scratch wherever both are fine-tuned (``downstream.only`` applied). Holm's
-    correction runs over all of them, so their number sets the design's power."""
+    method (checkpoints and design-experiment runs included) against scratch wherever both are fine-tuned
+    (``downstream.only`` applied), with full fine-tuning (the ladder's rungs and the CNN baselines are families of
+    their own). Holm's correction runs over all of them, so their number sets the design's power."""
     down = spec.downstream
-    return [(d, s, m) for d in down.datasets for s in down.shots for m in spec.pretrained_methods
-            if down.includes(d, m, s) and down.includes(d, SCRATCH, s)]
+    return [(d, s, m) for d in down.datasets for s in down.shots for m in spec.finetuned_pretrained
+            if down.includes(d, spec.base_method(m), s) and down.includes(d, SCRATCH, s)]
 
 
 def validation_cases(spec: BenchmarkSpec, dataset: str) -> int | None:

@@ -25,6 +25,7 @@ from nnssl.io import file_sha256
 from nnssl.nnunet.splits import SPLITS_FILE
 from nnssl.nnunet.naming import (CONFIGURATION, SCRATCH, SWIN_PLANS, encoder_tag, is_scratch, model_folder_name,
                                  plans_name, scratch_method, trainer_name)
+from nnssl.nnunet.naming import CNN_BASELINES, FULL, parse_protocol
 
 STAGES = ("phantoms", "preprocess", "pretrain", "attach", "probe", "splits", "finetune", "cka", "attention", "report")
 
@@ -137,8 +138,10 @@ def checkpoint_path(spec: BenchmarkSpec, paths: Paths, method: str) -> Path:
 
 def scratch_encoders(spec: BenchmarkSpec, paths: Paths, warnings: list[str] | None = None) -> dict[str, Path]:
     """Encoder tag -> a checkpoint with that architecture, for every encoder of the spec's pretrained methods that
-    differs from the base plans' (the spec's pretraining preset): each needs a from-scratch run of its own. A
-    checkpoint that does not exist yet cannot be inspected: a warning says its baseline is missing from the grid."""
+    differs from the base plans' (the spec's pretraining preset): each needs a from-scratch run of its own. The
+    presets of ``pretraining.encoders`` are known before their runs exist (their first run's checkpoint gives the
+    architecture); a given checkpoint that does not exist yet cannot be inspected: a warning says its baseline is
+    missing from the grid."""
     from nnssl.checkpoint import load_checkpoint
     from nnssl.encoders.swin import EncoderConfig
 
@@ -147,6 +150,10 @@ def scratch_encoders(spec: BenchmarkSpec, paths: Paths, warnings: list[str] | No
 
     base = tag_of(EncoderConfig.preset(spec.pretraining.encoder))
     out: dict[str, Path] = {}
+    for run in sorted(spec.pretraining_runs, key=lambda r: -r.fraction):  # architecture: from the run on most cases
+        tag = tag_of(EncoderConfig.preset(run.encoder))
+        if tag != base:
+            out.setdefault(tag, checkpoint_path(spec, paths, run.name))
     for m in spec.pretrained_methods:
         if m not in spec.checkpoints:
             continue  # pretrained here with the base preset
@@ -175,7 +182,7 @@ def probe_jobs(spec: BenchmarkSpec, paths: Paths, report_dir: Path, pretrained_b
     """One frozen-feature probe (nnssl_probe) per pretrained method and downstream dataset (labelled: the grid
     fine-tunes on them), as soon as the method's checkpoint exists; results under ``<report>/probe/``."""
     jobs = []
-    for m in spec.pretrained_methods:
+    for m in spec.finetuned_pretrained:
         for d in _ids(spec.downstream.datasets):
             out = report_dir / "probe" / f"{d}__{m}.json"
             jobs.append(Job(
@@ -217,27 +224,26 @@ def build_jobs(spec: BenchmarkSpec, paths: Paths, report_dir: Path, warnings: li
         stamp=paths.preprocessed / f".nnssl_preprocessed_{pre.encoder}_{'-'.join(needed)}",
         after=[j.key for j in jobs if j.stage == "phantoms"],
     ))
-    for m in spec.pretrained_methods:
-        if m in spec.checkpoints:
-            continue
+    for run in spec.pretraining_runs:
+        m = run.name  # the method, or a design-experiment variant of it (another preset, a share of the cases)
         out = paths.nnssl_results / spec.name / m
-        settings = pre.settings(m)
-        cmd = ["nnssl_pretrain", "-m", m, "-d", *_ids(pre.datasets), "--encoder", pre.encoder,
-               "--crop", *[str(c) for c in pre.crop_of(m)], "--batch-size", str(settings["batch_size"]),
+        settings = pre.settings(run.method)
+        cmd = ["nnssl_pretrain", "-m", run.method, "-d", *_ids(pre.datasets), "--encoder", run.encoder,
+               "--crop", *[str(c) for c in pre.crop_of(run.method)], "--batch-size", str(settings["batch_size"]),
                "--steps", str(settings["steps"]), "--device", spec.device,
                "--num-workers", str(settings["num_workers"]), "--seed", str(pre.seed), "--output", str(out),
-               "--no-progress"]
+               "--no-progress"] + (["--data-fraction", repr(run.fraction)] if run.fraction != 1.0 else [])
         # Only what the spec sets: everything else is the method's reference recipe.
         for key in OPTIM_SETTINGS:
             if settings[key] is not None:
                 cmd += ["--" + key.replace("_", "-"), str(settings[key])]
-        for key, value in pre.options.get(m, {}).items():
+        for key, value in pre.options.get(run.method, {}).items():
             cmd += ["-o", f"{key}={value}"]
         jobs.append(Job(f"pretrain/{m}", "pretrain", cmd, done_marker=out / "checkpoint_final.pth",
                         resume_marker=out / "checkpoint_latest.pth", resume_args=["--resume"],
                         after=["preprocess"], method=m, settings_file=out / stamps.RECORD_NAME, outputs=out))
         pretrained_by[m] = f"pretrain/{m}"
-    for m in spec.pretrained_methods:
+    for m in spec.finetuned_pretrained:
         for d in _ids(down.datasets):
             attached = paths.preprocessed / _dataset_glob(paths.preprocessed, d) / f"{plans_name(m)}.json"
             jobs.append(Job(
@@ -252,6 +258,7 @@ def build_jobs(spec: BenchmarkSpec, paths: Paths, report_dir: Path, warnings: li
     # pretrained methods (on the same plans, hence the same patch and batch size), beside the base plans' scratch.
     scratch_methods = [SCRATCH] if SCRATCH in spec.methods else []
     if scratch_methods:
+        made_by = {checkpoint_path(spec, paths, n): key for n, key in pretrained_by.items()}
         for tag, ckpt in scratch_encoders(spec, paths, warnings).items():
             m = scratch_method(tag)
             scratch_methods.append(m)
@@ -260,7 +267,7 @@ def build_jobs(spec: BenchmarkSpec, paths: Paths, report_dir: Path, warnings: li
                 jobs.append(Job(
                     f"attach/{m}/{d}", "attach",
                     ["nnssl_attach", "-d", d, "--checkpoint", str(ckpt), "--name", m, "--architecture-only"],
-                    done_marker=attached, after=["preprocess"], method=m,
+                    done_marker=attached, after=[made_by.get(ckpt, "preprocess")], method=m,  # its architecture
                     settings_file=stamps.record_beside(attached), outputs=attached))
     if down.probe:
         jobs += probe_jobs(spec, paths, report_dir, pretrained_by)
@@ -280,17 +287,19 @@ def build_jobs(spec: BenchmarkSpec, paths: Paths, report_dir: Path, warnings: li
         jobs.append(Job(f"splits/{d}", "splits", ["nnssl_splits", "-d", d, "--file", split_file, "--sha256",
                                                   file_sha256(split_file)],
                         after=["preprocess"], settings_file=stamps.record_beside(installed)))
-    finetuned = [m for m in spec.methods if m != SCRATCH] + scratch_methods
+    finetuned = spec.finetuned_pretrained + scratch_methods
     for d in _ids(down.datasets):
         for m in sorted(finetuned, key=lambda m: (not is_scratch(m), m != SCRATCH)):
-            for shots, draw, fold in ((s, r, f) for s in down.shots for r in range(1 if s == "all" else down.draws)
-                                      for f in down.folds if down.includes(d, m, s)):
-                    trainer = trainer_name(m, shots, down.epochs, draw)
+            for shots, draw, fold, protocol in ((s, r, f, p) for s in down.shots
+                                                for r in range(1 if s == "all" else down.draws)
+                                                for f in down.folds for p in down.protocols
+                                                if down.includes(d, spec.base_method(m), s)):
+                    trainer = trainer_name(m, shots, down.epochs, draw, protocol)
                     fold_dir = (paths.results / _dataset_glob(paths.results, d)
                                 / model_folder_name(trainer, plans_name(m)) / f"fold_{fold}")
                     cmd = ["nnUNetv2_train", d, CONFIGURATION, str(fold), "-tr", trainer, "-p", plans_name(m),
                            "-device", spec.device]
-                    run = f"{d}/{m}/{shots}/{fold}" + (f"/draw{draw}" if draw else "")
+                    run = f"{d}/{m}/{shots}/{fold}" + (f"/draw{draw}" if draw else "") + _rung(protocol)
                     jobs.append(Job(f"finetune/{run}", "finetune", cmd,
                                     done_marker=fold_dir / "validation" / "summary.json",
                                     resume_marker=fold_dir / "checkpoint_latest.pth", resume_args=["--c"],
@@ -300,9 +309,9 @@ def build_jobs(spec: BenchmarkSpec, paths: Paths, report_dir: Path, warnings: li
                                     settings_file=fold_dir / stamps.RECORD_NAME, outputs=fold_dir,
                                     keyed_on=([] if m == SCRATCH else [f"attach/{m}/{d}"])
                                     + ([f"splits/{d}"] if d in down.splits else [])))
-                    if not is_scratch(m):
+                    if not is_scratch(m) and _encoder_trains(protocol):
                         out = report_dir / "cka" / (f"{d}__{m}__{shots}__fold{fold}" + (f"__draw{draw}" if draw else "")
-                                                    + ".json")
+                                                    + _rung(protocol, "__") + ".json")
                         jobs.append(Job(
                             f"cka/{run}", "cka",
                             ["nnssl_cka", "--pretrained", str(checkpoint_path(spec, paths, m)), "-d", d,
@@ -312,8 +321,12 @@ def build_jobs(spec: BenchmarkSpec, paths: Paths, report_dir: Path, warnings: li
                             settings_file=stamps.record_beside(out), outputs=out, keyed_on=[f"finetune/{run}"],
                         ))
                         if down.attention:
-                            jobs.append(_attention_job(spec, paths, report_dir, d, m, shots, fold, draw, trainer))
+                            jobs.append(_attention_job(spec, paths, report_dir, d, m, shots, fold, draw, trainer,
+                                                       protocol))
+    jobs += baseline_jobs(spec, paths, train_env)
     report_cmd = ["nnssl_report", str(paths.results), "--out", str(report_dir), "--cka", str(report_dir / "cka")]
+    if spec.reference is not None:  # the CNN comparison's reference is the spec's, never picked from the results
+        report_cmd += ["--cnn-reference", spec.reference]
     if any(j.stage == "attention" for j in jobs):
         report_cmd += ["--attention", str(report_dir / "attention")]
     if pretrained_by:  # the Pretraining section: each run's loss curve and verdict
@@ -325,11 +338,60 @@ def build_jobs(spec: BenchmarkSpec, paths: Paths, report_dir: Path, warnings: li
     return jobs
 
 
+def _rung(protocol: str, separator: str = "/") -> str:
+    """The job-key / file-name part of an adaptation protocol ("" for full fine-tuning, whose keys are unchanged)."""
+    return "" if protocol == FULL else separator + protocol
+
+
+def _encoder_trains(protocol: str) -> bool:
+    """CKA and attention compare the fine-tuned encoder with the pretrained one: pointless when it stays frozen."""
+    p = parse_protocol(protocol)
+    return p is None or p.trains_encoder
+
+
+def baseline_jobs(spec: BenchmarkSpec, paths: Paths, train_env: dict[str, str]) -> list[Job]:
+    """The CNN baselines: nnU-Net's own planning and preprocessing (``nnUNetv2_plan_and_preprocess -pl <planner>``,
+    reusing the fingerprint the Swin planning extracted), then CNNTrainer folds on the same datasets, regimes, draws
+    and folds as the Swin runs (the same splits_final.json and k-shot subsets: nnssl.finetune.baselines)."""
+    jobs: list[Job] = []
+    down = spec.downstream
+    cpu = spec.device == "cpu"
+    env = {k: v for k, v in train_env.items() if k != "NNSSL_LEARNING_RATE"}  # the CNN keeps nnU-Net's SGD lr
+    datasets = _ids(down.datasets)
+    for b in spec.baselines:
+        planner, plans, _ = CNN_BASELINES[b]
+        markers = [paths.preprocessed / _dataset_glob(paths.preprocessed, d) / f"{plans}.json" for d in datasets]
+        jobs.append(Job(
+            f"preprocess/{b}", "preprocess",
+            ["nnUNetv2_plan_and_preprocess", "-d", *datasets, "-c", CONFIGURATION, "-pl", planner,
+             *(["-np", "1", "-npfp", "1"] if cpu else [])],
+            done_marker=markers, stamp=paths.preprocessed / f".nnssl_baseline_{b}_{'-'.join(datasets)}",
+            after=["preprocess"], method=b))
+        for d in datasets:
+            for shots, draw, fold in ((s, r, f) for s in down.shots for r in range(1 if s == "all" else down.draws)
+                                      for f in down.folds if down.includes(d, b, s)):
+                trainer = trainer_name(b, shots, down.epochs, draw)
+                fold_dir = (paths.results / _dataset_glob(paths.results, d) / model_folder_name(trainer, plans)
+                            / f"fold_{fold}")
+                run = f"{d}/{b}/{shots}/{fold}" + (f"/draw{draw}" if draw else "")
+                jobs.append(Job(
+                    f"finetune/{run}", "finetune",
+                    ["nnUNetv2_train", d, CONFIGURATION, str(fold), "-tr", trainer, "-p", plans, "-device",
+                     spec.device],
+                    done_marker=fold_dir / "validation" / "summary.json",
+                    resume_marker=fold_dir / "checkpoint_latest.pth", resume_args=["--c"], env=env, method=b,
+                    always_resume=True, after=[f"preprocess/{b}"] + ([f"splits/{d}"] if d in down.splits else []),
+                    settings_file=fold_dir / stamps.RECORD_NAME, outputs=fold_dir,
+                    keyed_on=[f"splits/{d}"] if d in down.splits else []))
+    return jobs
+
+
 def _attention_job(spec: BenchmarkSpec, paths: Paths, report_dir: Path, d: str, m: str, shots: str, fold: int,
-                   draw: int, trainer: str) -> Job:
+                   draw: int, trainer: str, protocol: str = FULL) -> Job:
     """nnssl_attention on a pretrained method's fine-tuning fold (after it, like its CKA job)."""
-    run = f"{d}/{m}/{shots}/{fold}" + (f"/draw{draw}" if draw else "")
-    out = report_dir / "attention" / (f"{d}__{m}__{shots}__fold{fold}" + (f"__draw{draw}" if draw else "") + ".json")
+    run = f"{d}/{m}/{shots}/{fold}" + (f"/draw{draw}" if draw else "") + _rung(protocol)
+    out = report_dir / "attention" / (f"{d}__{m}__{shots}__fold{fold}" + (f"__draw{draw}" if draw else "")
+                                      + _rung(protocol, "__") + ".json")
     return Job(f"attention/{run}", "attention",
                ["nnssl_attention", "--pretrained", str(checkpoint_path(spec, paths, m)), "-d", d, "-tr", trainer,
                 "-p", plans_name(m), "-f", str(fold), "--device", spec.device,

@@ -30,6 +30,7 @@ from typing import Any, Callable
 
 from nnssl.nnunet.naming import (EPOCHS, MAX_DRAW, NNUNET_EPOCHS, NNUNET_ITERATIONS_PER_EPOCH, SCRATCH, SHOTS,
                                  is_scratch)
+from nnssl.nnunet.naming import CNN_BASELINES, FULL, PROTOCOL_GRAMMAR, parse_protocol, variant_method
 
 
 class SpecError(ValueError):
@@ -64,6 +65,13 @@ class PretrainingSpec:
     clip_grad: float | None = None
     options: dict[str, dict[str, Any]] = field(default_factory=dict)
     per_method: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: design experiments: each method is pretrained on each share of the cases (nested seeded subsets)...
+    data_fractions: list[float] = field(default_factory=lambda: [1.0])
+    #: ... and with each encoder preset (None: ``encoder`` only); every other preset gets its own scratch baseline
+    encoders: list[str] | None = None
+
+    def encoder_list(self) -> list[str]:
+        return list(self.encoders) if self.encoders else [self.encoder]
 
     def settings(self, method: str) -> dict[str, Any]:
         """The pretraining settings of ``method``: PER_METHOD_SETTINGS, per-method values over the shared ones
@@ -76,6 +84,17 @@ class PretrainingSpec:
         crop = self.settings(method)["crop"]
         crop = list(crop) if isinstance(crop, (list, tuple)) else [crop]
         return tuple(int(c) for c in (crop * 3 if len(crop) == 1 else crop))  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class PretrainingRun:
+    """One pretraining run of the grid: ``name`` is the method as the grid and the report know it (``smit``, or a
+    design-experiment variant such as ``smit-small-data25``), ``method`` the pretext task it runs."""
+
+    name: str
+    method: str
+    encoder: str
+    fraction: float
 
 
 @dataclass
@@ -106,10 +125,14 @@ class DownstreamSpec:
     #: rules that thin the grid: [{datasets: [...], shots: [...], methods: [...]}]; a run (dataset, method, shots)
     #: is fine-tuned only if every rule whose datasets and shots match it lists the method (``methods: []``: none)
     only: list[dict[str, list[str]]] = field(default_factory=list)
+    #: rungs of the adaptation ladder every Swin method (scratch too) is fine-tuned with: full, frozen, probe<s>,
+    #: decfirst<P>, llrd<NN> (nnssl.nnunet.naming.Protocol)
+    protocols: list[str] = field(default_factory=lambda: [FULL])
 
     def includes(self, dataset: str, method: str, shots: str) -> bool:
-        """Whether the grid fine-tunes ``method`` on ``dataset`` at ``shots``: every ``only`` rule that matches the
-        dataset and regime must list the method (from-scratch baselines of other encoders follow ``scratch``)."""
+        """Whether the grid fine-tunes ``method`` (or CNN baseline) on ``dataset`` at ``shots``: every ``only`` rule
+        that matches the dataset and regime must list it (from-scratch baselines of other encoders follow
+        ``scratch``)."""
         name = SCRATCH if is_scratch(method) else method
         for rule in self.only:
             if ("datasets" in rule and dataset not in rule["datasets"]) or ("shots" in rule and shots not in
@@ -225,6 +248,12 @@ class BenchmarkSpec:
     device: str = "cuda"
     phantoms: dict[str, Any] | None = None  # generate phantom datasets first (the demo)
     slurm: SlurmSpec | None = None  # cluster resources of --export-jobs (None: SlurmSpec's defaults)
+    #: CNN baselines trained on the same folds, k-shot subsets and draws (nnssl.nnunet.naming.CNN_BASELINES)
+    baselines: list[str] = field(default_factory=list)
+    #: the baseline the report tests every Swin method against (its own test family); default: the first baseline
+    reference_baseline: str | None = None
+    #: train GPU-sized baselines (ResEnc M/L/XL) on a CPU grid anyway
+    force_baselines: bool = False
 
     def validate(self) -> "BenchmarkSpec":
         from nnssl.tasks import method_names
@@ -279,6 +308,7 @@ class BenchmarkSpec:
         if isinstance(stage, bool) or not isinstance(stage, int) or not 0 <= stage <= 4:
             raise SpecError(f"downstream.probe_stage must be an encoder output 0-4 (stride 2^(stage+1)), got {stage!r}")
         self._validate_splits()
+        self._validate_ladder_and_baselines()
         self._validate_only()
         if self.phantoms is not None:
             self.phantoms = validate_phantoms(self.phantoms)
@@ -293,7 +323,8 @@ class BenchmarkSpec:
         if not isinstance(rules, list):
             raise SpecError(f"downstream.only must be a list of rules {{datasets, shots, methods}}, got "
                             f"{type(rules).__name__}")
-        known = {"datasets": self.downstream.datasets, "shots": self.downstream.shots, "methods": self.methods}
+        known = {"datasets": self.downstream.datasets, "shots": self.downstream.shots,
+                 "methods": self.methods + self.baselines}
         for i, rule in enumerate(rules):
             where = f"downstream.only[{i}]"
             if not isinstance(rule, dict) or "methods" not in rule or not set(rule) <= set(known):
@@ -330,6 +361,82 @@ class BenchmarkSpec:
                 raise SpecError(f"downstream.splits.{d}: {path} has {len(folds)} fold(s) (0..{len(folds) - 1}), but "
                                 f"downstream.folds asks for {beyond}")
 
+    def _validate_ladder_and_baselines(self) -> None:
+        """downstream.protocols are ladder rungs; baselines are known CNN baselines, GPU-sized ones only on a GPU
+        grid (unless force_baselines), their names clash with no method; the reference is one of them."""
+        protocols = self.downstream.protocols
+        if not isinstance(protocols, list) or not protocols:
+            raise SpecError(f"downstream.protocols must be a non-empty list of {PROTOCOL_GRAMMAR}, got {protocols!r}")
+        tokens = []
+        for p in protocols:
+            try:
+                parsed = parse_protocol(str(p))
+            except ValueError as e:
+                raise SpecError(f"downstream.protocols: {e}") from None
+            tokens.append(FULL if parsed is None else parsed.token)
+        if len(set(tokens)) != len(tokens):
+            raise SpecError(f"downstream.protocols lists a protocol twice: {protocols!r}")
+        self.downstream.protocols = tokens
+        if not isinstance(self.baselines, list):
+            raise SpecError(f"baselines must be a list such as [nnunet, resenc_l], got {self.baselines!r}")
+        for b in self.baselines:
+            if b not in CNN_BASELINES:
+                close = difflib.get_close_matches(str(b), CNN_BASELINES, 1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise SpecError(f"baselines: unknown CNN baseline {b!r}{hint}; known: {', '.join(CNN_BASELINES)}")
+            if b in self.methods or b in self.checkpoints:
+                raise SpecError(f"baselines: {b!r} is also a method or checkpoint name; rename the checkpoint")
+            planner, _, gpu_only = CNN_BASELINES[b]
+            if gpu_only and self.device == "cpu" and not self.force_baselines:
+                raise SpecError(f"baselines: {b} is planned by nnU-Net's {planner} for a GPU (ResEnc L: 24 GB), and a "
+                                "CPU grid would train it for days per fold; use device: cuda, drop it from baselines "
+                                "(nnunet runs on CPU), or set force_baselines: true to train it anyway")
+        if len(set(self.baselines)) != len(self.baselines):
+            raise SpecError(f"baselines lists a baseline twice: {self.baselines!r}")
+        if not isinstance(self.force_baselines, bool):
+            raise SpecError(f"force_baselines must be true or false, got {self.force_baselines!r}")
+        if self.reference_baseline is not None and self.reference_baseline not in self.baselines:
+            raise SpecError(f"reference_baseline {self.reference_baseline!r} is not one of baselines "
+                            f"({', '.join(self.baselines) or 'none'}): add it there or leave it out (the first "
+                            "baseline is the reference)")
+
+    @property
+    def reference(self) -> str | None:
+        """The CNN baseline the report tests against (fixed in the spec, never picked from the results)."""
+        return self.reference_baseline or (self.baselines[0] if self.baselines else None)
+
+    def _validate_design_axes(self, presets: Any) -> None:
+        """pretraining.data_fractions: whole percentages in (0, 1]; pretraining.encoders: known presets; each once,
+        and no variant name clashes with a method, checkpoint or baseline."""
+        pre = self.pretraining
+        fractions = pre.data_fractions
+        if not isinstance(fractions, list) or not fractions:
+            raise SpecError(f"pretraining.data_fractions must be a non-empty list such as [0.25, 0.5, 1.0], got "
+                            f"{fractions!r}")
+        for f in fractions:
+            ok = isinstance(f, (int, float)) and not isinstance(f, bool) and math.isfinite(f) and 0 < f <= 1
+            if not ok or abs(round(f * 100) - f * 100) > 1e-6:
+                raise SpecError(f"pretraining.data_fractions: {f!r} must be a share of the cases in (0, 1] in whole "
+                                "percent (0.25, 0.5, 1.0); the subsets are nested (0.25 inside 0.5)")
+        if len({round(f * 100) for f in fractions}) != len(fractions):
+            raise SpecError(f"pretraining.data_fractions lists a fraction twice: {fractions!r}")
+        pre.data_fractions = [float(f) for f in fractions]
+        if pre.encoders is not None:
+            if not isinstance(pre.encoders, list) or not pre.encoders:
+                raise SpecError(f"pretraining.encoders must be a non-empty list of presets such as [tiny, small, "
+                                f"base], got {pre.encoders!r}")
+            for e in pre.encoders:
+                if e not in presets:
+                    raise SpecError(f"pretraining.encoders: unknown preset {e!r}; choose from {', '.join(presets)}")
+            if len(set(pre.encoders)) != len(pre.encoders):
+                raise SpecError(f"pretraining.encoders lists a preset twice: {pre.encoders!r}")
+        taken = set(self.methods) | set(self.checkpoints) | set(self.baselines)
+        for run in self.pretraining_runs:
+            if run.name != run.method and run.name in taken:
+                raise SpecError(f"the design-experiment run {run.name!r} ({run.method}, encoder {run.encoder}, "
+                                f"{run.fraction:g} of the cases) has the name of a method, checkpoint or baseline; "
+                                "rename that one")
+
     def _validate_pretraining(self, registry: set[str]) -> None:
         """Every pretraining setting and method option as the commands would check them, before anything runs."""
         from nnssl.encoders.swin import PRESETS, check_swin_input_size
@@ -338,6 +445,7 @@ class BenchmarkSpec:
         pre = self.pretraining
         if pre.encoder not in PRESETS:
             raise SpecError(f"pretraining.encoder: unknown preset {pre.encoder!r}; choose one of {', '.join(PRESETS)}")
+        self._validate_design_axes(PRESETS)
         for section, table in (("options", pre.options), ("per_method", pre.per_method)):
             if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
                 raise SpecError(f"pretraining.{section} must map a method to a mapping of settings")
@@ -384,6 +492,26 @@ class BenchmarkSpec:
     @property
     def pretrained_methods(self) -> list[str]:
         return [m for m in self.methods if m != SCRATCH]
+
+    @property
+    def pretraining_runs(self) -> list[PretrainingRun]:
+        """The runs the grid pretrains: every pretrained method (not a given checkpoint) x encoder x data fraction;
+        the spec's preset and all cases add no token to the name."""
+        pre = self.pretraining
+        return [PretrainingRun(variant_method(m, e if e != pre.encoder else None, f if f != 1.0 else None), m, e,
+                               float(f))
+                for m in self.pretrained_methods if m not in self.checkpoints
+                for e in pre.encoder_list() for f in pre.data_fractions]
+
+    @property
+    def finetuned_pretrained(self) -> list[str]:
+        """Every pretrained encoder the grid fine-tunes: the pretraining runs' names, then the given checkpoints."""
+        return [r.name for r in self.pretraining_runs] + [m for m in self.pretrained_methods if m in self.checkpoints]
+
+    def base_method(self, name: str) -> str:
+        """The spec's method of a design-experiment variant (``smit-small-data25`` -> ``smit``); other names as
+        they are."""
+        return next((r.method for r in self.pretraining_runs if r.name == name), name)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

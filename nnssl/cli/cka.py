@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     path = write_cka_json(Path(args.out), dataset=meta["dataset_name"], method=method, shots=trainer.shots_label,
                           fold=args.fold, matrices={"linear": result.linear, "unbiased": result.unbiased},
                           stages_a=STAGES, stages_b=STAGES, n_examples=result.n_images, pooling=args.pooling,
-                          extra={**meta, "draw": trainer.draw})
+                          extra={**meta, "draw": trainer.draw, "protocol": trainer.protocol})
     diag = ", ".join(f"{s}={v:.2f}" for s, v in zip(STAGES, result.linear.diagonal()))
     print(f"linear CKA pretrained vs fine-tuned per stage: {diag}")
     print(f"wrote {path}")

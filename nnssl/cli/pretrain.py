@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--clip-grad", type=float, help="gradient-norm clip (global or per parameter, as the method's "
                                                      "reference); 0 disables")
     opt.add_argument("--betas", type=float, nargs=2, metavar=("B1", "B2"), help="AdamW betas")
+    p.add_argument("--data-fraction", type=float, default=1.0, metavar="F",
+                   help="pretrain on this share of the cases, a nested seeded subset identical for every method "
+                        "(0.25 is inside 0.5; recorded in config.json and the checkpoint; default: 1.0, every case)")
     p.add_argument("--grad-checkpointing", action="store_true", help="trade compute for memory in the Swin blocks")
     p.add_argument("--attention", default="eager", metavar="KIND",
                    help="window attention: eager (MONAI's), sdpa (scaled_dot_product_attention, equal within fp32 "
@@ -145,7 +148,11 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--crop takes one or three sizes, got {args.crop}")
         steps = args.steps
         if args.epochs is not None:
-            cases = sum(len(s.identifiers) for s in find_sources(args.datasets, args.plans, args.configuration))
+            from nnssl.data.subsets import apply_fraction, check_fraction
+
+            sources, _ = apply_fraction(find_sources(args.datasets, args.plans, args.configuration),
+                                        check_fraction(args.data_fraction, "--data-fraction"), args.seed)
+            cases = sum(len(s.identifiers) for s in sources)  # passes over the cases this run pretrains on
             world = int(os.environ.get("WORLD_SIZE", "1"))
             steps = max(1, math.ceil(args.epochs * cases / (args.batch_size * world)))
         cfg = PretrainConfig(
@@ -156,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
             betas=tuple(args.betas) if args.betas else None, grad_checkpointing=args.grad_checkpointing,
             amp=not args.no_amp, device=args.device, num_workers=args.num_workers, seed=args.seed,
             checkpoint_every=args.checkpoint_every, task_options=options, log_every=args.log_every,
-            attention=args.attention, compile=args.compile,
+            attention=args.attention, compile=args.compile, data_fraction=args.data_fraction,
         )
         if args.show_config:
             from nnssl.training.loop import describe_run

@@ -10,8 +10,9 @@ from pathlib import Path
 DESCRIPTION = """\
 Build the benchmark report from nnU-Net's own outputs: per-case Dice from each fold's validation/summary.json and the
 per-epoch training log in checkpoint_final.pth. Writes report.md, report.html (figures embedded), figures/*.png and
-dice_per_case.csv. Runs must follow the naming Swin(Scratch|SSL)Trainer[_<k>shot[_draw<r>]][_<E>epochs]__nnUNetSwinPlans[_<method>]
-__<configuration>; other folders are listed as ignored. CKA results (nnssl_cka) are read from RESULTS/cka/*.json,
+dice_per_case.csv. Runs must follow the naming Swin(Scratch|SSL)Trainer[_<protocol>][_<k>shot[_draw<r>]][_<E>epochs]
+__nnUNetSwinPlans[_<method>]__<configuration> (CNN baselines: CNNTrainer[...]__nnUNetPlans__<configuration>); other
+folders are listed as ignored. CKA results (nnssl_cka) are read from RESULTS/cka/*.json,
 attention results (nnssl_attention) from RESULTS/attention/*.json, probe results (nnssl_probe) from RESULTS/probe/*.json;
 --pretraining adds each pretraining run's loss curve and verdict.
 See documentation/report.md for how to read it."""
@@ -25,6 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder for the report (default: RESULTS/nnssl_report)")
     p.add_argument("--baseline", default="scratch",
                    help="method every other method is tested against (default: scratch, the from-scratch Swin runs)")
+    p.add_argument("--cnn-reference", default="nnunet", metavar="BASELINE",
+                   help="the CNN baseline every Swin run is tested against in the report's CNN family (nnunet, "
+                        "resenc_m, resenc_l, resenc_xl; default: nnunet); fix it before looking at the results")
     p.add_argument("--bootstrap", type=int, default=10000,
                    help="bootstrap resamples for the confidence intervals (default: 10000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling (default: 0)")
@@ -58,6 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not args.results:
             raise ValueError("no RESULTS folder given and $nnUNet_results is not set")
+        from nnssl.nnunet.naming import CNN_BASELINES
+
+        if args.cnn_reference not in CNN_BASELINES:
+            raise ValueError(f"--cnn-reference {args.cnn_reference!r} is not a CNN baseline; choose one of "
+                             f"{', '.join(CNN_BASELINES)}")
         if args.bootstrap < 1:
             raise ValueError(f"--bootstrap must be >= 1, got {args.bootstrap}")
         if not 0.0 < args.level < 1.0:
@@ -109,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
                 "Fine-tune first (nnUNetv2_train ... -tr SwinSSLTrainer), point at nnU-Net's results folder, or pass "
                 "--pretraining for a report of pretraining runs alone")
         cka_files = find_cka_files(results / "cka", Path(args.cka) if args.cka else None)
-        opts = ReportOptions(baseline=args.baseline, n_boot=args.bootstrap, seed=args.seed, level=args.level)
+        opts = ReportOptions(baseline=args.baseline, n_boot=args.bootstrap, seed=args.seed, level=args.level,
+                             cnn_reference=args.cnn_reference)
         attention_files = find_cka_files(results / "attention", Path(args.attention) if args.attention else None)
         report, paths = build_report(tree, out, opts, cka_files, attention_files, [Path(p) for p in args.pretraining],
                                      probe_files)

@@ -18,3 +18,13 @@ def build_network_from_configuration(configuration: dict, num_input_channels: in
     """
     cfg = encoder_config(configuration, num_input_channels)
     return build_swinunetr(cfg, num_output_channels)
+
+
+def build_probe_from_configuration(configuration: dict, num_input_channels: int, num_output_channels: int,
+                                   stage: int) -> nn.Module:
+    """The linear probe of one encoder stage for the plans configuration dict (``adaptation.StageProbe``), built from
+    the plans alone like the SwinUNETR (nnUNetv2_predict builds it through the probe trainer's
+    build_network_architecture)."""
+    from nnssl.finetune.adaptation import StageProbe
+
+    return StageProbe(encoder_config(configuration, num_input_channels), num_output_channels, stage)

@@ -146,11 +146,69 @@ def normalization_differences(ckpt: dict[str, Any], configuration: dict) -> list
     return []
 
 
+def pretraining_mismatches(ckpt: dict[str, Any], configuration: dict) -> tuple[list[dict[str, Any]], list[str]]:
+    """What differs between the pretraining data and the fine-tuning configuration and changes what a fine-tuning
+    number means: (mismatches ``{"what", "pretraining", "fine_tuning"}``, what the checkpoint does not record).
+
+    Compared: the intensity normalisation schemes, the voxel spacing of every pretraining dataset (a difference above
+    1% on an axis) and the pretraining crop against the fine-tuning patch size."""
+    found: list[dict[str, Any]] = []
+    unrecorded: list[str] = []
+    prov = ckpt.get("provenance") or {}
+    schemes = (prov.get("normalization") or {}).get("schemes")
+    if schemes is None:
+        unrecorded.append("normalisation")
+    elif normalization_differences(ckpt, configuration):
+        found.append({"what": "normalisation", "pretraining": list(schemes),
+                      "fine_tuning": list(configuration.get("normalization_schemes") or [])})
+    target = [float(x) for x in configuration.get("spacing") or []]
+    spacings = [d.get("spacing") for d in prov.get("datasets") or [] if isinstance(d, dict)]
+    if not spacings or any(s is None for s in spacings) or not target:
+        unrecorded.append("spacing")
+    else:
+        differing = [[float(x) for x in s] for s in spacings
+                     if len(s) != len(target) or any(abs(float(a) - b) > 0.01 * max(abs(b), 1e-9)
+                                                      for a, b in zip(s, target))]
+        if differing:
+            found.append({"what": "spacing", "pretraining": differing, "fine_tuning": target})
+    crop = (ckpt.get("config") or {}).get("crop")
+    patch = [int(x) for x in configuration.get("patch_size") or []]
+    if crop is None or not patch:
+        unrecorded.append("patch size")
+    elif [int(c) for c in crop] != patch:
+        found.append({"what": "patch size", "pretraining": [int(c) for c in crop], "fine_tuning": patch})
+    return found, unrecorded
+
+
+def pretraining_data(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """What the design experiments plot against: the share and number of pretraining cases (None when the checkpoint
+    does not record them) and the encoder's preset and parameter count."""
+    prov = ckpt.get("provenance") or {}
+    subset = prov.get("data_subset") if isinstance(prov.get("data_subset"), dict) else None
+    counts = [d.get("num_cases") for d in prov.get("datasets") or [] if isinstance(d, dict)]
+    cases = subset["num_cases"] if subset else (sum(counts) if counts and all(isinstance(c, int) for c in counts)
+                                                else None)
+    config = ckpt.get("config") or {}
+    encoder = ckpt.get("encoder") or {}
+    return {"data_fraction": float(subset["fraction"]) if subset else (1.0 if cases is not None else None),
+            "pretraining_cases": cases, "encoder_preset": config.get("encoder"),
+            # parameters only: the integer relative-position indices are buffers
+            "encoder_parameters": int(sum(int(t.numel()) for t in encoder.values()
+                                          if hasattr(t, "is_floating_point") and t.is_floating_point()))}
+
+
+def describe_mismatch(m: dict[str, Any]) -> str:
+    return f"{m['what']}: pretraining {m['pretraining']} vs fine-tuning {m['fine_tuning']}"
+
+
 def load_pretrained_encoder(network: nn.Module, configuration: dict, dataset: str, plans_name: str,
-                            in_channels: int, log: Callable[[str], None] = print) -> Any:
+                            in_channels: int, log: Callable[[str], None] = print,
+                            record: dict[str, Any] | None = None) -> Any:
     """Load the attached checkpoint's encoder into `network` (a SwinUNETR); returns the LoadReport.
 
     Logs "loaded N/N encoder tensors", warns when the normalisation schemes differ, raises on missing/mismatched keys.
+    ``record``, when given, receives what the fine-tuning record keeps of the pretraining run: its method, its compute
+    ledger (``nnssl.ledger``, None for checkpoints without one) and the pretraining/fine-tuning mismatches.
     """
     from nnssl.checkpoint import load_checkpoint, load_encoder_into
 
@@ -174,4 +232,11 @@ def load_pretrained_encoder(network: nn.Module, configuration: dict, dataset: st
     for diff in normalization_differences(ckpt, configuration):
         log(f"nnssl: WARNING intensity normalisation differs between pretraining and fine-tuning: {diff}. The "
             f"encoder may see intensities on another scale than in pretraining.")
+    mismatches, unrecorded = pretraining_mismatches(ckpt, configuration)
+    for m in mismatches:
+        if m["what"] != "normalisation":  # warned above
+            log(f"nnssl: note: {describe_mismatch(m)} (recorded in the fold's nnssl_finetune.json)")
+    if record is not None:
+        record.update({"method": ckpt.get("method"), "sha256": sha, "compute": ckpt.get("compute"),
+                       "mismatches": mismatches, "unrecorded": unrecorded, **pretraining_data(ckpt)})
     return report

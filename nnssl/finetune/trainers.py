@@ -2,9 +2,16 @@
 
 The thin module trainers/nnssl_swin_trainers.py re-exports every class here, so nnU-Net finds them through
 ``nnUNet_extTrainer``. Variants follow nnU-Net's convention (one class per experiment, named for what it changes):
-``Swin(Scratch|SSL)Trainer[_<k>shot[_draw<r>]][_<E>epochs]`` (grammar in ``nnssl.nnunet.naming``). They are made on
-first use from their name (``trainer_class``; the module's ``__getattr__`` calls it, so nnU-Net's lookup by name,
+``Swin<Kind>Trainer[_<protocol>][_<k>shot[_draw<r>]][_<E>epochs]`` (grammar in ``nnssl.nnunet.naming``). They are made
+on first use from their name (``trainer_class``; the module's ``__getattr__`` calls it, so nnU-Net's lookup by name,
 pickling and ``from ... import`` all work) without repeating the constructor.
+
+Adaptation protocols (``_frozen``, ``_probe<s>``, ``_decfirst<P>``, ``_llrd<NN>``; ``nnssl.finetune.adaptation``)
+change what trains and at which lr: ``configure_optimizers`` builds the protocol's parameter groups (frozen encoders
+in none, before nnU-Net wraps DDP), the scheduler scales each group's lr, ``train_step`` and
+``on_train_epoch_start`` keep the encoder in the protocol's mode; a probe variant's ``build_network_architecture``
+builds the probe network (so nnUNetv2_predict builds it too). Every fold writes ``nnssl_finetune.json``: protocol,
+parameter groups, what is frozen, the pretrained encoder's load report and the compute ledger (``nnssl.ledger``).
 
 Optimisation (SwinUNETR fine-tuning recipe of Tang et al., CVPR 2022 / Hatamizadeh et al. 2022, as in MONAI's
 research-contributions ``SwinUNETR/BTCV/main.py`` defaults: ``--optim_name adamw --optim_lr 1e-4 --reg_weight 1e-5
@@ -23,7 +30,6 @@ see documentation/benchmark.md; the same value for every method keeps the compar
 """
 from __future__ import annotations
 
-import math
 import os
 from typing import Optional
 
@@ -35,47 +41,22 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
 from nnssl.checkpoint import LoadReport
-from nnssl.finetune.fewshot import select_fewshot, subset_seed, write_subset_record, SUBSET_FILE
-from nnssl.finetune.network import build_network_from_configuration
-from nnssl.nnunet.naming import EPOCHS, SHOTS, TrainerName, model_folder_name, parse_trainer_name
+from nnssl.finetune import adaptation
+from nnssl.finetune.network import build_network_from_configuration, build_probe_from_configuration
+from nnssl.finetune.regimes import (ENV_ITERS, ENV_LR, ENV_NO_MIRROR, ENV_VAL_ITERS,  # noqa: F401 (re-exported)
+                                    StepTimer, apply_budget_knobs, fewshot_split, finetune_compute,
+                                    positive_float_env, positive_int_env, write_finetune_record)
+from nnssl.nnunet.naming import (CNN_KIND, EPOCHS, SHOTS, Protocol, TrainerName, model_folder_name,
+                                 parse_trainer_name)
 from nnssl.nnunet.plans import PRETRAINED_KEY, encoder_config, require_swin_plans
 from nnssl.finetune.pretrained import attached_entry, load_pretrained_encoder, resolve_pretrained_checkpoint
 from nnssl.nnunet.raw_dataset import require_labels
 from nnssl.finetune.schedule import warmup_cosine_lr
 
-ENV_ITERS = "NNSSL_ITERATIONS_PER_EPOCH"
-ENV_VAL_ITERS = "NNSSL_VAL_ITERATIONS_PER_EPOCH"
-ENV_NO_MIRROR = "NNSSL_DISABLE_MIRRORING"
-ENV_LR = "NNSSL_LEARNING_RATE"
 #: The checkpoints nnU-Net continues (--c) or validates (--val) from, in the order it looks for them
 #: (nnunetv2/run/run_training.py:69-74 and :80).
 NNUNET_CHECKPOINTS = ("checkpoint_final.pth", "checkpoint_latest.pth", "checkpoint_best.pth")
-
-
-def _positive_int_env(name: str) -> Optional[int]:
-    value = os.environ.get(name)
-    if value in (None, ""):
-        return None
-    try:
-        n = int(value)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise ValueError(f"{name}={value!r} must be a positive integer (or unset for nnU-Net's default)")
-    return n
-
-
-def _positive_float_env(name: str) -> Optional[float]:
-    value = os.environ.get(name)
-    if value in (None, ""):
-        return None
-    try:
-        x = float(value)
-    except ValueError:
-        x = float("nan")
-    if not (math.isfinite(x) and x > 0):
-        raise ValueError(f"{name}={value!r} must be a finite number > 0 (or unset for the recipe's value)")
-    return x
+_positive_int_env, _positive_float_env = positive_int_env, positive_float_env
 
 
 class WarmupCosineScheduler:
@@ -83,24 +64,34 @@ class WarmupCosineScheduler:
     ``set_iteration(global_iteration)`` from train_step."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, base_lr: float, total_iterations: int,
-                 warmup_iterations: int) -> None:
+                 warmup_iterations: int, delayed_start: int = 0) -> None:
         self.optimizer, self.base_lr = optimizer, base_lr
         self.total, self.warmup = total_iterations, warmup_iterations
+        #: decfirst: the iteration at which the delayed (encoder) group starts its own warm-up
+        self.delayed_start = delayed_start
         self.iterations_per_epoch = 1
 
     def lr_at(self, iteration: int) -> float:
         return warmup_cosine_lr(iteration, self.total, self.warmup, self.base_lr)
 
+    def group_lr(self, group: dict, iteration: int) -> float:
+        """A parameter group's lr: the schedule's times the group's ``lr_scale`` (layer-wise decay), times the
+        delayed group's warm-up factor (decfirst)."""
+        lr = self.lr_at(iteration) * group.get("lr_scale", 1.0)
+        if group.get("delayed"):
+            lr *= adaptation.encoder_lr_factor(iteration, self.delayed_start, self.warmup)
+        return lr
+
     def set_iteration(self, iteration: int) -> None:
-        lr = self.lr_at(iteration)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = self.group_lr(group, iteration)
 
     def step(self, epoch: Optional[int] = None) -> None:
         self.set_iteration((epoch or 0) * self.iterations_per_epoch)
 
     def state_dict(self) -> dict:
-        return {"base_lr": self.base_lr, "total": self.total, "warmup": self.warmup}
+        return {"base_lr": self.base_lr, "total": self.total, "warmup": self.warmup,
+                "delayed_start": self.delayed_start}
 
 
 class SwinScratchTrainer(nnUNetTrainer):
@@ -113,6 +104,8 @@ class SwinScratchTrainer(nnUNetTrainer):
     num_shots: Optional[int] = None
     shot_draw: int = 0
     fixed_num_epochs: Optional[int] = None
+    #: the rung of the adaptation ladder (None: the whole network fine-tunes); nnssl.finetune.adaptation
+    adaptation: Optional[Protocol] = None
     warmup_fraction: float = 0.01
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
@@ -128,21 +121,9 @@ class SwinScratchTrainer(nnUNetTrainer):
         if self.fixed_num_epochs is not None:
             self.num_epochs = self.fixed_num_epochs
         self._iteration_in_epoch = 0
-        self.nnssl_knobs = {}
-        iters, val_iters = _positive_int_env(ENV_ITERS), _positive_int_env(ENV_VAL_ITERS)
-        if iters is not None:
-            self.num_iterations_per_epoch = iters
-            self.nnssl_knobs[ENV_ITERS] = iters
-        if val_iters is not None:
-            self.num_val_iterations_per_epoch = val_iters
-            self.nnssl_knobs[ENV_VAL_ITERS] = val_iters
-        self.disable_mirroring = os.environ.get(ENV_NO_MIRROR, "").lower() in ("1", "true", "yes")
-        if self.disable_mirroring:
-            self.nnssl_knobs[ENV_NO_MIRROR] = True
-        lr = _positive_float_env(ENV_LR)
-        if lr is not None:
-            self.initial_lr = lr
-            self.nnssl_knobs[ENV_LR] = lr
+        self._encoder_training: Optional[bool] = None  # the encoder's current state under a protocol
+        self._step_timer = StepTimer()
+        self.nnssl_knobs = apply_budget_knobs(self)
         if self.nnssl_knobs:
             self.print_to_log_file(f"nnssl: test/demo knobs active: {self.nnssl_knobs}")
 
@@ -191,25 +172,99 @@ class SwinScratchTrainer(nnUNetTrainer):
         return super()._do_i_compile()
 
     def _unwrapped_network(self) -> nn.Module:
-        mod = self.network.module if self.is_ddp else self.network
+        mod = self.network
+        if isinstance(mod, nn.parallel.DistributedDataParallel):  # also before nnU-Net wraps it (configure_optimizers)
+            mod = mod.module
         return mod._orig_mod if isinstance(mod, OptimizedModule) else mod
 
     def configure_optimizers(self):
-        optimizer = torch.optim.AdamW(self.network.parameters(), lr=self.initial_lr, weight_decay=self.weight_decay)
+        """AdamW over the protocol's parameter groups (one group for full fine-tuning; frozen encoders are in none),
+        with the per-iteration warm-up + cosine schedule scaled per group. nnU-Net calls this before it wraps the
+        network in DDP, so frozen parameters are outside DDP's reducer too."""
+        self.param_groups = adaptation.parameter_groups(self._unwrapped_network(), self.adaptation)
+        optimizer = torch.optim.AdamW(self.param_groups, lr=self.initial_lr, weight_decay=self.weight_decay)
         total = max(1, self.num_epochs * self.num_iterations_per_epoch)
         warmup = min(total, max(1, round(self.warmup_fraction * total)))
-        scheduler = WarmupCosineScheduler(optimizer, self.initial_lr, total, warmup)
+        scheduler = WarmupCosineScheduler(optimizer, self.initial_lr, total, warmup,
+                                          delayed_start=adaptation.decoder_only_iterations(self.adaptation, total))
         scheduler.iterations_per_epoch = self.num_iterations_per_epoch
         return optimizer, scheduler
 
+    def _iteration(self) -> int:
+        return self.current_epoch * self.num_iterations_per_epoch + self._iteration_in_epoch
+
+    def _apply_protocol(self, iteration: int) -> None:
+        """Put the encoder in the state the protocol asks for at this iteration: frozen and probe always in eval
+        mode without gradients; decfirst so until its decoder-only phase ends (under DDP the gradients stay on, as
+        DDP's reducer was fixed when the network was wrapped, and the encoder group's lr of 0 keeps its weights
+        unchanged), then in train mode with gradients."""
+        p = self.adaptation
+        if p is None:
+            return
+        training = p.kind == "decfirst" and iteration >= self.lr_scheduler.delayed_start
+        if p.kind == "llrd":
+            return
+        adaptation.set_encoder_trainable(self._unwrapped_network(), training,
+                                         toggle_grad=p.kind == "decfirst" and not self.is_ddp)
+        if training != self._encoder_training and self._encoder_training is not None:
+            self.print_to_log_file(f"nnssl: iteration {iteration}: decoder-only phase over, the encoder trains now "
+                                   f"(its lr warms up over {self.lr_scheduler.warmup} iterations)")
+        self._encoder_training = training
+
     def on_train_epoch_start(self):
         self._iteration_in_epoch = 0
-        super().on_train_epoch_start()
+        super().on_train_epoch_start()  # network.train(): the protocol puts the encoder back where it belongs
+        self._apply_protocol(self._iteration())
+        if self.adaptation is not None:
+            it = self._iteration()
+            self.print_to_log_file("nnssl: lr per parameter group: " + ", ".join(
+                f"{g['name']} {self.lr_scheduler.group_lr(g, it):.3e}" for g in self.optimizer.param_groups))
 
     def train_step(self, batch: dict) -> dict:
-        self.lr_scheduler.set_iteration(self.current_epoch * self.num_iterations_per_epoch + self._iteration_in_epoch)
+        iteration = self._iteration()
+        self.lr_scheduler.set_iteration(iteration)
+        self._apply_protocol(iteration)
         self._iteration_in_epoch += 1
-        return super().train_step(batch)
+        self._step_timer.start()
+        try:
+            return super().train_step(batch)
+        finally:
+            self._step_timer.stop()
+
+    def _adaptation_record(self) -> dict:
+        net = self._unwrapped_network()
+        return {"trainer": self.__class__.__name__,
+                "protocol": self.adaptation.token if self.adaptation is not None else "full",
+                "protocol_label": self.adaptation.label() if self.adaptation is not None else "full fine-tuning",
+                "parameter_groups": adaptation.describe_groups(self.param_groups),
+                "frozen_encoder": adaptation.frozen_summary(net),
+                "decoder_only_iterations": self.lr_scheduler.delayed_start,
+                # the encoder's size (the report's Dice-against-encoder-size figure; a probe keeps the encoder too)
+                "encoder_parameters": int(sum(p.numel() for n, p in net.named_parameters()
+                                              if n.startswith("swinViT."))),
+                "lr_rule": "lr(group, it) = warmup_cosine(it) x lr_scale (llrd: decay ** depth from the top; "
+                           "decfirst: the encoder group x 0 before decoder_only_iterations, then a linear warm-up)"}
+
+    def _log_protocol(self) -> None:
+        p = self.adaptation
+        groups = adaptation.describe_groups(self.param_groups)
+        frozen = adaptation.frozen_summary(self._unwrapped_network())
+        listed = "; ".join(f"{g['name']}: {g['tensors']} tensors, {g['parameters']} parameters, lr x {g['lr_scale']:.4g}"
+                           + (" (after the decoder-only phase)" if g.get("delayed") else "") for g in groups)
+        what = "full fine-tuning" if p is None else p.label()
+        self.print_to_log_file(f"nnssl: protocol {what}; optimiser groups: {listed}")
+        if p is not None and p.kind in ("frozen", "probe"):
+            self.print_to_log_file(f"nnssl: frozen: encoder swinViT ({frozen['tensors']} tensors, "
+                                   f"{frozen['parameters']} parameters) in eval mode, no gradients, not in the "
+                                   "optimiser")
+        elif p is not None and p.kind == "decfirst":
+            self.print_to_log_file(f"nnssl: decoder alone for the first {self.lr_scheduler.delayed_start} of "
+                                   f"{self.lr_scheduler.total} iterations (encoder in eval mode, lr 0), then the whole "
+                                   f"network, the encoder's lr warming up over {self.lr_scheduler.warmup} iterations")
+
+    def on_train_end(self):
+        super().on_train_end()
+        write_finetune_record(self, {"compute": finetune_compute(self, self._step_timer)})
 
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
         rotation, dummy_2d, initial_patch_size, mirror_axes = \
@@ -229,26 +284,14 @@ class SwinScratchTrainer(nnUNetTrainer):
         self.logger.update_config({"nnssl": {"trainer": self.__class__.__name__, "num_shots": self.num_shots,
                                              "shot_draw": self.shot_draw,
                                              "num_epochs": self.num_epochs, "warmup_fraction": self.warmup_fraction,
+                                             "protocol": self.adaptation.token if self.adaptation else "full",
                                              "knobs": self.nnssl_knobs}})
+        self._log_protocol()
+        write_finetune_record(self, self._adaptation_record())
 
     def do_split(self):
         tr_keys, val_keys = super().do_split()
-        if self.num_shots is None:
-            return tr_keys, val_keys
-        dataset = self.plans_manager.dataset_name
-        subset = select_fewshot(tr_keys, self.num_shots, dataset, self.fold, self.shot_draw)
-        if self.local_rank == 0:
-            write_subset_record(self.output_folder, {
-                "dataset": dataset, "fold": self.fold, "shots": self.num_shots, "draw": self.shot_draw,
-                "seed": subset_seed(dataset, self.fold, self.shot_draw),
-                "rule": "sorted fold training cases, permuted with seed(dataset, fold, draw); first k (nested, "
-                        "method-independent)",
-                "train_subset": subset, "fold_train_cases": sorted(map(str, tr_keys)),
-                "num_validation_cases": len(val_keys), "trainer": self.__class__.__name__})
-        draw = f" (draw {self.shot_draw})" if self.shot_draw else ""
-        self.print_to_log_file(f"nnssl: {self.num_shots}-shot subset{draw} of {len(tr_keys)} training cases: {subset} "
-                               f"(recorded in {SUBSET_FILE}); validating on all {len(val_keys)} validation cases")
-        return subset, val_keys
+        return fewshot_split(self, tr_keys, val_keys)
 
 
 class SwinSSLTrainer(SwinScratchTrainer):
@@ -289,9 +332,12 @@ class SwinSSLTrainer(SwinScratchTrainer):
     def initialize(self):
         super().initialize()
         if not self._restoring_checkpoint:
-            self.pretrained_report = self.load_pretrained_encoder_into(self._unwrapped_network())
+            pretraining: dict = {}
+            self.pretrained_report = self.load_pretrained_encoder_into(self._unwrapped_network(), pretraining)
+            write_finetune_record(self, {"pretrained_encoder": self.pretrained_report.summary(),
+                                         "pretraining": pretraining})
 
-    def load_pretrained_encoder_into(self, network: nn.Module) -> LoadReport:
+    def load_pretrained_encoder_into(self, network: nn.Module, record: dict | None = None) -> LoadReport:
         """Load the attached checkpoint's encoder into ``network``; returns the LoadReport.
 
         Under DDP every rank calls this in initialize() and reads the same file (verified by the sha256 in the
@@ -300,7 +346,7 @@ class SwinSSLTrainer(SwinScratchTrainer):
         """
         return load_pretrained_encoder(network, self.configuration_manager.configuration,
                                        self.plans_manager.dataset_name, self.plans_manager.plans_name,
-                                       self.num_input_channels, log=self.print_to_log_file)
+                                       self.num_input_channels, log=self.print_to_log_file, record=record)
 
 
 def _check_patch_size(plans: dict, configuration: str) -> None:
@@ -317,25 +363,51 @@ _BASES: dict[str, type] = {"Scratch": SwinScratchTrainer, "SSL": SwinSSLTrainer}
 _CLASSES: dict[str, type] = {c.__name__: c for c in _BASES.values()}
 
 
+def _probe_architecture(stage: int):
+    """build_network_architecture of a probe variant: the linear probe of encoder stage ``stage``, from the plans
+    only (nnUNetv2_predict calls it on the class with the same signature)."""
+
+    def build_network_architecture(plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                                   num_input_channels: int, num_output_channels: int,
+                                   enable_deep_supervision: bool = True) -> nn.Module:
+        require_swin_plans(plans_manager.plans)
+        return build_probe_from_configuration(configuration_manager.configuration, num_input_channels,
+                                              num_output_channels, stage)
+
+    build_network_architecture.__doc__ = (f"The linear probe of encoder stage {stage} (1x1x1 convolution, upsampled), "
+                                          "built from the plans only.")
+    return build_network_architecture
+
+
 def _make_variant(spec: TrainerName) -> type:
     base = _BASES[spec.kind]
+    protocol = spec.adaptation
     what = ", ".join(filter(None, [
+        protocol.label() if protocol is not None else "",
         f"{spec.shots}-shot subset of the fold's training cases" if spec.shots else "",
         f"draw {spec.draw}" if spec.draw else "",
         f"{spec.epochs} epochs" if spec.epochs else ""]))
-    return type(spec.name, (base,), {"num_shots": spec.shots, "shot_draw": spec.draw, "fixed_num_epochs": spec.epochs,
-                                     "__module__": __name__, "__qualname__": spec.name,
-                                     "__doc__": f"{base.__name__} with {what}."})
+    attrs = {"num_shots": spec.shots, "shot_draw": spec.draw, "fixed_num_epochs": spec.epochs,
+             "adaptation": protocol, "__module__": __name__, "__qualname__": spec.name,
+             "__doc__": f"{base.__name__} with {what}."}
+    if protocol is not None and protocol.kind == "probe":
+        attrs["build_network_architecture"] = staticmethod(_probe_architecture(protocol.value))
+    return type(spec.name, (base,), attrs)
 
 
 def trainer_class(name: str) -> type:
     """The trainer class called ``name`` (made once, then cached). Raises AttributeError for other names, so that
-    ``hasattr(module, name)`` (nnU-Net's trainer lookup) is False for them."""
+    ``hasattr(module, name)`` (nnU-Net's trainer lookup) is False for them. ``CNNTrainer[...]`` names are the CNN
+    baselines' (``nnssl.finetune.baselines``)."""
     if name not in _CLASSES:
         try:
             spec = parse_trainer_name(name)
         except ValueError as e:
             raise AttributeError(f"module {__name__!r} has no trainer {name!r}: {e}") from None
+        if spec.kind == CNN_KIND:
+            from nnssl.finetune.baselines import cnn_trainer_class
+
+            return cnn_trainer_class(name)
         _CLASSES[name] = _make_variant(spec)
     return _CLASSES[name]
 

@@ -5,11 +5,17 @@ results reader all call it. It imports neither torch nor nnunetv2, so reading a 
 
 Trainers follow nnU-Net's convention (one class per experiment, named for what it changes)::
 
-    Swin<Kind>Trainer[_<k>shot[_draw<r>]][_<E>epochs]
+    Swin<Kind>Trainer[_<protocol>][_<k>shot[_draw<r>]][_<E>epochs]
+    CNNTrainer[_<k>shot[_draw<r>]][_<E>epochs]
 
 ``Kind`` is ``Scratch`` (random initialisation) or ``SSL`` (the pretrained encoder attached to the plans). ``k`` is a
 few-shot regime from :data:`SHOTS`, ``r >= 1`` a repeated draw of the k-shot subset (draw 0, today's subset, has no
-suffix), ``E`` a short schedule from :data:`EPOCHS`. Plans are ``nnUNetSwinPlans`` (from scratch, the encoder the
+suffix), ``E`` a short schedule from :data:`EPOCHS`. ``protocol`` is a rung of the adaptation ladder
+(:class:`Protocol`: ``frozen``, ``probe<s>``, ``decfirst<P>``, ``llrd<NN>``); without it the whole network is
+fine-tuned ("full"). The protocol is part of a run's regime (:attr:`RunName.protocol`): the report compares methods
+within one protocol, so a frozen pretrained encoder is compared with a frozen random one. ``CNNTrainer`` is
+nnU-Net's ``nnUNetTrainer`` with nnssl's k-shot subsets, draws and short schedules, trained on the plans of a CNN
+baseline (:data:`CNN_BASELINES`: ``nnUNetPlans``, ``nnUNetResEnc...Plans``); its runs' method is the baseline's name. Plans are ``nnUNetSwinPlans`` (from scratch, the encoder the
 planner wrote) or ``nnUNetSwinPlans_<name>`` (written by ``nnssl_attach``: a pretrained encoder, or with
 ``scratch-<encoder>`` names a from-scratch encoder of another architecture). Model folders are nnU-Net's
 ``<Trainer>__<Plans>__<configuration>``.
@@ -46,23 +52,139 @@ KINDS: dict[str, bool] = {"Scratch": False, "SSL": True}
 #: The only configuration Swin plans hold.
 CONFIGURATION = "3d_fullres"
 
+#: The trainer kind of the CNN baselines (class ``CNNTrainer[...]``; no encoder, no protocol).
+CNN_KIND = "CNN"
+#: CNN baselines a grid can train beside the Swin runs: spec name -> (nnU-Net planner class, the plans identifier it
+#: writes, planned for a GPU only). The planners are nnU-Net's own (``ExperimentPlanner`` in
+#: ``nnunetv2/experiment_planning/experiment_planners/default_experiment_planner.py:27``, the ResEnc presets in
+#: ``.../residual_unets/residual_encoder_unet_planners.py:220-277``: M ~9-11 GB, L ~24 GB, XL ~40 GB of VRAM).
+CNN_BASELINES: dict[str, tuple[str, str, bool]] = {
+    "nnunet": ("ExperimentPlanner", DEFAULT_PLANS, False),
+    "resenc_m": ("nnUNetPlannerResEncM", "nnUNetResEncUNetMPlans", True),
+    "resenc_l": ("nnUNetPlannerResEncL", "nnUNetResEncUNetLPlans", True),
+    "resenc_xl": ("nnUNetPlannerResEncXL", "nnUNetResEncUNetXLPlans", True),
+}
+#: The protocol of runs without a protocol token: the whole network is fine-tuned.
+FULL = "full"
+#: Encoder stages a probe can read (the five outputs of the Swin encoder: patch embedding, then stages 1-4).
+PROBE_STAGES: tuple[int, ...] = (0, 1, 2, 3, 4)
+
 _NAME_RE = re.compile(r"^[A-Za-z0-9]+(?:[-_][A-Za-z0-9]+)*$")
-_TRAINER_RE = re.compile(r"^Swin(?P<kind>[A-Za-z]+?)Trainer(?:_(?P<shots>\d+)shot(?:_draw(?P<draw>\d+))?)?"
-                         r"(?:_(?P<epochs>\d+)epochs)?$")
+_PROTOCOL_RE = re.compile(r"^(?P<kind>frozen|probe|decfirst|llrd)(?P<value>\d*)$")
+_TRAINER_RE = re.compile(r"^Swin(?P<kind>[A-Za-z]+?)Trainer(?:_(?P<protocol>(?:frozen|probe\d+|decfirst\d+|llrd\d+)))?"
+                         r"(?:_(?P<shots>\d+)shot(?:_draw(?P<draw>\d+))?)?(?:_(?P<epochs>\d+)epochs)?$")
+_CNN_TRAINER_RE = re.compile(r"^CNNTrainer(?:_(?P<shots>\d+)shot(?:_draw(?P<draw>\d+))?)?(?:_(?P<epochs>\d+)epochs)?$")
+TRAINER_GRAMMAR = ("Swin<Kind>Trainer[_<protocol>][_<k>shot[_draw<r>]][_<E>epochs] or "
+                   "CNNTrainer[_<k>shot[_draw<r>]][_<E>epochs]")
+PROTOCOL_GRAMMAR = ("full, frozen, probe<s> (s = encoder stage 0-4), decfirst<P> (decoder alone for the first P% of "
+                    "the iterations, 1-99), llrd<NN> (layer-wise lr decay NN/100, 1-99)")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """A rung of the adaptation ladder, as its class-name token says.
+
+    * ``frozen``: the encoder (``swinViT``) in eval mode, without gradients and outside the optimiser; the decoder
+      trains.
+    * ``probe<s>``: the frozen encoder and a 1x1x1 convolution on stage ``s``'s output (0 = patch embedding, 4 = the
+      bottleneck), upsampled trilinearly to the input size: how much segmentation one stage's features carry.
+    * ``decfirst<P>``: the decoder alone for the first ``P``% of the iterations (encoder frozen as above), then the
+      whole network, the encoder with its own linear warm-up of the schedule's warm-up length.
+    * ``llrd<NN>``: layer-wise learning-rate decay ``d = NN/100``: the lr of a parameter is the schedule's lr times
+      ``d**depth``, depth counted from the top: decoder 0, encoder stage 4 one, ..., stage 1 four, patch embedding five
+      (BEiT/MAE fine-tuning style, per Swin stage).
+    """
+
+    kind: str
+    value: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind == "frozen":
+            if self.value is not None:
+                raise ValueError("protocol 'frozen' takes no number")
+        elif self.kind == "probe":
+            if self.value not in PROBE_STAGES:
+                raise ValueError(f"protocol probe{'' if self.value is None else self.value}: the stage must be one of "
+                                 f"{PROBE_STAGES} (0 = patch embedding, 4 = bottleneck), e.g. probe4")
+        elif self.kind in ("decfirst", "llrd"):
+            if self.value is None or not 1 <= self.value <= 99:
+                what = "percent of the iterations" if self.kind == "decfirst" else "decay x 100"
+                raise ValueError(f"protocol {self.kind}{'' if self.value is None else self.value}: the number "
+                                 f"({what}) must lie in 1..99, e.g. {self.kind}{10 if self.kind == 'decfirst' else 75}")
+        else:
+            raise ValueError(f"unknown protocol {self.kind!r}; the protocols are {PROTOCOL_GRAMMAR}")
+
+    @property
+    def token(self) -> str:
+        return self.kind + ("" if self.value is None else str(self.value))
+
+    @property
+    def trains_encoder(self) -> bool:
+        """Whether the encoder's weights change at all (decfirst: after the decoder-only phase)."""
+        return self.kind in ("decfirst", "llrd")
+
+    @property
+    def decay(self) -> float:
+        """llrd's decay factor."""
+        if self.kind != "llrd":
+            raise ValueError(f"protocol {self.token} has no lr decay")
+        return self.value / 100
+
+    @property
+    def fraction(self) -> float:
+        """decfirst's share of the iterations with the decoder alone."""
+        if self.kind != "decfirst":
+            raise ValueError(f"protocol {self.token} has no decoder-only phase")
+        return self.value / 100
+
+    def label(self) -> str:
+        if self.kind == "frozen":
+            return "frozen encoder"
+        if self.kind == "probe":
+            return f"linear probe on stage {self.value}"
+        if self.kind == "decfirst":
+            return f"decoder first for {self.value}% of iterations"
+        return f"layer-wise lr decay {self.value / 100:g}"
+
+
+def parse_protocol(token: str) -> Protocol | None:
+    """``"frozen"`` -> Protocol("frozen"); ``"full"`` (or "") -> None (the whole network fine-tunes). ValueError
+    naming the grammar for anything else."""
+    if token in ("", FULL):
+        return None
+    m = _PROTOCOL_RE.match(str(token))
+    if m is None:
+        raise ValueError(f"protocol {token!r} is not one of {PROTOCOL_GRAMMAR}")
+    return Protocol(m.group("kind"), int(m.group("value")) if m.group("value") else None)
+
+
+def protocol_label(token: str) -> str:
+    """``"full"`` -> "full fine-tuning", ``"llrd75"`` -> "layer-wise lr decay 0.75"."""
+    p = parse_protocol(token)
+    return "full fine-tuning" if p is None else p.label()
 
 
 @dataclass(frozen=True)
 class TrainerName:
-    """What a Swin trainer's class name says. ``shots`` None = all training cases; ``epochs`` None = full schedule."""
+    """What a trainer's class name says. ``shots`` None = all training cases; ``epochs`` None = full schedule;
+    ``protocol`` "full" (the whole network fine-tunes) or a :class:`Protocol` token. ``kind`` "CNN" is the CNN
+    baselines' ``CNNTrainer`` (no protocol)."""
 
     kind: str
     shots: int | None = None
     draw: int = 0
     epochs: int | None = None
+    protocol: str = FULL
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"trainer kind {self.kind!r} is not one of {', '.join(KINDS)}")
+        if self.kind not in KINDS and self.kind != CNN_KIND:
+            raise ValueError(f"trainer kind {self.kind!r} is not one of {', '.join(KINDS)} (or the {CNN_KIND} "
+                             "baselines' CNNTrainer)")
+        p = parse_protocol(self.protocol)
+        object.__setattr__(self, "protocol", FULL if p is None else p.token)
+        if self.kind == CNN_KIND and p is not None:
+            raise ValueError(f"the CNN baselines train the whole network; protocol {self.protocol!r} is for the Swin "
+                             "trainers")
         if self.shots is not None and self.shots not in SHOTS:
             raise ValueError(f"no few-shot trainer for {self.shots} cases: the regimes are {SHOTS} (or all cases)")
         if self.draw and self.shots is None:
@@ -75,8 +197,10 @@ class TrainerName:
 
     @property
     def name(self) -> str:
-        """The class name, e.g. ``SwinSSLTrainer_5shot_draw1_2epochs``; inverse of ``parse_trainer_name``."""
-        name = f"Swin{self.kind}Trainer"
+        """The class name, e.g. ``SwinSSLTrainer_llrd75_5shot_draw1_2epochs``; inverse of ``parse_trainer_name``."""
+        name = "CNNTrainer" if self.kind == CNN_KIND else f"Swin{self.kind}Trainer"
+        if self.protocol != FULL:
+            name += f"_{self.protocol}"
         if self.shots is not None:
             name += f"_{self.shots}shot" + (f"_draw{self.draw}" if self.draw else "")
         if self.epochs is not None:
@@ -85,8 +209,13 @@ class TrainerName:
 
     @property
     def pretrained(self) -> bool:
-        """True for trainers that load a pretraining checkpoint (SSL), False for Scratch."""
-        return KINDS[self.kind]
+        """True for trainers that load a pretraining checkpoint (SSL), False for Scratch and the CNN baselines."""
+        return KINDS.get(self.kind, False)
+
+    @property
+    def adaptation(self) -> Protocol | None:
+        """The protocol, parsed (None: full fine-tuning)."""
+        return parse_protocol(self.protocol)
 
     @property
     def shots_label(self) -> str:
@@ -95,18 +224,27 @@ class TrainerName:
 
 
 def parse_trainer_name(name: str) -> TrainerName:
-    """``SwinSSLTrainer_5shot_draw1_2epochs`` -> TrainerName(kind="SSL", shots=5, draw=1, epochs=2).
+    """``SwinSSLTrainer_llrd75_5shot_draw1_2epochs`` -> TrainerName(kind="SSL", shots=5, draw=1, epochs=2,
+    protocol="llrd75"); ``CNNTrainer_5shot`` -> TrainerName(kind="CNN", shots=5).
 
     Raises ValueError saying why a name is not one of nnssl's trainers.
     """
     m = _TRAINER_RE.match(name)
+    kind = m.group("kind") if m is not None else None
     if m is None:
-        raise ValueError(f"trainer {name!r} does not match Swin<Kind>Trainer[_<k>shot[_draw<r>]][_<E>epochs]")
+        m = _CNN_TRAINER_RE.match(name)
+        kind = CNN_KIND
+    if m is None:
+        raise ValueError(f"trainer {name!r} does not match {TRAINER_GRAMMAR} (protocols: {PROTOCOL_GRAMMAR})")
     if m.group("draw") is not None and int(m.group("draw")) == 0:
         raise ValueError(f"trainer {name!r}: draw 0 is the class without a _draw suffix")
-    return TrainerName(kind=m.group("kind"), shots=None if m.group("shots") is None else int(m.group("shots")),
-                       draw=int(m.group("draw") or 0),
-                       epochs=None if m.group("epochs") is None else int(m.group("epochs")))
+    protocol = m.groupdict().get("protocol") or FULL
+    try:
+        return TrainerName(kind=kind, shots=None if m.group("shots") is None else int(m.group("shots")),
+                           draw=int(m.group("draw") or 0),
+                           epochs=None if m.group("epochs") is None else int(m.group("epochs")), protocol=protocol)
+    except ValueError as e:
+        raise ValueError(f"trainer {name!r}: {e}") from None
 
 
 def is_scratch(method: str) -> bool:
@@ -114,13 +252,22 @@ def is_scratch(method: str) -> bool:
     return method == SCRATCH or method.startswith(SCRATCH_PREFIX)
 
 
-def trainer_name(method: str, shots: str | int | None = None, epochs: int | None = None, draw: int = 0) -> str:
-    """The trainer class that fine-tunes ``method`` (scratch methods train from random initialisation).
+def is_cnn_baseline(method: str) -> bool:
+    """True for the CNN baselines' method names (:data:`CNN_BASELINES`: ``nnunet``, ``resenc_l``, ...)."""
+    return method in CNN_BASELINES
 
-    ``shots`` is "all", None or a few-shot regime; ``draw`` the repeated k-shot draw (0 = the first subset).
+
+def trainer_name(method: str, shots: str | int | None = None, epochs: int | None = None, draw: int = 0,
+                 protocol: str = FULL) -> str:
+    """The trainer class that fine-tunes ``method`` (scratch methods train from random initialisation, CNN baselines
+    with ``CNNTrainer``).
+
+    ``shots`` is "all", None or a few-shot regime; ``draw`` the repeated k-shot draw (0 = the first subset);
+    ``protocol`` "full" or a rung of the adaptation ladder (:class:`Protocol`).
     """
     k = None if shots in (None, "all") else int(shots)
-    return TrainerName("Scratch" if is_scratch(method) else "SSL", k, int(draw), epochs).name
+    kind = CNN_KIND if is_cnn_baseline(method) else "Scratch" if is_scratch(method) else "SSL"
+    return TrainerName(kind, k, int(draw), epochs, protocol).name
 
 
 #: Joins a base plans identifier and an attached checkpoint's name: ``nnUNetSwinPlans`` + ``smit``.
@@ -154,9 +301,12 @@ def attached_plans_name(base: str, name: str) -> str:
 
 
 def plans_name(method: str) -> str:
-    """Plans identifier of a method's runs: ``nnUNetSwinPlans`` for scratch, else ``nnUNetSwinPlans_<method>``."""
+    """Plans identifier of a method's runs: ``nnUNetSwinPlans`` for scratch, nnU-Net's plans for a CNN baseline
+    (``nnUNetPlans``, ``nnUNetResEncUNetLPlans``), else ``nnUNetSwinPlans_<method>``."""
     if method == SCRATCH:
         return SWIN_PLANS
+    if is_cnn_baseline(method):
+        return CNN_BASELINES[method][1]
     return attached_plans_name(SWIN_PLANS, method)
 
 
@@ -171,6 +321,31 @@ def method_of_plans(plans: str) -> str:
         if plans.startswith(prefix) and len(plans) > len(prefix):
             return check_plans_suffix(plans[len(prefix):])
     raise ValueError(f"plans {plans!r} are neither {SWIN_PLANS} nor {SWIN_PLANS}{ATTACHED_SEPARATOR}<name>")
+
+
+def baseline_of_plans(plans: str) -> str:
+    """The CNN baseline whose plans are ``plans`` (``nnUNetPlans`` -> ``nnunet``); ValueError for other plans."""
+    for name, (_, identifier, _) in CNN_BASELINES.items():
+        if plans == identifier:
+            return name
+    raise ValueError(f"plans {plans!r} are none of the CNN baselines' plans "
+                     f"({', '.join(p for _, p, _ in CNN_BASELINES.values())})")
+
+
+#: Marks a design-experiment variant pretrained on a share of the data: ``<method>[-<encoder>]-data<percent>``.
+DATA_TOKEN = "data"
+
+
+def variant_method(method: str, encoder: str | None = None, fraction: float | None = None) -> str:
+    """The method name of a design-experiment variant: ``smit`` pretrained with encoder preset ``small`` on 25% of
+    the pretraining cases is ``smit-small-data25`` (None: the grid's preset / all cases, no token)."""
+    name = method + (f"-{encoder}" if encoder else "")
+    if fraction is not None:
+        percent = round(fraction * 100)
+        if abs(percent - fraction * 100) > 1e-6:
+            raise ValueError(f"data fraction {fraction!r} is not a whole percentage (0.25, 0.5, ...)")
+        name += f"-{DATA_TOKEN}{percent}"
+    return check_plans_suffix(name)
 
 
 def scratch_method(encoder_tag: str) -> str:
@@ -211,6 +386,7 @@ class RunName:
     shots: str  # "all" or the number of labelled training cases, e.g. "5"
     epochs: int | None  # fine-tuning budget from the _<E>epochs suffix, None when absent
     draw: int = 0
+    protocol: str = FULL  # the adaptation-ladder rung ("full": the whole network fine-tuned)
 
 
 def parse_run_name(folder_name: str) -> RunName:
@@ -225,6 +401,9 @@ def parse_run_name(folder_name: str) -> RunName:
     trainer, configuration = parts[0], parts[-1]
     plans = "__".join(parts[1:-1])
     t = parse_trainer_name(trainer)
+    if t.kind == CNN_KIND:
+        return RunName(trainer=trainer, plans=plans, configuration=configuration, method=baseline_of_plans(plans),
+                       shots=t.shots_label, epochs=t.epochs, draw=t.draw)
     method = method_of_plans(plans)
     if t.pretrained and is_scratch(method):
         raise ValueError(f"{trainer} with plans {plans} has no pretrained method; expected "
@@ -233,13 +412,16 @@ def parse_run_name(folder_name: str) -> RunName:
         raise ValueError(f"{trainer} (from scratch) with pretraining plans {plans!r} is ambiguous; use {SWIN_PLANS} "
                          f"or {SWIN_PLANS}{ATTACHED_SEPARATOR}{SCRATCH_PREFIX}<encoder>")
     return RunName(trainer=trainer, plans=plans, configuration=configuration, method=method, shots=t.shots_label,
-                   epochs=t.epochs, draw=t.draw)
+                   epochs=t.epochs, draw=t.draw, protocol=t.protocol)
 
 
 __all__ = [
+    "CNN_BASELINES", "CNN_KIND", "FULL", "PROBE_STAGES", "PROTOCOL_GRAMMAR", "Protocol", "TRAINER_GRAMMAR",
+    "baseline_of_plans", "is_cnn_baseline", "parse_protocol", "protocol_label",
     "ATTACHED_SEPARATOR", "CONFIGURATION", "DEFAULT_PLANS", "EPOCHS", "KINDS", "MAX_DRAW", "NNUNET_EPOCHS",
     "NNUNET_ITERATIONS_PER_EPOCH", "RunName", "SCRATCH",
     "SCRATCH_PREFIX", "SHOTS", "SWIN_PLANS", "TrainerName", "attached_plans_name", "check_plans_identifier",
     "check_plans_suffix", "encoder_tag", "is_scratch", "method_of_plans",
     "model_folder_name", "parse_run_name", "parse_trainer_name", "plans_name", "scratch_method", "trainer_name",
+    "DATA_TOKEN", "variant_method",
 ]

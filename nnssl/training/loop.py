@@ -33,10 +33,12 @@ from nnssl.checkpoint import (CheckpointError, all_finite, describe_nonfinite, l
                               save_checkpoint)
 from nnssl.data.preprocessed import (PreprocessedSource, RandomCropDataset, check_crop_fits, check_not_constant,
                                      find_sources)
+from nnssl.data.subsets import apply_fraction, check_fraction
 from nnssl.encoders.attention import parse_attention, resolve_attention, set_attention
 from nnssl.encoders.swin import EncoderConfig, SwinEncoder, check_swin_input_size
 from nnssl.nnunet.environment import nnssl_results_root
 from nnssl.io import atomic_write, describe_removed, remove_stale_temp_files
+from nnssl.ledger import RunLedger
 from nnssl.nnunet.naming import CONFIGURATION, SWIN_PLANS
 from nnssl.recipes import OptimRecipe, ResolvedOptim
 from nnssl.tasks import PretextTask, config_from_overrides, get_task_class
@@ -100,6 +102,8 @@ class PretrainConfig:
     attention: str = "eager"
     #: torch.compile the task's forward (the loss and its backward graph); a runtime setting like ``attention``.
     compile: bool = False
+    #: share of the pretraining cases used (nested seeded subsets, nnssl.data.subsets; 1.0: every case)
+    data_fraction: float = 1.0
 
     def __post_init__(self) -> None:
         self.crop = tuple(int(c) for c in self.crop)  # type: ignore[assignment]
@@ -127,6 +131,7 @@ class PretrainConfig:
             raise ValueError("--device cuda was asked for but no CUDA device is visible: use --device cpu")
         check_swin_input_size(self.crop)
         parse_attention(self.attention)  # ValueError naming --attention
+        self.data_fraction = check_fraction(self.data_fraction, "data_fraction (--data-fraction)")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -228,6 +233,7 @@ def _check_resumable(saved: dict[str, Any], cfg: PretrainConfig,
         raise ValueError(f"--allow-changed {','.join(unknown)}: only the optimisation settings may change on resume "
                          f"({', '.join(RESUME_CHANGEABLE)}); start a new run in another --output for other changes")
     current = cfg.to_dict()
+    saved = {"data_fraction": 1.0, **saved}  # runs from before the data-fraction setting used every case
     differing = sorted(k for k in current if k not in RESUME_MUTABLE and saved.get(k) != current[k])
     refused = [k for k in differing if k not in allow_changed]
     if refused:
@@ -270,9 +276,10 @@ def _load_for_resume(out_dir: Path, device: torch.device) -> tuple[dict[str, Any
                           "in another --output")
 
 
-def _provenance(sources: list[PreprocessedSource]) -> dict[str, Any]:
+def _provenance(sources: list[PreprocessedSource], subset: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "datasets": [s.provenance() for s in sources],
+        "data_subset": subset,
         "normalization": {
             "schemes": sorted({scheme for s in sources for scheme in s.normalization_schemes}),
             "intensity_properties": {s.dataset_name: s.intensity_properties for s in sources},
@@ -322,7 +329,8 @@ def _run(cfg: PretrainConfig, out_dir: Path, resume: bool, progress: bool, info:
         raise ValueError("--allow-changed only applies with --resume (a new run takes any settings)")
     wandb = check_wandb()  # before any data is read: a missing package or a bad variable is one error line
     device = torch.device("cuda", info.local_rank) if cfg.device == "cuda" else torch.device("cpu")
-    sources = find_sources(cfg.datasets, cfg.plans, cfg.configuration)
+    sources, subset = apply_fraction(find_sources(cfg.datasets, cfg.plans, cfg.configuration), cfg.data_fraction,
+                                     cfg.seed)
     data_warnings = check_crop_fits(sources, cfg.crop) + check_not_constant(sources)
     task = build_task(cfg, sources[0].num_channels)
     warnings = data_warnings + startup_warnings(cfg, task, info.world_size)
@@ -332,7 +340,7 @@ def _run(cfg: PretrainConfig, out_dir: Path, resume: bool, progress: bool, info:
     failed = True
     try:
         result = _train(cfg, out_dir, resume, progress, info, allow_changed, device, sources, task, warnings, lock,
-                        wb)
+                        wb, subset)
         failed = False
         return result
     finally:
@@ -345,7 +353,7 @@ def _run(cfg: PretrainConfig, out_dir: Path, resume: bool, progress: bool, info:
 def _train(cfg: PretrainConfig, out_dir: Path, resume: bool, progress: bool, info: DistInfo,
            allow_changed: tuple[str, ...] | list[str], device: torch.device, sources: list[PreprocessedSource],
            task: PretextTask, warnings: list[str], lock: RunLock | None,
-           wb: WandbRun | None = None) -> tuple[Path, PretextTask]:
+           wb: WandbRun | None = None, subset: dict[str, Any] | None = None) -> tuple[Path, PretextTask]:
     if info.is_main:
         assert lock is not None
         for n in lock.notes:
@@ -370,6 +378,7 @@ def _train(cfg: PretrainConfig, out_dir: Path, resume: bool, progress: bool, inf
     previous = out_dir / "checkpoint_previous.pth"
     start_step, last_saved = 0, None
     changes: dict[str, list[Any]] = {}
+    prior_compute = None
     if resume:
         ckpt, fallback = _load_for_resume(out_dir, device)
         if fallback and info.is_main:
@@ -380,6 +389,7 @@ def _train(cfg: PretrainConfig, out_dir: Path, resume: bool, progress: bool, inf
         if ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
         start_step = last_saved = int(ckpt["step"])
+        prior_compute = ckpt.get("compute")  # the ledger of the sessions before this one
         _set_rng_state(ckpt["rng"])
         if changes and info.is_main:
             _note(f"resuming at step {start_step} with changed optimisation settings: " + "; ".join(
@@ -388,6 +398,10 @@ def _train(cfg: PretrainConfig, out_dir: Path, resume: bool, progress: bool, inf
         raise FileExistsError(f"{out_dir} already holds a run: pass --resume to continue it, or choose another --output")
 
     log = TrainingLog(out_dir, enabled=info.is_main, start_step=start_step)
+    run_config: dict[str, Any] = {}
+
+    def write_config(config: dict[str, Any]) -> None:
+        atomic_write(out_dir / "config.json", lambda f: json.dump(config, f, indent=2, default=str), binary=False)
     if info.is_main:
         if log.note:
             _note(log.note)
@@ -397,8 +411,8 @@ def _train(cfg: PretrainConfig, out_dir: Path, resume: bool, progress: bool, inf
             log.append({"step": start_step, "event": "resume", "changed": changes})
         run_config = {**cfg.to_dict(), "encoder_config": task.encoder().cfg.to_dict(),
                       "task_config": dataclasses.asdict(task.cfg), "optimisation": optim.to_dict(),
-                      "warnings": warnings, "resume_changes": history}
-        atomic_write(out_dir / "config.json", lambda f: json.dump(run_config, f, indent=2, default=str), binary=False)
+                      "warnings": warnings, "resume_changes": history, "data_subset": subset}
+        write_config(run_config)
         if wb is not None:  # nnU-Net's nnUNet_wandb_* variables (nnssl.training.wandb_log)
             wb.start(out_dir, resume, json.loads(json.dumps(run_config, default=str)))
 
@@ -421,7 +435,7 @@ def _train(cfg: PretrainConfig, out_dir: Path, resume: bool, progress: bool, inf
                                 cfg.batch_size, info.rank, info.world_size, cfg.num_workers,
                                 pin_memory=device.type == "cuda", prefetch_factor=4)
 
-    def payload(step: int) -> dict[str, Any]:
+    def payload(step: int, compute: dict[str, Any]) -> dict[str, Any]:
         return {
             "method": cfg.method,
             "encoder_config": task.encoder().cfg.to_dict(),
@@ -434,8 +448,9 @@ def _train(cfg: PretrainConfig, out_dir: Path, resume: bool, progress: bool, inf
             "config": cfg.to_dict(),
             "task_config": dataclasses.asdict(task.cfg),
             "optimisation": optim.to_dict(),
-            "provenance": _provenance(sources),
+            "provenance": _provenance(sources, subset),
             "rng": _rng_state(),
+            "compute": compute,
         }
 
     # Under a GradScaler the scaler skips steps with non-finite gradients itself (and lowers its scale): the flag
@@ -502,10 +517,13 @@ def _train(cfg: PretrainConfig, out_dir: Path, resume: bool, progress: bool, inf
                 f"last steps' loss and gradients were finite (an update overflowed: the learning rate is too high). "
                 f"Nothing was saved: {how_to_continue()}")
         if info.is_main:
-            data = payload(step)
+            compute = ledger.record(step, global_batch)
+            data = payload(step, compute)
             save_checkpoint(latest, data, keep_previous=previous)
             if also_final:
                 save_checkpoint(final, data)
+            run_config["compute"] = compute  # the compute ledger so far (final: the whole run's)
+            write_config(run_config)
             log.plot()
         last_saved = step
 
@@ -515,6 +533,7 @@ def _train(cfg: PretrainConfig, out_dir: Path, resume: bool, progress: bool, inf
 
         bar = tqdm(total=cfg.steps, initial=start_step, desc=f"pretrain {cfg.method}", unit="step", dynamic_ncols=True)
     params = [p for g in optimizer.param_groups for p in g["params"]]
+    ledger = RunLedger(device, info.world_size, start_step, prior_compute)
     task.train()
     clock = StepClock(device)
     batches = iter(steps_in.loader)

@@ -28,8 +28,8 @@ from nnssl.analysis.report.render import render_html, render_markdown
 from nnssl.analysis.results import ResultsTree, tidy_records
 from nnssl.io import atomic_write
 
-CSV_FIELDS = ["dataset", "modality", "method", "shots", "epochs", "configuration", "trainer", "plans", "fold", "case",
-              "label", "label_name", "dice"]
+CSV_FIELDS = ["dataset", "modality", "method", "shots", "epochs", "protocol", "configuration", "trainer", "plans",
+              "fold", "case", "label", "label_name", "dice"]
 
 
 def write_records_csv(tree: ResultsTree, path: Path) -> Path:

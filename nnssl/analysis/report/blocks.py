@@ -50,6 +50,8 @@ class ReportOptions:
     seed: int = 0
     level: float = 0.95
     digits: int = 3
+    #: the CNN baseline the report's CNN family tests against (the grid passes the spec's reference_baseline)
+    cnn_reference: str = "nnunet"
 
 
 @dataclass

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from nnssl.analysis.report import attention, dice, features, headline, overview, pretraining, tests, training
+from nnssl.analysis.report import baselines, cost, design, ladder
 from nnssl.analysis.report.blocks import Heading, Para, Report, Table
 from nnssl.analysis.report.context import ReportContext
 
@@ -23,10 +24,14 @@ def build(ctx: ReportContext) -> Report:
              f"difference vs {ctx.opt.baseline}", "p (Holm)", "sig."], ctx.summary_rows,
             caption="Best method per task and regime (highest mean foreground Dice) against the baseline; "
                     "details in the sections below.")]
+    ladder.ladder(ctx)
+    baselines.cnn_comparison(ctx)
     dice.groups(ctx)
     dice.modality(ctx)
     training.convergence(ctx)
     training.fewshot(ctx)
+    cost.cost(ctx)
+    design.design(ctx)
     features.cka(ctx)
     attention.attention(ctx)
     pretraining.pretraining(ctx)

@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 from nnssl.analysis.dice_stats import MeanCI, bootstrap_ci, draw_spread, hierarchical_bootstrap_ci
 from nnssl.analysis.report.blocks import Report, ReportOptions
-from nnssl.nnunet.naming import is_scratch
+from nnssl.nnunet.naming import FULL, is_cnn_baseline, is_scratch
 from nnssl.analysis.results import CaseKey, Regime, ResultsTree, draw_matrix, pooled_cases
 
 
@@ -30,6 +30,19 @@ class ReportContext:
         # one colour per method in every figure
         all_methods = sorted({f.method for f in tree.folds}, key=lambda m: (m != self.opt.baseline, m))
         self.colors = {m: f"C{i % 10}" for i, m in enumerate(all_methods)}
+
+    @staticmethod
+    def label(method: str) -> str:
+        """A method as tables and legends show it: CNN baselines marked as such (``nnunet (CNN baseline)``)."""
+        return f"{method} (CNN baseline)" if is_cnn_baseline(method) else method
+
+    def swin_methods(self, dataset: str, regime: Regime) -> list[str]:
+        """The Swin methods of a regime (pretrained and scratch): the CNN baselines have their own test family."""
+        return [m for m in self.tree.methods(dataset, regime) if not is_cnn_baseline(m)]
+
+    def headline_regimes(self, dataset: str) -> list[Regime]:
+        """The regimes of the headline's family: full fine-tuning (the ladder's rungs have their own section)."""
+        return [r for r in self.tree.regimes(dataset) if r.protocol == FULL]
 
     def ci(self, values: Any) -> MeanCI:
         """Mean with its percentile-bootstrap CI (the report's resamples, seed and level)."""
@@ -54,6 +67,8 @@ class ReportContext:
         same architecture, patch and batch size); None when the method has no baseline of its encoder."""
         base = self.opt.baseline
         methods = self.tree.methods(dataset, regime)
+        if is_cnn_baseline(method) or is_cnn_baseline(base):
+            return None  # the CNN baselines are compared in their own family (report.baselines), never in this one
         if base not in methods or base == method:
             return None if base == method else (base if base in methods else None)
         tag = self.tree.encoder_tag(dataset, regime, method)

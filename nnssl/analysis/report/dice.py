@@ -10,6 +10,7 @@ from nnssl.analysis.report.blocks import Figure, Heading, Para, Table
 from nnssl.analysis.report.context import ReportContext
 from nnssl.analysis.report.format import fmt, pyplot, save_figure, slug
 from nnssl.analysis.results import Regime, case_means, regime_sort_key
+from nnssl.nnunet.naming import is_cnn_baseline
 
 
 def dice(ctx: ReportContext) -> None:
@@ -34,7 +35,8 @@ def dice(ctx: ReportContext) -> None:
                 bars.setdefault(regime, {})[m] = fg
                 per_label = [ctx.case_ci(ds, regime, m, k).fmt(d) for k in keys]
                 nn_fg = float(np.mean([f.summary_fg_mean for f in folds]))
-                row = [m, ",".join(sorted({f.fold for f in folds})), str(fg.n)] + per_label + [fg.fmt(d), fmt(nn_fg, d)]
+                row = ([ctx.label(m), ",".join(sorted({f.fold for f in folds})), str(fg.n)] + per_label
+                       + [fg.fmt(d), fmt(nn_fg, d)])
                 if draws > 1:
                     mean, sd, n = ctx.spread(ds, regime, m)
                     row.append(f"{fmt(mean, d)} ± {fmt(sd, d)} ({n})")
@@ -62,7 +64,8 @@ def dice_figure(ctx: ReportContext, ds: str, bars: dict[Regime, dict[str, MeanCI
             ys.append(c.mean)
             lo.append(c.mean - c.low if math.isfinite(c.low) else 0.0)
             hi.append(c.high - c.mean if math.isfinite(c.high) else 0.0)
-        ax.bar(xs, ys, width=width, yerr=[lo, hi], capsize=2, label=m, color=ctx.colors.get(m))
+        ax.bar(xs, ys, width=width, yerr=[lo, hi], capsize=2, label=ctx.label(m), color=ctx.colors.get(m),
+               hatch="//" if is_cnn_baseline(m) else None, edgecolor="black" if is_cnn_baseline(m) else None)
     ax.set_xticks(range(len(regimes)), [reg.label() for reg in regimes])
     ax.set_ylabel("foreground Dice")
     ax.set_ylim(0, 1)
@@ -70,7 +73,8 @@ def dice_figure(ctx: ReportContext, ds: str, bars: dict[Regime, dict[str, MeanCI
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     fig.tight_layout()
     p = save_figure(fig, ctx.fig_dir / f"dice_{slug(ds)}.png")
-    return Figure(p, f"{ds}: mean foreground Dice per method and regime with {int(ctx.opt.level * 100)}% CI")
+    return Figure(p, f"{ds}: mean foreground Dice per method and regime with {int(ctx.opt.level * 100)}% CI "
+                     "(hatched: CNN baselines)")
 
 
 def groups(ctx: ReportContext) -> None:
@@ -92,7 +96,7 @@ def groups(ctx: ReportContext) -> None:
         for regime in t.regimes(ds):
             for m in t.methods(ds, regime):
                 folds = t.select(ds, regime, m)
-                row = [m, regime.label()]
+                row = [ctx.label(m), regime.label()]
                 for g, members in info.groups.items():
                     vals = np.concatenate([group_case_values(f.dice, info.key_to_name, members) for f in folds])
                     row.append(ctx.ci(vals).fmt(d) if vals.size else "n/a")
@@ -127,7 +131,7 @@ def modality(ctx: ReportContext) -> None:
     for key in sorted(by, key=lambda k: (k[0], regime_sort_key(k[1]), k[2] != ctx.opt.baseline, k[2])):
         mod, regime, m = key
         c = stratified_bootstrap_ci(by[key], n_boot=ctx.opt.n_boot, seed=ctx.opt.seed, level=ctx.opt.level)
-        rows.append([mod, regime.label(), m, str(c.n), c.fmt(d), ", ".join(tasks[key])])
+        rows.append([mod, regime.label(), ctx.label(m), str(c.n), c.fmt(d), ", ".join(tasks[key])])
     r.add(Table(["modality", "regime", "method", "tasks", "mean of task means [CI]", "datasets"], rows,
                 caption="Foreground Dice averaged over tasks (each task weighs the same); CI from resampling "
                         "cases within each task."))

@@ -5,6 +5,7 @@ from nnssl.analysis import cka as cka_mod
 from nnssl.analysis.report.blocks import Figure, Heading, Para, Table
 from nnssl.analysis.report.context import ReportContext
 from nnssl.analysis.report.format import fmt, save_figure, slug
+from nnssl.nnunet.naming import FULL, protocol_label
 
 
 def cka(ctx: ReportContext) -> None:
@@ -23,6 +24,9 @@ def cka(ctx: ReportContext) -> None:
             r.warnings.append(str(e))
             continue
         shots = "all cases" if doc["shots"] == "all" else f"{doc['shots']}-shot"
+        protocol = (doc.get("extra") or {}).get("protocol", FULL)
+        if protocol != FULL:  # a rung of the adaptation ladder (llrd, decfirst): part of the regime
+            shots += f", {protocol_label(protocol)}"
         for kind, m in doc["cka"].items():
             title = f"{doc['dataset']}, {doc['method']}, {shots}, fold {doc['fold']}: {kind} CKA"
             fig = cka_mod.plot_cka_heatmap(m, doc["stages_a"], doc["stages_b"], title=title,

@@ -77,8 +77,8 @@ def comparisons(ctx: ReportContext, unmatched: list[str] | None = None) -> list[
     order; methods without a baseline of their encoder are appended to ``unmatched`` as "m (dataset, regime)"."""
     t, out = ctx.tree, []
     for ds in t.dataset_names():
-        for regime in t.regimes(ds):
-            for m in t.methods(ds, regime):
+        for regime in ctx.headline_regimes(ds):  # full fine-tuning: the ladder's rungs have their own family
+            for m in ctx.swin_methods(ds, regime):  # the CNN baselines too (report.baselines)
                 if is_scratch(m):
                     continue
                 base = ctx.baseline_for(ds, regime, m)

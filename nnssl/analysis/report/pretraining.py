@@ -60,9 +60,11 @@ def _loss_part(ctx: ReportContext, runs: list[pre.PretrainingRun]) -> dict[str, 
         steps = f"{c.n_steps}" + (f" / {run.steps_planned}" if run.steps_planned else "")
         rows.append([run.folder.name, run.method, steps, str(c.window) if c.window else "n/a", fmt(c.first, 4),
                      fmt(c.last, 4), _change(c), c.verdict, "; ".join(run.notes)])
-        # several runs of one method: the method counts as falling when any of them is
-        if verdicts.get(run.method) != pre.FALLING:
-            verdicts[run.method] = c.verdict
+        # a grid's design-experiment run (folder smit-small-data25 of method smit) is a method of its own, as in
+        # its probe and fine-tuning results; several runs of one method: falling when any of them is
+        key = run.folder.name if run.folder.name.startswith(run.method + "-") else run.method
+        if verdicts.get(key) != pre.FALLING:
+            verdicts[key] = c.verdict
     r.add(Table(["run", "method", "steps logged / planned", "steps per window", "mean loss, first 10%",
                  "mean loss, last 10%", "change [CI]", "verdict", "notes"], rows,
                 caption=f"Total loss over the first and the last 10% of the logged steps; change = (last - first) / "

@@ -38,7 +38,7 @@ def significance(ctx: ReportContext) -> None:
     any_table = False
     for ds in t.dataset_names():
         for regime in t.regimes(ds):
-            methods = t.methods(ds, regime)
+            methods = ctx.swin_methods(ds, regime)  # CNN baselines: their own family (report.baselines)
             means = {m: float(np.nanmean(list(case_means(ctx.cases(ds, regime, m)).values()) or [np.nan]))
                      for m in methods}
             finite = {m: v for m, v in means.items() if math.isfinite(v)}

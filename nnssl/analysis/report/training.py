@@ -7,6 +7,7 @@ from nnssl.analysis.report.blocks import Figure, Heading, Para, Table
 from nnssl.analysis.report.context import ReportContext
 from nnssl.analysis.report.format import fmt, fmt_spread, save_figure, slug
 from nnssl.analysis.results import case_means, paired_arrays
+from nnssl.nnunet.naming import FULL, protocol_label
 
 
 def convergence(ctx: ReportContext) -> None:
@@ -24,7 +25,7 @@ def convergence(ctx: ReportContext) -> None:
                         continue
                     try:
                         convs.append(analyse_log(f.logging))
-                        key = f"{m} fold {f.fold}" + (f" draw {f.run.draw}" if f.run.draw else "")
+                        key = f"{ctx.label(m)} fold {f.fold}" + (f" draw {f.run.draw}" if f.run.draw else "")
                         curves[key] = ema_from_log(f.logging)[0]
                         # one colour per method, one line style per fold
                         styles[key] = {"color": ctx.colors[m],
@@ -34,7 +35,7 @@ def convergence(ctx: ReportContext) -> None:
                 if not convs:
                     continue
                 # epochs-to-x% and AUC: mean with a bootstrap CI over the runs (folds, and k-shot draws)
-                rows.append([m, str(len(convs)), fmt_spread([c.n_epochs for c in convs], 0),
+                rows.append([ctx.label(m), str(len(convs)), fmt_spread([c.n_epochs for c in convs], 0),
                              fmt_spread([c.final for c in convs], 3), fmt_spread([c.best for c in convs], 3)]
                             + [run_ci(ctx, [c.epochs_to[fr] for c in convs], 1) for fr in FRACTIONS]
                             + [run_ci(ctx, [c.auc for c in convs], 3)]
@@ -71,7 +72,7 @@ def fewshot(ctx: ReportContext) -> None:
         regimes = t.regimes(ds)
         for full in (reg for reg in regimes if reg.shots == "all"):
             for few in (reg for reg in regimes if reg.shots != "all" and reg.epochs == full.epochs
-                        and reg.configuration == full.configuration):
+                        and reg.configuration == full.configuration and reg.protocol == full.protocol):
                 for m in t.methods(ds, few):
                     if m not in t.methods(ds, full):
                         continue
@@ -79,7 +80,8 @@ def fewshot(ctx: ReportContext) -> None:
                     a, k, _ = paired_arrays(case_means(ctx.cases(ds, full, m)), case_means(ctx.cases(ds, few, m)))
                     g = paired_gap(a, k, n_boot=ctx.opt.n_boot, seed=ctx.opt.seed, level=ctx.opt.level)
                     budget = "" if full.epochs is None else f", {full.epochs} epochs"
-                    rows.append([ds, m, f"{few.shots}-shot{budget}", str(g.n), fmt(g.dice_all, 3),
+                    rung = f", {protocol_label(few.protocol)}" if few.protocol != FULL else ""
+                    rows.append([ds, ctx.label(m), f"{few.shots}-shot{budget}{rung}", str(g.n), fmt(g.dice_all, 3),
                                  fmt(g.dice_k, 3), g.fmt(1)])
     if not rows:
         r.add(Para("Needs, for the same dataset and method, a run on all cases and a k-shot run "
