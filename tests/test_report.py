@@ -326,3 +326,13 @@ def test_pretrained_runs_of_another_encoder_are_compared_with_scratch_runs_of_th
     head = report.tables()[0]
     baseline = {r[2]: r[4] for r in head.rows}
     assert baseline == {"smit": "scratch", "public": "scratch-f48-d2222-h3_6_12_24-w7"}
+
+
+def test_result_finders_skip_the_settings_records_beside_the_results(tmp_path):
+    """The grid writes .<result>.nnssl_job.json beside every CKA, attention and probe JSON: not a result."""
+    from nnssl.analysis.report import find_cka_files, find_probe_files
+
+    (tmp_path / "901__smit.json").write_text("{}")
+    (tmp_path / ".901__smit.json.nnssl_job.json").write_text("{}")
+    assert find_cka_files(tmp_path, tmp_path / "missing") == [(tmp_path / "901__smit.json").resolve()]
+    assert find_probe_files(tmp_path) == [(tmp_path / "901__smit.json").resolve()]

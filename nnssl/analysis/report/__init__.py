@@ -43,12 +43,14 @@ def write_records_csv(tree: ResultsTree, path: Path) -> Path:
 
 def find_cka_files(*folders: Path | None) -> list[Path]:
     """Sorted, de-duplicated ``*.json`` files in the given folders (missing folders are skipped): CKA or attention
-    results."""
+    results. Hidden files are not results: the grid's settings records (``.<result>.nnssl_job.json``) and the
+    temporary files of atomic writes sit beside them."""
     files: dict[Path, None] = {}
     for d in folders:
         if d is not None and Path(d).is_dir():
             for p in sorted(Path(d).glob("*.json")):
-                files[p.resolve()] = None
+                if not p.name.startswith("."):
+                    files[p.resolve()] = None
     return list(files)
 
 
