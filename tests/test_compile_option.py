@@ -8,18 +8,6 @@ import json
 import pytest
 import torch
 
-import nnssl.tasks
-from preprocessed_fixture import write_preprocessed_dataset
-
-
-@pytest.fixture
-def toy_env(tmp_path, monkeypatch):
-    pre = tmp_path / "preprocessed"
-    write_preprocessed_dataset(pre, 990)
-    monkeypatch.setenv("nnUNet_preprocessed", str(pre))
-    monkeypatch.setenv("nnssl_results", str(tmp_path / "results"))
-    monkeypatch.setitem(nnssl.tasks._REGISTRY, "toy", "toy_task:ToyTask")
-    return tmp_path
 
 
 def test_compiled_run_traces_the_task_and_trains_as_the_plain_one(toy_env, monkeypatch):

@@ -17,30 +17,13 @@ from pathlib import Path
 import pytest
 import torch
 
-import nnssl.tasks
 from nnssl.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from nnssl.io import TEMP_RE, NoSpaceError, atomic_write, remove_stale_temp_files
 from nnssl.training import loop
-from nnssl.training.loop import PretrainConfig, TrainingDiverged, run_pretraining
-from preprocessed_fixture import write_preprocessed_dataset
+from nnssl.training.loop import TrainingDiverged, run_pretraining
+from toy_task import toy_config as _cfg
 
 TESTS = Path(__file__).parent
-
-
-@pytest.fixture
-def toy_env(tmp_path, monkeypatch):
-    pre = tmp_path / "preprocessed"
-    write_preprocessed_dataset(pre, 990)
-    monkeypatch.setenv("nnUNet_preprocessed", str(pre))
-    monkeypatch.setitem(nnssl.tasks._REGISTRY, "toy", "toy_task:ToyTask")
-    return tmp_path
-
-
-def _cfg(**kw) -> PretrainConfig:
-    base = dict(method="toy", datasets=["990"], encoder="tiny", crop=(32, 32, 32), batch_size=2, steps=4, lr=1e-3,
-                warmup_steps=1, device="cpu", num_workers=0, checkpoint_every=2)
-    base.update(kw)
-    return PretrainConfig(**base)
 
 
 def _assert_same_state(a: dict, b: dict) -> None:

@@ -132,20 +132,6 @@ def test_attention_choice_parsing():
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def toy_env(tmp_path, monkeypatch):
-    """A preprocessed toy dataset and the toy task (tests/toy_task.py) registered as -m toy."""
-    import nnssl.tasks
-    from preprocessed_fixture import write_preprocessed_dataset
-
-    pre = tmp_path / "preprocessed"
-    write_preprocessed_dataset(pre, 990)
-    monkeypatch.setenv("nnUNet_preprocessed", str(pre))
-    monkeypatch.setenv("nnssl_results", str(tmp_path / "results"))
-    monkeypatch.setitem(nnssl.tasks._REGISTRY, "toy", "toy_task:ToyTask")
-    return tmp_path
-
-
 def test_pretraining_with_sdpa_trains_like_eager_and_may_switch_on_resume(toy_env, monkeypatch):
     import json
 

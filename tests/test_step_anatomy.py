@@ -9,10 +9,8 @@ import time
 import pytest
 import torch
 
-import nnssl.tasks
 from nnssl.training.anatomy import PARTS, RunAnatomy, StepClock, window_data_share
 from nnssl.training.loop import PretrainConfig, run_pretraining
-from preprocessed_fixture import write_preprocessed_dataset
 
 
 class FakeEvent:
@@ -67,15 +65,6 @@ def test_run_totals_and_closing_line():
     assert "10.00 steps/s" in line and "data wait 20%" in line and "peak memory 512 MiB (peak RSS)" in line
     assert "data 20, forward 30" in line
     assert "no step" in RunAnatomy().summary_line("smit")
-
-
-@pytest.fixture
-def toy_env(tmp_path, monkeypatch):
-    pre = tmp_path / "preprocessed"
-    write_preprocessed_dataset(pre, 990)
-    monkeypatch.setenv("nnUNet_preprocessed", str(pre))
-    monkeypatch.setitem(nnssl.tasks._REGISTRY, "toy", "toy_task:ToyTask")
-    return tmp_path
 
 
 @pytest.mark.parametrize("workers", [0, 1])

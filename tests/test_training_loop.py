@@ -13,27 +13,9 @@ import torch
 import nnssl.tasks
 from nnssl.checkpoint import load_checkpoint
 from nnssl.training.loop import PretrainConfig, TrainingDiverged, run_pretraining
-from preprocessed_fixture import write_preprocessed_dataset
+from toy_task import toy_config as _cfg
 
 TESTS = Path(__file__).parent
-
-
-@pytest.fixture
-def toy_env(tmp_path, monkeypatch):
-    """A preprocessed toy dataset and the toy task registered as -m toy."""
-    pre = tmp_path / "preprocessed"
-    write_preprocessed_dataset(pre, 990)
-    monkeypatch.setenv("nnUNet_preprocessed", str(pre))
-    monkeypatch.setenv("nnssl_results", str(tmp_path / "results"))
-    monkeypatch.setitem(nnssl.tasks._REGISTRY, "toy", "toy_task:ToyTask")
-    return tmp_path
-
-
-def _cfg(**kw) -> PretrainConfig:
-    base = dict(method="toy", datasets=["990"], encoder="tiny", crop=(32, 32, 32), batch_size=2, steps=4, lr=1e-3,
-                warmup_steps=1, device="cpu", num_workers=0, checkpoint_every=2)
-    base.update(kw)
-    return PretrainConfig(**base)
 
 
 def test_checkpoint_contents_and_monai_load(toy_env):

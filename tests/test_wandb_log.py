@@ -9,9 +9,7 @@ import types
 
 import pytest
 
-import nnssl.tasks
 from nnssl.training.wandb_log import check_wandb, wandb_enabled
-from preprocessed_fixture import write_preprocessed_dataset
 
 
 class FakeRun:
@@ -48,15 +46,11 @@ def fake_wandb() -> types.ModuleType:
 
 
 @pytest.fixture
-def toy_env(tmp_path, monkeypatch):
-    pre = tmp_path / "preprocessed"
-    write_preprocessed_dataset(pre, 990)
-    monkeypatch.setenv("nnUNet_preprocessed", str(pre))
-    monkeypatch.setenv("nnssl_results", str(tmp_path / "results"))
-    monkeypatch.setitem(nnssl.tasks._REGISTRY, "toy", "toy_task:ToyTask")
+def toy_env(toy_env, monkeypatch):
+    """The shared toy environment (tests/conftest.py) without any of nnU-Net's W&B variables."""
     for name in ("nnUNet_wandb_enabled", "nnUNet_wandb_project", "nnUNet_wandb_mode"):
         monkeypatch.delenv(name, raising=False)
-    return tmp_path
+    return toy_env
 
 
 def test_variables_read_as_nnunet_reads_them(monkeypatch):

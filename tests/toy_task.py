@@ -73,3 +73,14 @@ class ToyTask(PretextTask):
         super().train(mode)
         self.teacher_head.eval()
         return self
+
+
+def toy_config(**overrides):
+    """A PretrainConfig of the toy task on dataset 990 (tiny encoder, 32^3 crops, 4 CPU steps); keywords replace
+    fields."""
+    from nnssl.training.loop import PretrainConfig
+
+    base = dict(method="toy", datasets=["990"], encoder="tiny", crop=(32, 32, 32), batch_size=2, steps=4, lr=1e-3,
+                warmup_steps=1, device="cpu", num_workers=0, checkpoint_every=2)
+    base.update(overrides)
+    return PretrainConfig(**base)
