@@ -22,8 +22,8 @@ import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnssl.finetune.regimes import (ENV_LR, StepTimer, apply_budget_knobs, fewshot_split, finetune_compute,
-                                    write_finetune_record)
-from nnssl.nnunet.naming import CNN_BASELINES, CNN_KIND, EPOCHS, SHOTS, TrainerName, parse_trainer_name
+                                    variant_class, write_finetune_record)
+from nnssl.nnunet.naming import CNN_BASELINES, CNN_KIND, EPOCHS, SHOTS, TrainerName
 from nnssl.nnunet.plans import PLANS_MARKER
 
 
@@ -103,16 +103,11 @@ def _make_variant(spec: TrainerName) -> type:
 
 def cnn_trainer_class(name: str) -> type:
     """The CNN trainer class called ``name`` (made once, then cached); AttributeError for other names."""
-    if name not in _CLASSES:
-        try:
-            spec = parse_trainer_name(name)
-        except ValueError as e:
-            raise AttributeError(f"module {__name__!r} has no trainer {name!r}: {e}") from None
-        if spec.kind != CNN_KIND:
-            raise AttributeError(f"module {__name__!r} has no trainer {name!r}: it is a Swin trainer "
-                                 "(nnssl.finetune.trainers)")
-        _CLASSES[name] = _make_variant(spec)
-    return _CLASSES[name]
+    return variant_class(name, _CLASSES, __name__, (CNN_KIND,), _make_variant, _swin_name)
+
+
+def _swin_name(name: str, spec: TrainerName) -> type:
+    raise AttributeError(f"module {__name__!r} has no trainer {name!r}: it is a Swin trainer (nnssl.finetune.trainers)")
 
 
 def __getattr__(name: str) -> type:

@@ -10,11 +10,12 @@ import json
 import math
 import os
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Collection, Optional
 
 from nnssl.finetune.fewshot import SUBSET_FILE, select_fewshot, subset_seed, write_subset_record
 from nnssl.io import atomic_write
 from nnssl.ledger import FINETUNE_RECORD, compute_record
+from nnssl.nnunet.naming import TrainerName, parse_trainer_name
 
 ENV_ITERS = "NNSSL_ITERATIONS_PER_EPOCH"
 ENV_VAL_ITERS = "NNSSL_VAL_ITERATIONS_PER_EPOCH"
@@ -147,3 +148,20 @@ def write_finetune_record(trainer: Any, record: dict[str, Any]) -> str | None:
     os.makedirs(trainer.output_folder, exist_ok=True)
     atomic_write(path, lambda f: json.dump(existing, f, indent=2), binary=False)
     return path
+
+
+def variant_class(name: str, cache: dict[str, type], module: str, kinds: Collection[str],
+                  make: Callable[[TrainerName], type], other_kind: Callable[[str, TrainerName], type]) -> type:
+    """The trainer class called ``name`` of one family (trainer kinds ``kinds``), made by ``make`` on first use and
+    cached in ``cache``; names of another kind go to ``other_kind(name, spec)``. A name that is no trainer raises
+    AttributeError, so that ``hasattr(module, name)`` (nnU-Net's trainer lookup) is False for it."""
+    if name not in cache:
+        try:
+            spec = parse_trainer_name(name)
+        except ValueError as e:
+            raise AttributeError(f"module {module!r} has no trainer {name!r}: {e}") from None
+        if spec.kind not in kinds:
+            return other_kind(name, spec)
+        cache[name] = make(spec)
+    return cache[name]
+

@@ -45,9 +45,9 @@ from nnssl.finetune import adaptation
 from nnssl.finetune.network import build_network_from_configuration, build_probe_from_configuration
 from nnssl.finetune.regimes import (ENV_ITERS, ENV_LR, ENV_NO_MIRROR, ENV_VAL_ITERS,  # noqa: F401 (re-exported)
                                     StepTimer, apply_budget_knobs, fewshot_split, finetune_compute,
-                                    positive_float_env, positive_int_env, write_finetune_record)
-from nnssl.nnunet.naming import (CNN_KIND, EPOCHS, SHOTS, Protocol, TrainerName, model_folder_name,
-                                 parse_trainer_name)
+                                    positive_float_env, positive_int_env, variant_class,
+                                    write_finetune_record)
+from nnssl.nnunet.naming import (EPOCHS, SHOTS, Protocol, TrainerName, model_folder_name)
 from nnssl.nnunet.plans import PRETRAINED_KEY, encoder_config, require_swin_plans
 from nnssl.finetune.pretrained import attached_entry, load_pretrained_encoder, resolve_pretrained_checkpoint
 from nnssl.nnunet.raw_dataset import require_labels
@@ -399,17 +399,13 @@ def trainer_class(name: str) -> type:
     """The trainer class called ``name`` (made once, then cached). Raises AttributeError for other names, so that
     ``hasattr(module, name)`` (nnU-Net's trainer lookup) is False for them. ``CNNTrainer[...]`` names are the CNN
     baselines' (``nnssl.finetune.baselines``)."""
-    if name not in _CLASSES:
-        try:
-            spec = parse_trainer_name(name)
-        except ValueError as e:
-            raise AttributeError(f"module {__name__!r} has no trainer {name!r}: {e}") from None
-        if spec.kind == CNN_KIND:
-            from nnssl.finetune.baselines import cnn_trainer_class
+    return variant_class(name, _CLASSES, __name__, _BASES, _make_variant, _cnn_class)
 
-            return cnn_trainer_class(name)
-        _CLASSES[name] = _make_variant(spec)
-    return _CLASSES[name]
+
+def _cnn_class(name: str, spec: TrainerName) -> type:
+    from nnssl.finetune.baselines import cnn_trainer_class
+
+    return cnn_trainer_class(name)
 
 
 def __getattr__(name: str) -> type:
