@@ -13,6 +13,7 @@ difference detected with 80% power after the correction, and the validation case
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import tempfile
 from pathlib import Path
@@ -43,10 +44,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--power", type=float, default=0.8, help="(default: %(default)s)")
     p.add_argument("--alpha", type=float, default=0.05, help="family-wise level (default: %(default)s)")
     args = p.parse_args(argv)
+    for name in ("sd", "target"):
+        value = getattr(args, name)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            print(f"error: --{name} must be a finite number > 0, got {value}", file=sys.stderr)
+            return 2
+    if not (0 < args.power < 1 and 0 < args.alpha < 1):
+        print(f"error: --power ({args.power}) and --alpha ({args.alpha}) must lie strictly between 0 and 1",
+              file=sys.stderr)
+        return 2
     from nnssl.benchmark.budget import headline_comparisons, validation_cases
     from nnssl.benchmark.spec import SpecError, load_spec
 
     if args.pilot is not None:
+        if not args.pilot.is_dir():
+            print(f"error: --pilot {args.pilot} is not a folder; pass a finished grid's nnUNet_results folder",
+                  file=sys.stderr)
+            return 2
         try:
             sd, cases, n_comp = pilot_spread(args.pilot)
         except ValueError as e:

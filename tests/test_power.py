@@ -62,3 +62,27 @@ def test_sentence_names_the_floor_when_no_difference_can_be_significant():
     assert f"is {detectable_difference(0.05, 40, 16):.3f} with 40 cases" in mixed
     assert "fewer than 10 cases can never reach significance" in mixed
     assert f"about {cases_needed(0.05, 0.05, 16)} validation cases" in mixed
+
+
+def test_study_power_script_sizes_the_shipped_studies_and_refuses_bad_input(tmp_path):
+    """benchmarks/study_power.py: the detectable difference of each spec at a stated spread equals
+    detectable_difference at the spec's comparisons and validation cases; a bad spread or pilot is one error line."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    script, spec = root / "benchmarks" / "study_power.py", root / "benchmarks" / "study_cpu.yaml"
+    out = subprocess.run([sys.executable, str(script), "--sd", "0.05", str(spec)], capture_output=True, text=True,
+                         cwd=root)
+    assert out.returncode == 0, out.stderr
+    row = next(line for line in out.stdout.splitlines() if line.startswith("| study_cpu"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "16" and cells[2] == "901: 40, 902: 40"
+    assert float(cells[4]) == round(detectable_difference(0.05, 40, 16), 3)
+    assert int(cells[5]) == cases_needed(0.05, 0.05, 16)
+    for bad, message in ((["--sd", "-1"], "--sd must be a finite number > 0"),
+                         (["--pilot", str(tmp_path / "missing")], "is not a folder"),
+                         (["--pilot", str(tmp_path)], "no paired per-case differences")):
+        out = subprocess.run([sys.executable, str(script), *bad, str(spec)], capture_output=True, text=True, cwd=root)
+        assert out.returncode == 2 and out.stderr.startswith("error:") and message in out.stderr, out.stderr
