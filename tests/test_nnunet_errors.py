@@ -10,7 +10,8 @@ import torch
 from datasets import make_dataset
 from nnssl.cli.attach import main as attach_main
 from nnssl.cli.info import main as info_main
-from nnssl.cli.plan_and_preprocess import main as plan_main, plan_and_preprocess
+from nnssl.cli.plan_and_preprocess import main as plan_main
+from nnssl.data.preprocessing import plan_and_preprocess
 from nnssl.nnunet.environment import trainers_path
 
 
