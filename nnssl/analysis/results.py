@@ -49,9 +49,12 @@ class Regime:
 
     @property
     def shots_sort(self) -> tuple[int, int]:
+        """Sort key of the label regime: ``(0, 0)`` for all cases, then ``(1, k)`` for k-shot."""
         return (0, 0) if self.shots == "all" else (1, int(self.shots))
 
     def label(self) -> str:
+        """Human-readable name, e.g. "5-shot, 100 epochs": shots, then the budget, a configuration other than
+        3d_fullres and a protocol other than full fine-tuning where they are set."""
         s = "all cases" if self.shots == "all" else f"{self.shots}-shot"
         if self.epochs is not None:
             s += f", {self.epochs} epochs"
@@ -68,6 +71,8 @@ class Regime:
 
 
 def regime_sort_key(r: Regime) -> tuple:
+    """Table order of regimes: configuration, budget (full schedule first), shots (all cases first), full
+    fine-tuning before the other protocols, then protocol name."""
     return (r.configuration, -1 if r.epochs is None else r.epochs, r.shots_sort, r.protocol != FULL, r.protocol)
 
 
@@ -84,6 +89,7 @@ class DatasetInfo:
     groups_error: str = ""
 
     def label_name(self, key: str) -> str:
+        """The dataset.json name of a summary.json label key (``"label <key>"`` when unknown)."""
         return self.key_to_name.get(key, f"label {key}")
 
 
@@ -107,10 +113,12 @@ class FoldResult:
 
     @property
     def method(self) -> str:
+        """The run's method, from its run name (``scratch`` without pretraining, ``nnunet`` etc. for CNN baselines)."""
         return self.run.method
 
     @property
     def regime(self) -> Regime:
+        """The run's :class:`Regime` (shots, epochs, configuration, protocol from its run name)."""
         return Regime(self.run.shots, self.run.epochs, self.run.configuration, self.run.protocol)
 
     def fg_case_dice(self) -> np.ndarray:
@@ -125,18 +133,24 @@ class FoldResult:
 
 @dataclass
 class ResultsTree:
+    """Everything :func:`load_results` read from a results folder: the parsed folds, each dataset's
+    :class:`DatasetInfo` and the folders that were not read, with the reason."""
+
     root: Path
     folds: list[FoldResult]
     datasets: dict[str, DatasetInfo]
     ignored: list[tuple[str, str]]  # (path relative to root, reason)
 
     def dataset_names(self) -> list[str]:
+        """Sorted names of the datasets that have at least one parsed fold."""
         return sorted({f.dataset for f in self.folds})
 
     def regimes(self, dataset: str) -> list[Regime]:
+        """The regimes with folds in ``dataset``, in :func:`regime_sort_key` order."""
         return sorted({f.regime for f in self.folds if f.dataset == dataset}, key=regime_sort_key)
 
     def methods(self, dataset: str | None = None, regime: Regime | None = None) -> list[str]:
+        """Methods with folds in ``dataset`` / ``regime`` (None = any), scratch first, then alphabetical."""
         ms = {
             f.method
             for f in self.folds
@@ -151,6 +165,7 @@ class ResultsTree:
         return tags.pop() if len(tags) == 1 else None
 
     def select(self, dataset: str, regime: Regime, method: str) -> list[FoldResult]:
+        """The folds of one method in one dataset and regime, sorted by fold name."""
         return sorted(
             (f for f in self.folds if f.dataset == dataset and f.regime == regime and f.method == method),
             key=lambda f: f.fold,
@@ -262,6 +277,9 @@ def find_dataset_json(dataset: str, model_dirs: Iterable[Path], raw: Path | None
 def load_dataset_info(
     dataset: str, json_path: Path | None, groups_override: dict[str, list[str]] | None = None
 ) -> DatasetInfo:
+    """Build the :class:`DatasetInfo` of ``dataset`` from ``json_path`` (None = not found): label names,
+    modality and structure groups (``groups_override`` replaces dataset.json's). Label or group problems are kept
+    in ``groups_error`` instead of raised."""
     if json_path is None:
         return DatasetInfo(dataset, None, None, groups_error="no dataset.json found")
     doc = json.loads(Path(json_path).read_text(encoding="utf-8"))

@@ -53,10 +53,12 @@ def depth_group_name(depth: int) -> str:
 
 
 def encoder_parameters(network: nn.Module) -> Iterator[tuple[str, nn.Parameter]]:
+    """The (name, parameter) pairs of ``network``'s encoder (names starting with ``swinViT.``)."""
     return ((n, p) for n, p in network.named_parameters() if n.startswith(ENCODER_PREFIX))
 
 
 def encoder_module(network: nn.Module) -> nn.Module:
+    """``network.swinViT``, the encoder the protocols act on; ValueError when the network has none."""
     swin = getattr(network, "swinViT", None)
     if not isinstance(swin, nn.Module):
         raise ValueError("the network has no 'swinViT' encoder: the adaptation protocols need a SwinUNETR-style network")
@@ -153,5 +155,7 @@ class StageProbe(nn.Module):
         self.probe = nn.Conv3d(cfg.stage_channels()[self.stage], out_channels, kernel_size=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C_in, D, H, W) -> (B, C_out, D, H, W): the 1x1x1 convolution on stage ``stage``'s features,
+        its logits upsampled trilinearly to the input size."""
         features = self.swinViT(x, self.normalize)[self.stage]
         return F.interpolate(self.probe(features), size=x.shape[2:], mode="trilinear", align_corners=False)

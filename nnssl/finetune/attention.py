@@ -100,6 +100,8 @@ class AttentionRecorder:
         self._eager: Any = None
 
     def blocks(self) -> Iterable[tuple[int, int, nn.Module]]:
+        """(stage 1-4, block index, block) for every MONAI ``SwinTransformerBlock`` in the encoder's
+        ``swinViT.layers<stage>``."""
         from monai.networks.nets.swin_unetr import SwinTransformerBlock
 
         for stage in range(1, 5):

@@ -56,10 +56,14 @@ class CNNTrainer(nnUNetTrainer):
                                    f"rate {self.initial_lr}")
 
     def do_split(self):
+        """nnU-Net's do_split, the fold's training cases reduced to the variant's k-shot subset (``fewshot_split``,
+        the same subset as the Swin runs'; unchanged without ``num_shots``); the validation cases stay the fold's."""
         tr_keys, val_keys = super().do_split()
         return fewshot_split(self, tr_keys, val_keys)
 
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        """nnU-Net's configure_rotation_dummyDA_mirroring_and_inital_patch_size, unchanged unless
+        NNSSL_DISABLE_MIRRORING is set: then no mirror axes for augmentation and none allowed at inference."""
         rotation, dummy_2d, initial_patch_size, mirror_axes = \
             super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
         if self.disable_mirroring:
@@ -68,6 +72,8 @@ class CNNTrainer(nnUNetTrainer):
         return rotation, dummy_2d, initial_patch_size, mirror_axes
 
     def initialize(self):
+        """nnU-Net's initialize, then writes nnssl_finetune.json: trainer, full fine-tuning, the baseline's plans
+        and one parameter group holding the whole network."""
         super().initialize()
         write_finetune_record(self, {
             "trainer": self.__class__.__name__, "protocol": "full", "protocol_label": "full fine-tuning",
@@ -77,6 +83,7 @@ class CNNTrainer(nnUNetTrainer):
                                   "lr_scale": 1.0}]})
 
     def train_step(self, batch: dict) -> dict:
+        """nnU-Net's train_step unchanged, timed with the StepTimer for the compute ledger."""
         self._step_timer.start()
         try:
             return super().train_step(batch)
@@ -84,6 +91,8 @@ class CNNTrainer(nnUNetTrainer):
             self._step_timer.stop()
 
     def on_train_end(self):
+        """nnU-Net's on_train_end, then adds the compute ledger (``finetune_compute``) to the fold's
+        nnssl_finetune.json."""
         super().on_train_end()
         write_finetune_record(self, {"compute": finetune_compute(self, self._step_timer)})
 

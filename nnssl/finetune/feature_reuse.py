@@ -34,6 +34,8 @@ def pretrained_encoder(checkpoint: str | os.PathLike, in_channels: int) -> SwinE
 
 
 def fold_folder(dataset_name: str, trainer: str, plans: str, configuration: str, fold: int | str) -> Path:
+    """The fold folder ``$nnUNet_results/<dataset>/<trainer>__<plans>__<configuration>/fold_<fold>``; ValueError
+    when nnUNet_results is unset, FileNotFoundError when the folder does not exist."""
     results = os.environ.get("nnUNet_results")
     if not results:
         raise ValueError("nnUNet_results is not set: export nnUNet_results=/path/to/results")
@@ -71,6 +73,8 @@ def finetuned_encoder(folder: Path, configuration: str, in_channels: int) -> Swi
 
 
 def validation_cases(preprocessed_dataset: Path, fold: int | str) -> list[str] | None:
+    """The fold's validation cases from ``splits_final.json`` in the preprocessed dataset folder; None
+    without that file, for a non-numeric fold (``all``) or a fold the splits do not have."""
     splits = preprocessed_dataset / "splits_final.json"
     if not splits.is_file() or not str(fold).isdigit():
         return None
@@ -80,6 +84,9 @@ def validation_cases(preprocessed_dataset: Path, fold: int | str) -> list[str] |
 
 @dataclass
 class FeatureReuse:
+    """What :func:`measure_feature_reuse` measured: (n_stages, n_stages) linear CKA over all images and minibatch
+    debiased CKA (rows: encoder ``a``'s stages, columns: ``b``'s), the number of images and the cases of the crops."""
+
     linear: np.ndarray
     unbiased: np.ndarray
     n_images: int
@@ -123,6 +130,8 @@ class FoldEncoders:
     held_out: bool  # the crops come from the fold's validation cases only
 
     def meta(self, trainer: str, plans: str, checkpoint: str | os.PathLike) -> dict[str, Any]:
+        """The comparison's metadata for the result file: dataset, trainer, plans, fold, patch size, the source's
+        cases, whether they are held out, and the pretrained checkpoint."""
         return {"dataset_name": self.source.dataset_name, "trainer": trainer, "plans": plans,
                 "fold": self.folder.name.removeprefix("fold_"), "patch_size": self.patch,
                 "cases": sorted(self.source.identifiers), "held_out": self.held_out, "checkpoint": str(checkpoint)}
@@ -152,6 +161,8 @@ def load_fold_encoders(pretrained: str | os.PathLike, dataset: str, trainer: str
 def feature_reuse_for_fold(pretrained: str | os.PathLike, dataset: str, trainer: str, plans: str, fold: int | str,
                            configuration: str = CONFIGURATION, n_images: int = 16, batch_size: int = 4,
                            device: str = "cpu", seed: int = 0, pooling: str = "flatten") -> tuple[FeatureReuse, dict[str, Any]]:
+    """Stage-by-stage CKA between the pretrained encoder of checkpoint ``pretrained`` and the same encoder after
+    fine-tuning in one nnU-Net fold, on ``n_images`` crops (:func:`measure_feature_reuse`): (result, metadata)."""
     # The fold's validation cases were not trained on. Repeated images bias CKA upwards (a crop as large as the image
     # repeats it exactly), so with fewer validation cases than images all cases of the dataset are used.
     fe = load_fold_encoders(pretrained, dataset, trainer, plans, fold, configuration, min_validation_cases=n_images,

@@ -198,6 +198,7 @@ def pretraining_data(ckpt: dict[str, Any]) -> dict[str, Any]:
 
 
 def describe_mismatch(m: dict[str, Any]) -> str:
+    """A pretraining/fine-tuning mismatch record as text: ``"<what>: pretraining <a> vs fine-tuning <b>"``."""
     return f"{m['what']}: pretraining {m['pretraining']} vs fine-tuning {m['fine_tuning']}"
 
 

@@ -105,6 +105,8 @@ def dataset_labels(source: PreprocessedSource) -> LabelSet:
 
 @dataclass
 class ProbeSplit:
+    """The probe's train and test case identifiers (:func:`probe_split`) and the rule that chose them."""
+
     train: list[str]
     test: list[str]
     rule: str

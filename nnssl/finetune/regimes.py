@@ -26,6 +26,7 @@ RECORD_FILE = FINETUNE_RECORD
 
 
 def positive_int_env(name: str) -> Optional[int]:
+    """Environment variable ``name`` as a positive int; None when unset or empty, ValueError for anything else."""
     value = os.environ.get(name)
     if value in (None, ""):
         return None
@@ -39,6 +40,7 @@ def positive_int_env(name: str) -> Optional[int]:
 
 
 def positive_float_env(name: str) -> Optional[float]:
+    """Environment variable ``name`` as a finite float > 0; None when unset or empty, ValueError otherwise."""
     value = os.environ.get(name)
     if value in (None, ""):
         return None
@@ -102,9 +104,11 @@ class StepTimer:
         self.seconds, self.steps, self._start = 0.0, 0, None
 
     def start(self) -> None:
+        """Start timing one step."""
         self._start = time.perf_counter()
 
     def stop(self) -> None:
+        """End the step begun by :meth:`start`, adding its wall time and one step (nothing without a start)."""
         if self._start is not None:
             self.seconds += time.perf_counter() - self._start
             self.steps += 1
@@ -112,6 +116,7 @@ class StepTimer:
 
     @property
     def mean(self) -> float | None:
+        """Mean wall seconds per timed step; None before the first."""
         return self.seconds / self.steps if self.steps else None
 
 

@@ -72,6 +72,8 @@ class WarmupCosineScheduler:
         self.iterations_per_epoch = 1
 
     def lr_at(self, iteration: int) -> float:
+        """The schedule's lr at global ``iteration`` (``warmup_cosine_lr``: linear warm-up, then cosine decay to 0
+        at ``total``), before any group's scaling."""
         return warmup_cosine_lr(iteration, self.total, self.warmup, self.base_lr)
 
     def group_lr(self, group: dict, iteration: int) -> float:
@@ -83,13 +85,18 @@ class WarmupCosineScheduler:
         return lr
 
     def set_iteration(self, iteration: int) -> None:
+        """Set every optimiser parameter group's lr to :meth:`group_lr` at global ``iteration``."""
         for group in self.optimizer.param_groups:
             group["lr"] = self.group_lr(group, iteration)
 
     def step(self, epoch: Optional[int] = None) -> None:
+        """nnU-Net's per-epoch ``lr_scheduler.step(epoch)``: sets the lrs of the epoch's first iteration
+        (``epoch * iterations_per_epoch``); train_step then updates them every iteration."""
         self.set_iteration((epoch or 0) * self.iterations_per_epoch)
 
     def state_dict(self) -> dict:
+        """The schedule's settings (base lr, total and warm-up iterations, delayed start): the lr at any
+        iteration follows from them, so nothing else is kept."""
         return {"base_lr": self.base_lr, "total": self.total, "warmup": self.warmup,
                 "delayed_start": self.delayed_start}
 
@@ -212,6 +219,8 @@ class SwinScratchTrainer(nnUNetTrainer):
         self._encoder_training = training
 
     def on_train_epoch_start(self):
+        """nnU-Net's on_train_epoch_start: resets the in-epoch iteration count, runs nnU-Net's (``network.train()``,
+        lr step), then puts the encoder back in the protocol's state and, under a protocol, logs each group's lr."""
         self._iteration_in_epoch = 0
         super().on_train_epoch_start()  # network.train(): the protocol puts the encoder back where it belongs
         self._apply_protocol(self._iteration())
@@ -221,6 +230,8 @@ class SwinScratchTrainer(nnUNetTrainer):
                 f"{g['name']} {self.lr_scheduler.group_lr(g, it):.3e}" for g in self.optimizer.param_groups))
 
     def train_step(self, batch: dict) -> dict:
+        """nnU-Net's train_step: first sets the lrs for the current global iteration and the encoder's protocol
+        state, counts the iteration, and times nnU-Net's step with the StepTimer (compute ledger)."""
         iteration = self._iteration()
         self.lr_scheduler.set_iteration(iteration)
         self._apply_protocol(iteration)
@@ -263,10 +274,14 @@ class SwinScratchTrainer(nnUNetTrainer):
                                    f"network, the encoder's lr warming up over {self.lr_scheduler.warmup} iterations")
 
     def on_train_end(self):
+        """nnU-Net's on_train_end, then adds the compute ledger (``finetune_compute``: epoch timestamps, step
+        timer) to the fold's nnssl_finetune.json."""
         super().on_train_end()
         write_finetune_record(self, {"compute": finetune_compute(self, self._step_timer)})
 
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):
+        """nnU-Net's configure_rotation_dummyDA_mirroring_and_inital_patch_size, unchanged unless
+        NNSSL_DISABLE_MIRRORING is set: then no mirror axes for augmentation and none allowed at inference."""
         rotation, dummy_2d, initial_patch_size, mirror_axes = \
             super().configure_rotation_dummyDA_mirroring_and_inital_patch_size()
         if self.disable_mirroring:
@@ -275,6 +290,9 @@ class SwinScratchTrainer(nnUNetTrainer):
         return rotation, dummy_2d, initial_patch_size, mirror_axes
 
     def initialize(self):
+        """nnU-Net's initialize, then: on CPU the network moves to channels-last-3d memory (same values), nnssl's
+        settings (trainer, shots, draw, epochs, warm-up, protocol, knobs) go into the logger's config, and the protocol
+        is logged and recorded (parameter groups, frozen encoder, encoder size) in nnssl_finetune.json."""
         super().initialize()
         if self.device.type == "cpu":
             # oneDNN's 3D convolution backward is several times faster on channels-last tensors on CPUs
@@ -290,6 +308,8 @@ class SwinScratchTrainer(nnUNetTrainer):
         write_finetune_record(self, self._adaptation_record())
 
     def do_split(self):
+        """nnU-Net's do_split, the fold's training cases reduced to the variant's k-shot subset
+        (``fewshot_split``; unchanged without ``num_shots``); the validation cases stay the fold's."""
         tr_keys, val_keys = super().do_split()
         return fewshot_split(self, tr_keys, val_keys)
 
@@ -330,6 +350,9 @@ class SwinSSLTrainer(SwinScratchTrainer):
         super().load_checkpoint(filename_or_checkpoint)
 
     def initialize(self):
+        """nnU-Net's initialize (through SwinScratchTrainer's); then, unless nnU-Net's own checkpoint is being
+        restored (--c, --val), loads the attached pretrained encoder (:meth:`load_pretrained_encoder_into`) and
+        writes its load report and pretraining facts to nnssl_finetune.json."""
         super().initialize()
         if not self._restoring_checkpoint:
             pretraining: dict = {}

@@ -42,6 +42,9 @@ from nnssl.views import random_flip
 
 @dataclass
 class CPCConfig:
+    """3D CPC settings (Taleb et al., NeurIPS 2020): grid, latent, GRU context and jitter of Taleb's code, InfoNCE
+    scores as in CPC (see the field comments)."""
+
     #: Edge of the cubic sub-volumes in voxels (a multiple of 32 for Swin) and the grid stride (Taleb: 32, no
     #: overlap; 32 / 16 = half overlap as image CPC, 3-5x the encoder cost).
     patch_size: int = 32
@@ -184,12 +187,15 @@ class CPC(PretextTask):
 
     @classmethod
     def check_crop(cls, crop: tuple[int, ...], cfg: CPCConfig) -> list[str]:
+        """Swin's rule and ``grid_shape``'s checks (the grid tiles the crop and leaves rows to predict); warns below
+        4 rows of sub-volumes (Taleb's 128^3 crop, a 4 x 4 x 4 grid)."""
         check_swin_input_size(crop)
         grid = grid_shape(cfg, tuple(crop))
         return [] if grid[0] >= 4 else [f"CPC at {tuple(crop)}: {grid[0]} rows of sub-volumes; its page recommends "
                                         "Taleb's 128^3 crop (a 4 x 4 x 4 grid)"]
 
     def view_fn(self) -> ViewFn:
+        """``cpc_views`` bound to the config: the jittered crop cut into a grid of flipped, jittered sub-volumes."""
         return partial(cpc_views, cfg=self.cfg)
 
     def encode(self, patches: Tensor) -> Tensor:
@@ -217,6 +223,9 @@ class CPC(PretextTask):
         return torch.stack(terms, dim=3).reshape(b * gh * gw, len(terms), code)
 
     def forward(self, views: dict[str, Tensor], step: int) -> dict[str, Tensor]:
+        """Patches (B, gD, gH, gW, C, p, p, p) -> latents z -> per column a GRU over the context pyramid -> W_k
+        predictions of the latents k rows below the anchor row; returns {"loss": InfoNCE against every latent of the
+        batch, "loss/infonce": same}."""
         z = self.encode(views["patches"])
         b, code, gd, gh, gw = z.shape
         r = self.anchor_row(gd)

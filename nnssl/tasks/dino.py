@@ -119,12 +119,15 @@ class DINO(PretextTask):
                                              c.freeze_last_layer_fraction)
 
     def setup(self, total_steps: int) -> None:
+        """Set up the teacher's EMA momentum and the teacher-temperature schedule for ``total_steps``."""
         super().setup(total_steps)
         self.teacher.setup(total_steps)
         self.schedule.setup(total_steps)
 
     @classmethod
     def check_crop(cls, crop: tuple[int, ...], cfg: DINOConfig) -> list[str]:
+        """Swin's rule; warns when local crops are asked for but would have the global crops' size (a 32^3 crop:
+        local crop sizes are rounded down to a multiple of 32, at least 32)."""
         super().check_crop(crop, cfg)
         small = local_crop_size(crop, cfg.local_crop_fraction)
         if cfg.local_crops_number and small == tuple(crop):
@@ -134,9 +137,13 @@ class DINO(PretextTask):
         return []
 
     def view_fn(self) -> ViewFn:
+        """``dino_views`` bound to the config: two global and ``local_crops_number`` local crops per crop."""
         return partial(dino_views, cfg=self.cfg)
 
     def forward(self, views: dict[str, Tensor], step: int) -> dict[str, Tensor]:
+        """Student: global (2B, C, D, H, W) and local crops, one encoder call per crop size -> global logits; EMA
+        teacher: the two global crops. Returns {"loss": DINO cross-entropy over all (teacher, student) view pairs
+        except same-view at the scheduled teacher temperature, "loss/global": same}."""
         g, loc = views["global"], views.get("local")
         batch = g.shape[0] // N_GLOBAL
         inputs = [g] if loc is None else [g, loc]
@@ -149,8 +156,10 @@ class DINO(PretextTask):
         return {"loss": loss, "loss/global": loss.detach()}
 
     def before_optimizer_step(self, step: int) -> None:
+        """Cancel the gradients of the head's last layer during the first ``freeze_last_layer_fraction`` of the run."""
         self.schedule.freeze(step, self.heads)
 
     @torch.no_grad()
     def on_step_end(self, step: int) -> None:
+        """EMA update of the teacher's encoder and heads from the student's (cosine momentum schedule)."""
         self.teacher.update(step, {"encoder": self.student, "heads": self.heads})

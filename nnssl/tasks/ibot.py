@@ -155,6 +155,8 @@ class IBOT(PretextTask):
         self._pred_start = 0
 
     def setup(self, total_steps: int) -> None:
+        """Set up the teacher's EMA momentum and the global and patch teacher-temperature schedules for
+        ``total_steps``, and the step at which masked modelling starts (``pred_start_fraction`` of the run)."""
         super().setup(total_steps)
         self.teacher.setup(total_steps)
         self.schedule.setup(total_steps)
@@ -162,6 +164,8 @@ class IBOT(PretextTask):
 
     @classmethod
     def check_crop(cls, crop: tuple[int, ...], cfg: IBOTConfig) -> list[str]:
+        """Swin's rule, and a ValueError when the crop has a single final-stage token (nothing to mask); warns below
+        96^3 (fewer than 27 tokens) and when the local crops would have the global crops' size."""
         super().check_crop(crop, cfg)
         tokens = [s // SWIN_DIVISOR for s in crop]
         if tokens[0] * tokens[1] * tokens[2] < 2:
@@ -176,12 +180,19 @@ class IBOT(PretextTask):
         return warnings
 
     def token_grid(self, size: tuple[int, ...]) -> tuple[int, int, int]:
+        """Final-stage tokens per axis of a crop of ``size`` voxels (the module's ``token_grid``)."""
         return token_grid(size)
 
     def view_fn(self) -> ViewFn:
+        """``ibot_views`` bound to the config: DINO's multi-crop plus block masks (2B, D/32, H/32, W/32) of the
+        global crops' final-stage tokens."""
         return partial(ibot_views, cfg=self.cfg)
 
     def forward(self, views: dict[str, Tensor], step: int) -> dict[str, Tensor]:
+        """Student: the global crops with their masks expanded to the patch grid (all visible before
+        ``pred_start_fraction``) and the unmasked local crops; EMA teacher: the unmasked global crops. Returns
+        {"loss": global_weight * DINO loss over all view pairs except same-view + patch_weight * patch distillation
+        on the global crops' masked tokens, "loss/global", "loss/patch"}."""
         g, masks, loc = views["global"], views["masks"], views.get("local")
         if step < self._pred_start:  # before masked modelling starts every crop is shown whole (loader.py:33-35)
             masks = torch.zeros_like(masks)
@@ -205,8 +216,10 @@ class IBOT(PretextTask):
         return {"loss": loss, "loss/global": loss_global.detach(), "loss/patch": loss_patch.detach()}
 
     def before_optimizer_step(self, step: int) -> None:
+        """Cancel the gradients of the heads' last layer during the first ``freeze_last_layer_fraction`` of the run."""
         self.schedule.freeze(step, self.heads)
 
     @torch.no_grad()
     def on_step_end(self, step: int) -> None:
+        """EMA update of the teacher's encoder and heads from the student's (cosine momentum schedule)."""
         self.teacher.update(step, {"encoder": self.student, "heads": self.heads})

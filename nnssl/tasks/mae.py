@@ -35,6 +35,9 @@ _STAGE_OF_UNIT = {8: 2, 16: 3, 32: 4}
 
 @dataclass
 class MAEConfig:
+    """MAE settings (He et al., CVPR 2022) in 3D: MAE's mask ratio, decoder, norm_pix_loss and augmentation; the 16^3
+    unit is our choice (see the field comments)."""
+
     #: Fraction of masking units hidden (MAE: 0.75).
     mask_ratio: float = 0.75
     #: Edge of a masking/target unit in voxels: 8, 16 or 32 (an encoder stride; 16 is our 3D choice).
@@ -134,6 +137,7 @@ class MAEDecoder(nn.Module):
         return x.reshape(b, self.dim, d * r, h * r, w * r)
 
     def forward(self, features: list[Tensor]) -> Tensor:
+        """The encoder's five outputs -> predictions (B, N, u^3 * out_channels), units in row-major order."""
         x = self.proj_stage(features[self.stage])
         if self.proj_last is not None:
             x = x + self._pixel_shuffle(self.proj_last(features[4]))
@@ -179,6 +183,7 @@ class MAE(PretextTask):
                                   c.decoder_depth, c.decoder_heads)
 
     def view_fn(self) -> ViewFn:
+        """``mae_views`` bound to the config: a random resized sub-volume (flipped) and its unit-aligned cube mask."""
         return partial(mae_views, cfg=self.cfg)
 
     def targets(self, image: Tensor) -> Tensor:
@@ -196,6 +201,8 @@ class MAE(PretextTask):
         return mask[:, ::step, ::step, ::step].flatten(1).float()
 
     def forward(self, views: dict[str, Tensor], step: int) -> dict[str, Tensor]:
+        """Masked image (B, C, D, H, W) -> encoder -> decoder (B, N, u^3 C); returns {"loss": mean over hidden units
+        of the per-unit MSE against ``targets``, "loss/recon": same}. ValueError when no unit is hidden."""
         image, mask = views["image"], views["mask"].bool()
         pred = self.decoder(self.student(image, mask))
         target = self.targets(image)

@@ -40,6 +40,9 @@ RECOMMENDED_BATCH = 16
 
 @dataclass
 class MoCoV3Config:
+    """MoCo v3 settings (Chen, Xie, He, ICCV 2021): its ViT values for temperature, momentum and heads; the crop
+    scale is our 3D choice (see the field comments)."""
+
     #: InfoNCE temperature: 0.2 for ViT in MoCo v3 (1.0 for ResNet).
     temperature: float = 0.2
     #: Momentum of the EMA: cosine from ``momentum`` to ``momentum_end`` over all global steps (MoCo v3: 0.99 -> 1).
@@ -100,19 +103,25 @@ class MoCoV3(PretextTask):
                                        train_mode=True)
 
     def setup(self, total_steps: int) -> None:
+        """Set up the momentum branch's cosine schedule (``momentum`` -> ``momentum_end``) over ``total_steps``."""
         super().setup(total_steps)
         self.teacher.setup(total_steps)
 
     def negatives_per_anchor(self, batch: int, world_size: int = 1) -> int:
+        """``batch * world_size - 1``: the keys of every other sample of the global batch."""
         return batch * world_size - 1
 
     def view_fn(self) -> ViewFn:
+        """``mocov3_views`` bound to the config: two views per crop with MoCo v3's asymmetric photometrics."""
         return partial(mocov3_views, cfg=self.cfg)
 
     def _embed(self, encoder: nn.Module, projector: nn.Module, x: Tensor) -> Tensor:
         return projector(global_token(encoder(x)[-1]))
 
     def forward(self, views: dict[str, Tensor], step: int) -> dict[str, Tensor]:
+        """Each view (B, C, D, H, W) through the online branch (encoder, projector, predictor -> q (B, proj_dim))
+        and, without gradient, the momentum branch (-> k); returns {"loss": ctr(q1, k2) + ctr(q2, k1),
+        "loss/infonce": same}."""
         x1, x2 = views["view1"], views["view2"]
         q1 = self.predictor(self._embed(self.student, self.projector, x1))
         q2 = self.predictor(self._embed(self.student, self.projector, x2))
@@ -124,4 +133,5 @@ class MoCoV3(PretextTask):
 
     @torch.no_grad()
     def on_step_end(self, step: int) -> None:
+        """EMA update of the momentum encoder and projector from the online ones (the predictor has no copy)."""
         self.teacher.update(step, {"encoder": self.student, "projector": self.projector})

@@ -30,6 +30,8 @@ from nnssl.tasks.base import PretextTask, ViewFn
 
 @dataclass
 class RotationConfig:
+    """Rotation-prediction head settings: Taleb et al.'s fully connected top (NeurIPS 2020)."""
+
     #: Taleb et al.'s fully connected top ("big_fully"): hidden widths, dropout after each hidden layer.
     head_hidden_dims: tuple[int, ...] = (2048, 1024)
     head_dropout: float = 0.5
@@ -84,6 +86,7 @@ class RotationPrediction(PretextTask):
 
     @classmethod
     def check_crop(cls, crop: tuple[int, ...], cfg: RotationConfig) -> list[str]:
+        """Swin's rule and a ValueError for a non-cubic crop (the 10 rotations turn every axis into every other)."""
         check_swin_input_size(crop)
         if len(set(crop)) != 1:
             raise ValueError(f"3D rotation prediction turns every axis into every other: it needs a cubic crop, got "
@@ -91,6 +94,7 @@ class RotationPrediction(PretextTask):
         return []
 
     def view_fn(self) -> ViewFn:
+        """``rotation_views`` bound to the 10-rotation table: each crop rotated, labels balanced over the batch."""
         return partial(rotation_views, table=self.table)
 
     def logits(self, x: Tensor) -> Tensor:
@@ -98,5 +102,7 @@ class RotationPrediction(PretextTask):
         return self.head(global_token(self.student(x)[-1]))
 
     def forward(self, views: dict[str, Tensor], step: int) -> dict[str, Tensor]:
+        """Rotated crops (B, C, S, S, S) -> logits (B, 10); returns {"loss": cross-entropy against the rotation
+        labels, "loss/ce": same}."""
         loss = F.cross_entropy(self.logits(views["image"]), views["label"].long())
         return {"loss": loss, "loss/ce": loss.detach()}

@@ -34,6 +34,9 @@ RECOMMENDED_BATCH = 16
 
 @dataclass
 class SimCLRConfig:
+    """SimCLR settings (Chen et al., ICML 2020): v1's 2-layer projection head to 128; the temperature and crop scale
+    are small-batch and 3D choices (see the field comments)."""
+
     #: NT-Xent temperature. 0.5: Tang et al. 2022's 3D contrastive loss and SimCLR's CIFAR-10 setting for small
     #: batches; SimCLR's ImageNet runs at batch 4096 use 0.1.
     temperature: float = 0.5
@@ -87,9 +90,11 @@ class SimCLR(PretextTask):
                              layers=self.cfg.proj_layers, norm="bn", activation="relu", last_norm=True)
 
     def negatives_per_anchor(self, batch: int, world_size: int = 1) -> int:
+        """``2 * batch * world_size - 2``: every other view of the global batch (gathered across ranks)."""
         return 2 * batch * world_size - 2
 
     def view_fn(self) -> ViewFn:
+        """``simclr_views`` bound to the config: two views per crop with SimCLR's 3D colour distortion."""
         return partial(simclr_views, cfg=self.cfg)
 
     def embed(self, x: Tensor) -> Tensor:
@@ -97,6 +102,8 @@ class SimCLR(PretextTask):
         return self.projector(global_token(self.student(x)[-1]))
 
     def forward(self, views: dict[str, Tensor], step: int) -> dict[str, Tensor]:
+        """Both views (B, C, D, H, W) in one pass (the head's BatchNorm sees 2B) -> projections (2B, proj_dim);
+        returns {"loss": NT-Xent between view1 and view2, negatives gathered across ranks, "loss/nt_xent": same}."""
         b = views["view1"].shape[0]
         # One pass over both views, as SimCLR concatenates them (model.py:53-58): the head's BatchNorm sees 2B.
         z = self.embed(torch.cat([views["view1"], views["view2"]]))

@@ -91,6 +91,8 @@ class SimMIM(PretextTask):
         self.decoder = LightDecoder(encoder.out_channels[-1], encoder.cfg.in_channels, stride=32)
 
     def view_fn(self) -> ViewFn:
+        """``simmim_views`` bound to the config and patch size: a random resized sub-volume (flipped) and its cube
+        mask."""
         return partial(simmim_views, cfg=self.cfg, patch=self.patch)
 
     def predict(self, image: Tensor, mask: Tensor) -> Tensor:
@@ -102,6 +104,8 @@ class SimMIM(PretextTask):
         return masked_reconstruction_loss(prediction, image, upsample_mask(mask, self.patch), self.cfg.loss)
 
     def forward(self, views: dict[str, Tensor], step: int) -> dict[str, Tensor]:
+        """Masked image (B, C, D, H, W) -> reconstruction (B, C, D, H, W); returns {"loss": L1 (or L2) over the
+        hidden voxels, "loss/recon": same}."""
         image, mask = views["image"], views["mask"]
         loss = self.loss(self.predict(image, mask), image, mask)
         return {"loss": loss, "loss/recon": loss.detach()}

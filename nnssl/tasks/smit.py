@@ -136,12 +136,16 @@ class SMIT(PretextTask):
                                              c.freeze_last_layer_fraction, c.teacher_temp, c.patch_temp_delay_fraction)
 
     def setup(self, total_steps: int) -> None:
+        """Set up the teacher's EMA momentum and the global and patch teacher-temperature schedules (the patch one
+        held at its start value for ``patch_temp_delay_fraction``) for ``total_steps``."""
         super().setup(total_steps)
         self.teacher.setup(total_steps)
         self.schedule.setup(total_steps)
 
     @classmethod
     def check_crop(cls, crop: tuple[int, ...], cfg: SMITConfig) -> list[str]:
+        """Swin's rule and a ValueError when an axis of the crop is below ``view_size``; warns when the two views
+        would be the same sub-volume (crop == view_size) and below the paper's 128^3 region with 96^3 views."""
         check_swin_input_size(crop)
         v = cfg.view_size
         if any(s < v for s in crop):
@@ -157,6 +161,8 @@ class SMIT(PretextTask):
         return warnings
 
     def view_fn(self) -> ViewFn:
+        """``smit_views`` bound to the config and patch size: two native ``view_size``^3 sub-crops per crop and their
+        cube masks on the patch grid."""
         return partial(smit_views, cfg=self.cfg, patch=self.patch)
 
     def _logits(self, features: list[Tensor], heads: nn.ModuleDict) -> tuple[Tensor, Tensor]:
@@ -169,6 +175,10 @@ class SMIT(PretextTask):
         return (downsample_mask(masks, self.token_factor) > 0.5).flatten(1)
 
     def forward(self, views: dict[str, Tensor], step: int) -> dict[str, Tensor]:
+        """Student: the masked views (2B, C, V, V, V) -> stage-3 global and patch logits and the light decoder's
+        reconstruction; EMA teacher: the unmasked views. Returns {"loss": recon_weight * L1 on hidden voxels +
+        patch_weight * patch distillation on hidden tokens + global_weight * DINO loss across the two views,
+        "loss/recon", "loss/patch", "loss/global"}."""
         x, masks = views["views"], views["masks"]
         feats = self.student(x, masks)
         s_global, s_patch = self._logits(feats, self.heads)
@@ -185,8 +195,10 @@ class SMIT(PretextTask):
                 "loss/global": loss_global.detach()}
 
     def before_optimizer_step(self, step: int) -> None:
+        """Cancel the gradients of the heads' last layer during the first ``freeze_last_layer_fraction`` of the run."""
         self.schedule.freeze(step, self.heads)
 
     @torch.no_grad()
     def on_step_end(self, step: int) -> None:
+        """EMA update of the teacher's encoder and heads from the student's (the decoder has no teacher copy)."""
         self.teacher.update(step, {"encoder": self.student, "heads": self.heads})

@@ -45,6 +45,9 @@ _REGIONS = ("volume", "cutout")
 
 @dataclass
 class SwinUNETRConfig:
+    """Tang et al.'s pretraining settings (CVPR 2022): loss weights, temperature, head width and cut-out from the
+    authors' code, plus the L1 region (see the field comments)."""
+
     #: Loss weights (alpha1, alpha2, alpha3 = 1, 1, 1 in the paper and code).
     rotation_weight: float = 1.0
     contrastive_weight: float = 1.0
@@ -113,10 +116,14 @@ class SwinUNETRPretraining(PretextTask):
         self.decoder = InpaintingDecoder(dim, encoder.cfg.in_channels)
 
     def negatives_per_anchor(self, batch: int, world_size: int = 1) -> int:
+        """``2 * batch - 2``: the other views of this rank's batch (Tang's loss gathers nothing across ranks, so
+        ``world_size`` does not count)."""
         return 2 * batch - 2  # this rank's batch only: Tang's loss gathers nothing
 
     @classmethod
     def check_crop(cls, crop: tuple[int, ...], cfg: SwinUNETRConfig) -> list[str]:
+        """Swin's rule, and a ValueError when D != H (the sagittal rotations turn the (D, H) plane into itself) or
+        when no axis exceeds 32 (a single last-stage token, too small for the inpainting decoder)."""
         check_swin_input_size(crop)
         if crop[0] != crop[1]:
             raise ValueError(f"the sagittal rotations turn the (D, H) plane into itself: the crop needs D == H, got "
@@ -127,9 +134,13 @@ class SwinUNETRPretraining(PretextTask):
         return []
 
     def view_fn(self) -> ViewFn:
+        """``swinunetr_views`` bound to the config and the 4 sagittal rotations: two rotated, cut-out views per crop."""
         return partial(swinunetr_views, cfg=self.cfg, table=self.table)
 
     def forward(self, views: dict[str, Tensor], step: int) -> dict[str, Tensor]:
+        """Cut-out views (2B, C, D, H, W) -> last stage -> rotation cross-entropy and NT-Xent between the two views
+        (this rank only) on the pooled token, L1 inpainting of the uncut rotated targets over the whole volume or the
+        cut-out voxels. Returns {"loss": weighted sum, "loss/rotation", "loss/contrastive", "loss/inpainting"}."""
         image, target = views["image"], views["target"]
         b = image.shape[0] // 2
         deepest = self.student(image)[-1]

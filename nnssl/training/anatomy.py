@@ -81,11 +81,15 @@ class StepClock:
         self._prev_event: Any = None
 
     def start(self) -> None:
+        """Begin a step: fresh timings and the wall clock started (call before asking the loader for the batch)."""
         self._timing = StepTiming()
         self._t0 = self._last = time.perf_counter()
         self._prev_event = None
 
     def mark(self, part: str) -> None:
+        """End ``part`` (one of PARTS; ValueError otherwise). Host parts, and every part without events, get the wall
+        seconds since the previous mark (with events a host part also records the event the device parts start from);
+        a device part gets a CUDA event pair from the previous event to a new one."""
         if part not in PARTS:
             raise ValueError(f"unknown step part {part!r}; parts: {', '.join(PARTS)}")
         now = time.perf_counter()
@@ -107,6 +111,7 @@ class StepClock:
         return event
 
     def stop(self) -> StepTiming:
+        """End the step: record its wall time since ``start()`` and return its StepTiming (CUDA events unread)."""
         self._timing.wall = time.perf_counter() - self._t0
         return self._timing
 
@@ -121,6 +126,8 @@ class RunAnatomy:
     peak_kind: str = ""
 
     def add(self, records: list[dict[str, Any]], peak_mib: float, peak_kind: str) -> None:
+        """Add a read window's records (each with ``ms/step`` counts as one step, its ``ms/`` values summed into the
+        totals) and keep the largest peak memory (NaN ignored); ``peak_kind`` says what was measured."""
         for r in records:
             if PREFIX + "step" not in r:
                 continue
@@ -133,14 +140,18 @@ class RunAnatomy:
         self.peak_kind = peak_kind
 
     def data_share(self) -> float:
+        """Share of the summed step wall time spent waiting for data (NaN before any timed step)."""
         step = self.totals.get(PREFIX + "step", 0.0)
         return self.totals.get(PREFIX + "data", 0.0) / step if step > 0 else float("nan")
 
     def steps_per_s(self) -> float:
+        """Steps per second of summed step wall time (NaN before any timed step)."""
         step = self.totals.get(PREFIX + "step", 0.0)
         return 1e3 * self.steps / step if step > 0 else float("nan")
 
     def summary_line(self, method: str) -> str:
+        """The closing line for ``method``: steps, steps/s, data-wait share, peak memory and the mean milliseconds
+        per part (or that no step ran in this process)."""
         if not self.steps:
             return f"pretrain {method}: no step ran in this process"
         mean = {k[len(PREFIX):]: v / self.steps for k, v in self.totals.items()}

@@ -14,16 +14,21 @@ import torch.distributed as dist
 
 @dataclass(frozen=True)
 class DistInfo:
+    """This process's place in the run: global rank, rank on its node and number of processes; the defaults describe
+    a single process."""
+
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
 
     @property
     def is_main(self) -> bool:
+        """Whether this is rank 0."""
         return self.rank == 0
 
     @property
     def enabled(self) -> bool:
+        """Whether the run has more than one process."""
         return self.world_size > 1
 
 
@@ -42,6 +47,7 @@ def init_distributed(device: str) -> DistInfo:
 
 
 def cleanup_distributed() -> None:
+    """Destroy the process group when one was initialised; nothing otherwise."""
     if dist.is_initialized():
         dist.destroy_process_group()
 

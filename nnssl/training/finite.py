@@ -70,6 +70,7 @@ class PendingSteps:
     steps: list[StepRecord] = field(default_factory=list)
 
     def add(self, record: StepRecord) -> None:
+        """Queue one step's record until the next ``read()``."""
         self.steps.append(record)
 
     def __len__(self) -> int:

@@ -50,6 +50,7 @@ class TrainingLog:
             atomic_write(self.path, lambda f: f.write("".join(line + "\n" for line in kept)), binary=False)
 
     def append(self, record: dict[str, Any]) -> None:
+        """Append ``record`` as one JSON line (nothing when disabled)."""
         if not self.enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -57,11 +58,14 @@ class TrainingLog:
             f.write(json.dumps(record) + "\n")
 
     def records(self) -> list[dict[str, Any]]:
+        """The records of ``log.jsonl`` (without a partial last line); [] when there is no log."""
         if not self.path.is_file():
             return []
         return _parse(self.path, self.path.read_text())[0]
 
     def plot(self) -> Path | None:
+        """Draw every ``loss*`` key over the steps into ``loss.png`` beside the log and return its path; None when
+        disabled or the log is empty."""
         if not self.enabled:
             return None
         records = self.records()

@@ -134,6 +134,8 @@ class PretrainConfig:
         self.data_fraction = check_fraction(self.data_fraction, "data_fraction (--data-fraction)")
 
     def to_dict(self) -> dict[str, Any]:
+        """The settings as a JSON-ready dict (``crop`` and ``betas`` as lists): what config.json and the checkpoints
+        store and a resume compares."""
         d = dataclasses.asdict(self)
         d["crop"] = list(self.crop)
         if self.betas is not None:

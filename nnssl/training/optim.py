@@ -36,6 +36,8 @@ class OptimSchedules:
     weight_decay: np.ndarray
 
     def apply(self, optimizer: torch.optim.Optimizer, step: int) -> tuple[float, float]:
+        """Set every parameter group's lr and weight decay for ``step`` (weight decay 0 in groups without decay);
+        returns (lr, weight decay)."""
         lr, wd = at(self.lr, step), at(self.weight_decay, step)
         for group in optimizer.param_groups:
             group["lr"] = lr

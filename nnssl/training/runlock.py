@@ -43,6 +43,8 @@ class OutputNotWritableError(ValueError):
 
 @dataclass
 class Holder:
+    """The content of a lock file: the holding run's host, pid, start time and command line."""
+
     host: str
     pid: int
     started: str
@@ -50,6 +52,7 @@ class Holder:
 
     @classmethod
     def parse(cls, text: str) -> "Holder | None":
+        """The Holder in a lock file's JSON text; None when it is no valid record (empty, partial or malformed)."""
         try:
             d = json.loads(text)
             return cls(str(d["host"]), int(d["pid"]), str(d.get("started", "?")), str(d.get("command", "")))
@@ -57,6 +60,7 @@ class Holder:
             return None
 
     def describe(self) -> str:
+        """``host H, pid P, started T`` (and the command when known), for messages."""
         return f"host {self.host}, pid {self.pid}, started {self.started}" + (
             f", command: {self.command}" if self.command else "")
 
@@ -88,6 +92,9 @@ class RunLock:
         self.release()
 
     def acquire(self) -> "RunLock":
+        """Create the folder if needed and lock it: the kernel flock where the filesystem has one, then this run's
+        record written to ``.nnssl.lock``. A stale holder on this host is taken over (a note); a live or foreign one
+        raises RunLockedError, an unwritable folder OutputNotWritableError. Returns self."""
         try:
             self.created = not self.folder.exists()
             self.folder.mkdir(parents=True, exist_ok=True)

@@ -63,6 +63,9 @@ class WandbRun:
         self.first_step = 0
 
     def start(self, out_dir: Path, resume: bool, config: dict[str, Any]) -> None:
+        """Create ``<out_dir>/wandb``, take the run id kept there when resuming (else a new one, kept) and
+        ``wandb.init`` with the project and mode from the environment and ``config`` plus the Slurm/LSF job id; a
+        resumed run then skips the steps W&B already holds."""
         folder = Path(out_dir) / "wandb"
         folder.mkdir(parents=True, exist_ok=True)
         id_file = folder / ID_FILE
@@ -75,6 +78,8 @@ class WandbRun:
         self.first_step = int(getattr(self.run, "step", 0) or 0) if resume else 0
 
     def log(self, record: Mapping[str, Any]) -> None:
+        """Send a record's numeric values (not ``step``, not booleans) at its step; nothing before ``start``, for
+        records without an int step or for steps W&B already holds."""
         step = record.get("step")
         if self.run is None or not isinstance(step, int) or step < self.first_step:
             return
@@ -84,6 +89,7 @@ class WandbRun:
             self.run.log(values, step=step)
 
     def finish(self, exit_code: int = 0) -> None:
+        """Finish the W&B run with ``exit_code``; nothing when none is running."""
         if self.run is not None:
             self.run.finish(exit_code=exit_code)
             self.run = None

@@ -55,6 +55,9 @@ def significant(rows: list[list[str]]) -> list[list[str]]:
 
 
 def cnn_comparison(ctx: ReportContext) -> None:
+    """Add the "Against the CNN baseline" section (nothing when no CNN runs exist): every Swin method of
+    each regime against the reference CNN baseline (``opt.cnn_reference``) of the same shots and budget under full
+    fine-tuning, one Holm family (:func:`compare_family`), with a sentence naming the significant rows."""
     r, t = ctx.report, ctx.tree
     ref = ctx.opt.cnn_reference
     found = sorted({f.method for f in t.folds if is_cnn_baseline(f.method)})

@@ -69,6 +69,9 @@ def _mismatches(pre: dict[str, Any] | None) -> str:
 
 
 def cost(ctx: ReportContext) -> None:
+    """Add the "Cost" section (nothing without folds): per dataset, regime and method, the pretraining and the
+    fine-tuning device-hours from the folds' nnssl_finetune.json ledgers, the paired Dice gain over the method's
+    from-scratch baseline and that gain per pretraining hour, and the pretraining vs fine-tuning mismatches."""
     r, t, d = ctx.report, ctx.tree, ctx.opt.digits
     if not t.folds:
         return

@@ -35,6 +35,10 @@ def _facts(ctx: ReportContext, ds: str, regime: Regime, m: str) -> dict[str, Any
 
 
 def design(ctx: ReportContext) -> None:
+    """Add the "Design experiments" section (only where it applies): per dataset and regime, tables and figures
+    of mean foreground Dice [CI] against the number of pretraining cases (a method pretrained on >= 2 amounts at one
+    encoder size) and against encoder parameters (>= 2 sizes at one data fraction, scratch runs per size beside them),
+    from the folds' nnssl_finetune.json records."""
     r, t, d = ctx.report, ctx.tree, ctx.opt.digits
     level = int(round(ctx.opt.level * 100))
     added = False

@@ -14,6 +14,9 @@ from nnssl.nnunet.naming import is_cnn_baseline
 
 
 def dice(ctx: ReportContext) -> None:
+    """Add the "Dice per task and method" section: per dataset and regime a table of each method's folds, cases,
+    per-label and foreground Dice [CI] (bootstrapping k-shot draws, then cases), nnU-Net's own foreground mean and,
+    with repeated draws, the mean ± SD across draws; then the dataset's bar figure (:func:`dice_figure`)."""
     r, t, d = ctx.report, ctx.tree, ctx.opt.digits
     r.add(Heading(2, "Dice per task and method"))
     if not t.folds:
@@ -49,6 +52,8 @@ def dice(ctx: ReportContext) -> None:
         r.add(dice_figure(ctx, ds, bars))
 
 def dice_figure(ctx: ReportContext, ds: str, bars: dict[Regime, dict[str, MeanCI]]) -> Figure:
+    """Bar figure of one dataset: mean foreground Dice with its CI per regime (x axis) and method (bars, CNN
+    baselines hatched), from ``bars`` (regime -> method -> MeanCI); saved as ``figures/dice_<dataset>.png``."""
     plt = pyplot()
     regimes = sorted(bars, key=regime_sort_key)
     methods = sorted({m for v in bars.values() for m in v}, key=lambda m: (m != ctx.opt.baseline, m))
@@ -78,6 +83,9 @@ def dice_figure(ctx: ReportContext, ds: str, bars: dict[Regime, dict[str, MeanCI
 
 
 def groups(ctx: ReportContext) -> None:
+    """Add the "Structure groups" section: per dataset with structure groups (dataset.json's
+    ``nnssl_structure_groups`` or --groups), the mean Dice [CI] of each group's labels per case for every method and
+    regime; a note for datasets without groups or with a group error (also added to the report's warnings)."""
     r, t, d = ctx.report, ctx.tree, ctx.opt.digits
     r.add(Heading(2, "Structure groups"))
     shown = False
@@ -109,6 +117,9 @@ def groups(ctx: ReportContext) -> None:
 
 
 def modality(ctx: ReportContext) -> None:
+    """Add the "CT versus MRI" section: per modality, regime and method, the mean of the task means of
+    foreground Dice (each dataset weighs the same) with a CI from resampling cases within each task; a note when the
+    target datasets are not both CT and MRI."""
     r, t, d = ctx.report, ctx.tree, ctx.opt.digits
     r.add(Heading(2, "CT versus MRI"))
     by: dict[tuple[str, Regime, str], list[np.ndarray]] = {}

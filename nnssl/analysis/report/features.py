@@ -9,6 +9,9 @@ from nnssl.nnunet.naming import FULL, protocol_label
 
 
 def cka(ctx: ReportContext) -> None:
+    """Add the "CKA feature reuse" section from ``ctx.cka_files`` (nnssl_cka results): one heat-map figure per
+    file and CKA kind, and a table of the diagonal (stage i of the pretrained vs stage i of the fine-tuned encoder);
+    unreadable files are skipped with a note and a warning, and a note says when there are none."""
     r = ctx.report
     r.add(Heading(2, "CKA feature reuse"))
     if not ctx.cka_files:

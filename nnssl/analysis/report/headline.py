@@ -25,6 +25,9 @@ from nnssl.nnunet.naming import is_scratch
 
 
 def headline(ctx: ReportContext) -> None:
+    """Add the headline section: one table of every pretrained method against its from-scratch baseline
+    (:func:`comparisons`, full fine-tuning) with Dice CIs, the two-stage bootstrap CI of the difference and paired
+    Wilcoxon p Holm-corrected over the table; a sentence on the significant rows, one on the detectable difference."""
     r, d = ctx.report, ctx.opt.digits
     level = int(round(ctx.opt.level * 100))
     r.add(Heading(2, "Headline: pretraining against training from scratch"))

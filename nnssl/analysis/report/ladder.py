@@ -26,6 +26,9 @@ def _groups(ctx: ReportContext, ds: str) -> dict[Regime, list[Regime]]:
 
 
 def ladder(ctx: ReportContext) -> None:
+    """Add the "Adaptation ladder" section (only when a run uses a protocol other than full fine-tuning): per
+    dataset and regime, a table and figure of each Swin method's Dice [CI] under each protocol, then one Holm family
+    of pretrained methods against the from-scratch runs of the same encoder and protocol (:func:`compare_family`)."""
     r, t, d = ctx.report, ctx.tree, ctx.opt.digits
     if not any(f.regime.protocol != FULL for f in t.folds):
         return  # no rung but full fine-tuning: nothing to add to the tables above

@@ -141,6 +141,9 @@ def _probe_part(ctx: ReportContext) -> dict[str, dict[str, list[str]]]:
 
 
 def pretraining(ctx: ReportContext) -> None:
+    """Add the "Pretraining" section: a per-method learning-signal summary table first (when any), then the loss table
+    and curves of the runs in ``ctx.pretraining_dirs``, their step anatomy, and the frozen-feature probe tables from
+    ``ctx.probe_files``; notes say how to add missing runs or probe results."""
     r = ctx.report
     r.add(Heading(2, "Pretraining"))
     summary_at = len(r.blocks)  # the per-method summary goes first, once the parts below are known

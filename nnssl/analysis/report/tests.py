@@ -33,6 +33,9 @@ def compare(ctx: ReportContext, ds: str, regime: Regime, pairs: list[tuple[str, 
 
 
 def significance(ctx: ReportContext) -> None:
+    """Add the "Paired tests" section: per dataset and regime with >= 2 Swin methods, Holm-corrected Wilcoxon
+    tables of each pretrained method against its from-scratch baseline (when the baseline ran) and of the best method
+    against the others (unless that repeats the first); the best-vs-baseline row goes to ``ctx.summary_rows``."""
     r, t, base, d = ctx.report, ctx.tree, ctx.opt.baseline, ctx.opt.digits
     r.add(Heading(2, "Paired tests"))
     any_table = False

@@ -11,6 +11,9 @@ from nnssl.nnunet.naming import FULL, protocol_label
 
 
 def convergence(ctx: ReportContext) -> None:
+    """Add the "Convergence" section from the folds' training logs: per dataset and regime a table of each
+    method over its runs (epochs trained, final and best EMA pseudo-Dice, epochs to x% of final and AUC with bootstrap
+    CIs, s/epoch) and a figure of the EMA pseudo-Dice curves; a note when no fold has a log."""
     r, t = ctx.report, ctx.tree
     r.add(Heading(2, "Convergence"))
     pct = [int(round(f * 100)) for f in FRACTIONS]
@@ -65,6 +68,9 @@ def run_ci(ctx: ReportContext, values: list, digits: int) -> str:
 
 
 def fewshot(ctx: ReportContext) -> None:
+    """Add the "Few-to-many-shot gap" section: for each dataset and method with an all-cases run and a k-shot run
+    of the same budget, configuration and protocol, the Dice of both on the paired validation cases (k-shot draws
+    averaged per case) and the relative gap % [CI]; a note when no such pair exists."""
     r, t = ctx.report, ctx.tree
     r.add(Heading(2, "Few-to-many-shot gap"))
     rows = []
