@@ -45,7 +45,13 @@ GROUPS = [
     "nnssl/analysis/report/render.py",
     "nnssl/analysis/report/overview.py",
     "nnssl/analysis/report/attention.py",
+    "nnssl/tasks",
+    "nnssl/training",
+    "nnssl/finetune",
+    "nnssl/analysis",
+    "nnssl/data",
     "planners",
+    "trainers",
 ]
 
 _DEFS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
