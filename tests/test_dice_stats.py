@@ -1,4 +1,5 @@
-"""Dice statistics: bootstrap CIs, Wilcoxon, Holm, groups, modality, convergence and few-shot gap helpers."""
+"""Dice statistics: bootstrap CIs (per case and over k-shot draws), Wilcoxon and the draws' paired test, Holm, groups,
+modality, convergence and few-shot gap helpers."""
 import math
 
 import numpy as np
@@ -9,9 +10,11 @@ from nnssl.analysis.dice_stats import (
     bootstrap_ci,
     bootstrap_means,
     group_case_values,
+    hierarchical_bootstrap_ci,
     holm,
     label_keys,
     modality,
+    paired_draw_test,
     paired_wilcoxon,
     significance_marker,
     stratified_bootstrap_ci,
@@ -102,6 +105,66 @@ def test_wilcoxon_zero_and_nan_pairs():
     assert t3.n == 0 and math.isnan(t3.p)
     with pytest.raises(ValueError, match="same cases"):
         paired_wilcoxon([1, 2], [1, 2, 3])
+
+
+# ---------------------------------------------------------------------------------------------------------- draws
+def _draws(shifts, noise=0.002, cases=40, seed=0):
+    """Scratch and method (draws, cases) matrices: the method is scratch + a per-draw shift + small case noise."""
+    rng = np.random.default_rng(seed)
+    base = np.tile(rng.uniform(0.3, 0.7, cases), (len(shifts), 1))
+    return base + np.asarray(shifts, float)[:, None] + rng.normal(0, noise, base.shape), base
+
+
+def test_hierarchical_ci_with_one_draw_is_the_case_bootstrap_and_widens_with_the_draws_spread():
+    a, b = _draws([0.03])
+    one = hierarchical_bootstrap_ci(a - b, n_boot=2000, seed=3)
+    assert one == bootstrap_ci((a - b)[0], n_boot=2000, seed=3) and one.n == 40
+    steady = hierarchical_bootstrap_ci(_draws([0.03, 0.03, 0.03])[0] - b[:1], n_boot=2000)
+    spread = hierarchical_bootstrap_ci(_draws([0.08, -0.02, 0.03])[0] - b[:1], n_boot=2000)
+    assert steady.n == spread.n == 40  # draws repeat the cases: n counts cases, not (draw, case) pairs
+    assert (spread.high - spread.low) > 10 * (steady.high - steady.low)
+
+
+def test_paired_draw_test_counts_the_spread_across_draws():
+    """Three draws that disagree in sign: the Wilcoxon over case means (the draws averaged away) calls a tiny mean
+    difference certain; the two-stage test does not, and agrees with the CI that contains 0."""
+    a, b = _draws([0.06, -0.05, 0.01])
+    naive = paired_wilcoxon(a.mean(axis=0), b.mean(axis=0))
+    assert naive.p < 1e-6
+    t = paired_draw_test(a, b, n_boot=4000, seed=0)
+    ci = hierarchical_bootstrap_ci(a - b, n_boot=4000, seed=0)
+    assert t.p > 0.2 and ci.low < 0 < ci.high
+    assert t.n == 40 and t.n_nonzero == 40 and t.mean_diff == pytest.approx(naive.mean_diff)
+    assert math.isnan(t.statistic) and "3 draws and 40 cases" in t.note
+    steady = paired_draw_test(*_draws([0.03, 0.025, 0.035]), n_boot=4000, seed=0)
+    assert steady.p == pytest.approx(2 / 4001)  # no resample reaches 0: the smallest p B resamples can give
+
+
+def test_paired_draw_test_p_agrees_with_the_ci_of_the_same_seed():
+    rng = np.random.default_rng(1)
+    disagreements = 0
+    for i in range(40):
+        shifts = rng.normal(rng.uniform(-0.03, 0.03), rng.uniform(0.0, 0.03), size=int(rng.integers(2, 5)))
+        a, b = _draws(shifts, noise=float(rng.uniform(0.005, 0.05)), cases=int(rng.integers(8, 40)), seed=i)
+        t = paired_draw_test(a, b, n_boot=2000, seed=i)
+        ci = hierarchical_bootstrap_ci(a - b, n_boot=2000, seed=i)
+        if (t.p < 0.05) != (ci.low > 0 or ci.high < 0):
+            disagreements += 1
+            assert 0.04 < t.p < 0.06, (t, ci)  # only at the boundary, where B resamples cannot resolve it
+    assert disagreements <= 2
+
+
+def test_paired_draw_test_with_one_draw_is_the_wilcoxon_over_cases():
+    x = np.array([[1.1, 0.0, 3.5, 4.0, 5.2, 6.0]])
+    y = x - np.array([[1, -2, 3, 4, 5, 6]])
+    assert paired_draw_test(x, y) == paired_wilcoxon(x[0], y[0])
+    # a second draw that only one side ran (NaN on the other) leaves one shared draw: still the Wilcoxon
+    xa, ya = np.vstack([x, x + 1]), np.vstack([y, np.full(6, np.nan)])
+    assert paired_draw_test(xa, ya) == paired_wilcoxon(x[0], y[0])
+    same = paired_draw_test(np.tile(x, (3, 1)), np.tile(x, (3, 1)))
+    assert math.isnan(same.p) and "zero" in same.note
+    with pytest.raises(ValueError, match="aligned"):
+        paired_draw_test(x, y[:, :3])
 
 
 # ---------------------------------------------------------------------------------------------------------- Holm

@@ -1,4 +1,5 @@
-"""Statistics on per-case Dice scores: bootstrap confidence intervals, paired Wilcoxon tests, Holm correction,
+"""Statistics on per-case Dice scores: bootstrap confidence intervals (per case, and two-stage over k-shot draws
+then cases), paired tests (Wilcoxon over cases; the two-stage bootstrap where draws repeat the cases), Holm correction,
 structure-group aggregation and the CT / MRI split of datasets.
 
 All functions take plain numpy arrays of per-case values (one value per validation case); NaN means "not defined for
@@ -84,28 +85,29 @@ def bootstrap_ci(values: Any, n_boot: int = 10000, seed: int = 0, level: float =
     return MeanCI(mean, float(low), float(high), int(x.size))
 
 
-def hierarchical_bootstrap_ci(matrix: Any, n_boot: int = 10000, seed: int = 0, level: float = 0.95) -> MeanCI:
-    """Mean of a (draws, cases) matrix with a two-stage percentile-bootstrap CI: resample the draws, then the cases.
-
-    Repeated k-shot draws validate on the same cases, so (draw, case) values are not independent samples: each
-    resample draws R of the R draws and N of the N cases (the same cases for every drawn draw) and averages the
-    finite values. With one draw this is the case bootstrap of ``bootstrap_ci``; n = the number of cases with a
-    finite value.
-    """
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"level must be in (0, 1), got {level}")
+def _draw_case_matrix(matrix: Any) -> np.ndarray:
+    """A (draws, cases) matrix as float64 without the cases and draws that hold no finite value."""
     m = np.asarray(matrix, dtype=np.float64)
     if m.ndim != 2:
         raise ValueError(f"expected a (draws, cases) matrix, got shape {m.shape}")
     m = m[:, np.isfinite(m).any(axis=0)]  # cases without any value
-    m = m[np.isfinite(m).any(axis=1)]  # draws without any value
-    n = int(m.shape[1]) if m.size else 0
-    if n == 0:
-        return MeanCI(math.nan, math.nan, math.nan, 0)
-    mean = float(np.nanmean(m))
-    r = m.shape[0]
-    if r == 1:
-        return bootstrap_ci(m[0], n_boot=n_boot, seed=seed, level=level)
+    return m[np.isfinite(m).any(axis=1)]  # draws without any value
+
+
+def hierarchical_bootstrap_means(matrix: Any, n_boot: int = 10000, seed: int = 0) -> np.ndarray:
+    """Two-stage bootstrap distribution of the mean of a (draws, cases) matrix: ``n_boot`` means, each over R of the
+    R draws drawn with replacement and N of the N cases drawn with replacement (the same cases for every drawn
+    draw), averaging the finite values; resamples without any finite value are left out.
+
+    Repeated k-shot draws validate on the same cases, so (draw, case) values are not independent samples: the
+    draws carry the spread over training subsets, the cases the spread over validation images.
+    """
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    m = _draw_case_matrix(matrix)
+    if m.size == 0:
+        raise ValueError("no finite values to bootstrap")
+    r, n = m.shape
     rng = np.random.default_rng(seed)
     means = np.empty(n_boot)
     for start in range(0, n_boot, 500):
@@ -116,7 +118,24 @@ def hierarchical_bootstrap_ci(matrix: Any, n_boot: int = 10000, seed: int = 0, l
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             means[start:stop] = np.nanmean(sample.reshape(stop - start, -1), axis=1)
-    means = means[np.isfinite(means)]
+    return means[np.isfinite(means)]
+
+
+def hierarchical_bootstrap_ci(matrix: Any, n_boot: int = 10000, seed: int = 0, level: float = 0.95) -> MeanCI:
+    """Mean of a (draws, cases) matrix with a two-stage percentile-bootstrap CI: resample the draws, then the cases
+    (:func:`hierarchical_bootstrap_means`). With one draw this is the case bootstrap of ``bootstrap_ci``; n = the
+    number of cases with a finite value.
+    """
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    m = _draw_case_matrix(matrix)
+    n = int(m.shape[1]) if m.size else 0
+    if n == 0:
+        return MeanCI(math.nan, math.nan, math.nan, 0)
+    mean = float(np.nanmean(m))
+    if m.shape[0] == 1:
+        return bootstrap_ci(m[0], n_boot=n_boot, seed=seed, level=level)
+    means = hierarchical_bootstrap_means(m, n_boot=n_boot, seed=seed)
     alpha = (1.0 - level) / 2.0
     low, high = np.quantile(means, [alpha, 1.0 - alpha])
     return MeanCI(mean, float(low), float(high), n)
@@ -211,6 +230,44 @@ def paired_wilcoxon(a: Any, b: Any) -> PairedTest:
     if n_nonzero < MIN_N_FOR_5PCT:
         note = f"only {n_nonzero} non-zero differences: p < 0.05 is unreachable"
     return PairedTest(n, n_nonzero, mean_diff, float(res.statistic), float(res.pvalue), note)
+
+
+def paired_draw_test(a: Any, b: Any, n_boot: int = 10000, seed: int = 0) -> PairedTest:
+    """Paired test of two aligned (draws, cases) matrices: the same k-shot draws and validation cases on both sides.
+
+    One draw: the Wilcoxon signed-rank test over the cases (:func:`paired_wilcoxon`). Several draws: the draws
+    validate on the same cases, so a Wilcoxon over case means averaged across the draws would ignore how much the
+    result moves from one training subset to the next and claim far too much (three draws that disagree in sign can
+    still give p < 1e-6). The p-value then comes from the two-stage bootstrap that gives the difference's CI
+    (:func:`hierarchical_bootstrap_means` of a - b, draws then cases): p = 2 min(P*(mean <= 0), P*(mean >= 0)), each
+    share counted as (k + 1) / (B + 1) so that p > 0, as Monte Carlo p-values are (Davison & Hinkley 1997, ch. 4).
+    With the same ``seed`` as the CI, p < 1 - level exactly where the percentile interval of that level excludes 0,
+    up to the resolution of B resamples. ``n``: cases paired; ``n_nonzero``: cases whose draw-averaged difference is
+    not 0; ``statistic``: NaN (no rank statistic); ``note`` names the test.
+    """
+    x = np.asarray(a, dtype=np.float64)
+    y = np.asarray(b, dtype=np.float64)
+    if x.shape != y.shape or x.ndim != 2:
+        raise ValueError(f"paired draw test needs two aligned (draws, cases) matrices, got {x.shape} and {y.shape}")
+    shared = np.flatnonzero(np.isfinite(x - y).any(axis=1))  # draws with a case both sides hold
+    if shared.size <= 1:
+        row = int(shared[0]) if shared.size else 0
+        return paired_wilcoxon(x[row], y[row]) if x.size else paired_wilcoxon([], [])
+    d = _draw_case_matrix(x - y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        case_diff = np.nanmean(d, axis=0)
+    r, n = d.shape
+    mean_diff = float(np.nanmean(d))
+    n_nonzero = int(np.count_nonzero(case_diff))
+    if n_nonzero == 0:
+        return PairedTest(n, 0, mean_diff, math.nan, math.nan, "all paired differences are zero (identical results)")
+    means = hierarchical_bootstrap_means(d, n_boot=n_boot, seed=seed)
+    below = (np.count_nonzero(means <= 0.0) + 1) / (means.size + 1)
+    above = (np.count_nonzero(means >= 0.0) + 1) / (means.size + 1)
+    p = min(1.0, 2.0 * min(below, above))
+    return PairedTest(n, n_nonzero, mean_diff, math.nan, float(p),
+                      f"two-stage bootstrap over {r} draws and {n} cases")
 
 
 def holm(pvalues: Sequence[float]) -> np.ndarray:

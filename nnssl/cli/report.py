@@ -19,6 +19,7 @@ See documentation/report.md for how to read it."""
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of nnssl_report (its ``--help``)."""
     p = argparse.ArgumentParser(prog="nnssl_report", description=DESCRIPTION,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("results", nargs="?", default=os.environ.get("nnUNet_results"),
@@ -30,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the CNN baseline every Swin run is tested against in the report's CNN family (nnunet, "
                         "resenc_m, resenc_l, resenc_xl; default: nnunet); fix it before looking at the results")
     p.add_argument("--bootstrap", type=int, default=10000,
-                   help="bootstrap resamples for the confidence intervals (default: 10000)")
+                   help="bootstrap resamples for the confidence intervals and for the paired tests of regimes with "
+                        "k-shot draws (default: 10000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling (default: 0)")
     p.add_argument("--level", type=float, default=0.95, help="confidence level of the intervals (default: 0.95)")
     p.add_argument("--raw", default=None,
@@ -57,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run nnssl_report on ``argv`` (default ``sys.argv[1:]``): read the results tree and write report.md, report.html
+    and the figures; 0 on success, 2 after one ``error:`` line."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -4,18 +4,19 @@ CNN baseline of the same dataset, shots and budget, as one family of tests.
 The reference (``ReportOptions.cnn_reference``, the grid passes the spec's ``reference_baseline``, default its first
 baseline) is fixed before the results are read, never picked from them. Rows pair the same validation cases of the
 same folds and k-shot draws (the CNN runs train on the Swin runs' splits and subsets), with a two-stage bootstrap CI
-of the difference and a paired Wilcoxon test, Holm-corrected over this table only: the headline's SSL-vs-scratch
+of the difference and a paired test (``dice_stats.paired_draw_test``: Wilcoxon over cases, the same two-stage
+bootstrap where k-shot draws repeat the cases), Holm-corrected over this table only: the headline's SSL-vs-scratch
 family is not diluted by it. Other CNN baselines appear in the Dice tables, marked, without tests.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nnssl.analysis.dice_stats import hierarchical_bootstrap_ci, holm, paired_wilcoxon, significance_marker
+from nnssl.analysis.dice_stats import hierarchical_bootstrap_ci, holm, paired_draw_test, significance_marker
 from nnssl.analysis.report.blocks import Heading, Para, Table
 from nnssl.analysis.report.context import ReportContext
 from nnssl.analysis.report.format import fmt_p
-from nnssl.analysis.results import Regime, paired_case_means, paired_draw_matrices
+from nnssl.analysis.results import Regime, paired_draw_matrices
 from nnssl.nnunet.naming import is_cnn_baseline
 
 
@@ -39,8 +40,7 @@ def compare_family(ctx: ReportContext, comparisons: list[Comparison]) -> list[li
         xa, xb = ctx.cases(c.dataset, c.regime_a, c.a), ctx.cases(c.dataset, c.regime_b, c.b)
         ma, mb = paired_draw_matrices(xa, xb)
         diff = hierarchical_bootstrap_ci(ma - mb, n_boot=ctx.opt.n_boot, seed=ctx.opt.seed, level=ctx.opt.level)
-        ca, cb, _ = paired_case_means(xa, xb)
-        pt = paired_wilcoxon(ca, cb)
+        pt = paired_draw_test(ma, mb, n_boot=ctx.opt.n_boot, seed=ctx.opt.seed)
         tests.append(pt)
         rows.append([c.dataset, c.regime_a.label(), ctx.label(c.a), ctx.case_ci(c.dataset, c.regime_a, c.a).fmt(d),
                      ctx.label(c.b), ctx.case_ci(c.dataset, c.regime_b, c.b).fmt(d), diff.fmt(d), str(pt.n)])
@@ -90,7 +90,8 @@ def cnn_comparison(ctx: ReportContext) -> None:
                  f"difference [{level}% CI]", "cases", "p (Holm)", "sig.", "note"], rows,
                 caption=f"Every Swin run against {ref} trained on the same folds, k-shot subsets and draws "
                         "(ladder rungs against the CNN of the same shots and budget); CIs bootstrap draws, then "
-                        "cases; p: paired Wilcoxon over cases, Holm-corrected over this table."))
+                        "cases; p: paired Wilcoxon over cases, or with k-shot draws the same two-stage bootstrap; "
+                        "Holm-corrected over this table."))
     others = [b for b in found if b != ref]
     if others:
         r.add(Para(f"Other CNN baselines ({', '.join(others)}) are shown in the Dice tables, marked, without tests: "

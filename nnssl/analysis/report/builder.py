@@ -41,7 +41,9 @@ def build(ctx: ReportContext) -> Report:
         "when a label is absent from reference and prediction). Confidence intervals: percentile bootstrap over "
         f"cases, {ctx.opt.n_boot} resamples, seed {ctx.opt.seed}; with repeated k-shot draws, a two-stage bootstrap "
         "(draws, then the validation cases they share). Tests: two-sided paired Wilcoxon signed-rank over common "
-        "cases, each case averaged over the draws both sides share (zero differences dropped), Holm-corrected "
+        "cases (zero differences dropped); where k-shot draws repeat the cases, the p-value of the same two-stage "
+        "bootstrap on the paired differences (draws both sides share, then cases), so p agrees with the CI; "
+        "Holm-corrected "
         "within each table family (the headline: over all its rows); "
         "* p<0.05, ** p<0.01, *** p<0.001 after correction, ns otherwise. See documentation/report.md."))
     return r

@@ -2,9 +2,11 @@
 
 Each row: the method's mean foreground Dice with its CI, the baseline's (the from-scratch runs of the same encoder,
 ``ReportContext.baseline_for``), and their difference with a CI from the same two-stage bootstrap (k-shot draws, then
-validation cases) on the paired differences, and a two-sided paired Wilcoxon test on per-case values (averaged over
-the draws both share). Holm's correction runs over every comparison of the table (methods x datasets x regimes),
-so the family is fixed before anything is looked at; per-label comparisons are in the detail tables below. One
+validation cases) on the paired differences, and a two-sided paired test: Wilcoxon over the cases for a single run
+per fold, the p-value of that same two-stage bootstrap where k-shot draws repeat the cases
+(``dice_stats.paired_draw_test``), so that p and the CI agree. Holm's correction runs over every comparison of the
+table (methods x datasets x regimes), so the family is fixed before anything is looked at; per-label comparisons are
+in the detail tables below. One
 sentence says which differences are significant, or that none are at this budget, and one what the design could have
 detected: the smallest difference found at 80% power after the correction, at the pooled spread of the table's paired
 per-case differences (``nnssl.analysis.power``).
@@ -15,7 +17,7 @@ import math
 
 import numpy as np
 
-from nnssl.analysis.dice_stats import hierarchical_bootstrap_ci, holm, paired_wilcoxon, significance_marker
+from nnssl.analysis.dice_stats import hierarchical_bootstrap_ci, holm, paired_draw_test, significance_marker
 from nnssl.analysis.power import design_sentence, detectable_difference, pilot_sd
 from nnssl.analysis.report.blocks import Heading, Para, Table
 from nnssl.analysis.report.context import ReportContext
@@ -26,8 +28,9 @@ from nnssl.nnunet.naming import is_scratch
 
 def headline(ctx: ReportContext) -> None:
     """Add the headline section: one table of every pretrained method against its from-scratch baseline
-    (:func:`comparisons`, full fine-tuning) with Dice CIs, the two-stage bootstrap CI of the difference and paired
-    Wilcoxon p Holm-corrected over the table; a sentence on the significant rows, one on the detectable difference."""
+    (:func:`comparisons`, full fine-tuning) with Dice CIs, the two-stage bootstrap CI of the difference and the
+    paired test's p (``paired_draw_test``) Holm-corrected over the table; a sentence on the significant rows, one on
+    the detectable difference."""
     r, d = ctx.report, ctx.opt.digits
     level = int(round(ctx.opt.level * 100))
     r.add(Heading(2, "Headline: pretraining against training from scratch"))
@@ -37,8 +40,8 @@ def headline(ctx: ReportContext) -> None:
         a, b = ctx.cases(ds, regime, m), ctx.cases(ds, regime, base)
         ma, mb = paired_draw_matrices(a, b)
         diff = hierarchical_bootstrap_ci(ma - mb, n_boot=ctx.opt.n_boot, seed=ctx.opt.seed, level=ctx.opt.level)
+        pt = paired_draw_test(ma, mb, n_boot=ctx.opt.n_boot, seed=ctx.opt.seed)
         case_a, case_b, _ = paired_case_means(a, b)
-        pt = paired_wilcoxon(case_a, case_b)
         tests.append(pt)
         differences.append(case_a - case_b)
         rows.append([ds, regime.label(), m, ctx.case_ci(ds, regime, m).fmt(d), base,
@@ -67,8 +70,9 @@ def headline(ctx: ReportContext) -> None:
         ["dataset", "regime", "method", f"Dice [{level}% CI]", "baseline", f"baseline Dice [{level}% CI]",
          f"difference [{level}% CI]", "cases", "p (Holm)", "sig.", "note"], rows,
         caption="Mean foreground Dice per method against the from-scratch runs of the same encoder; CIs bootstrap "
-                "the k-shot draws, then the validation cases; p: paired Wilcoxon over cases, Holm-corrected over "
-                "every row of this table."))
+                "the k-shot draws, then the validation cases; p: paired Wilcoxon over cases (one run per fold) or, "
+                "with k-shot draws, the same two-stage bootstrap as the CI; Holm-corrected over every row of this "
+                "table."))
     if unmatched:
         r.add(Para("No from-scratch baseline of the same encoder for: " + ", ".join(unmatched) + ". Their "
                    "comparisons would mix pretraining with architecture; the grid plans a scratch run per encoder "

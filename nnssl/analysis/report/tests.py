@@ -1,39 +1,45 @@
-"""Paired Wilcoxon tests with Holm correction: each method against the baseline, the best against the rest."""
+"""Paired tests with Holm correction: each method against the baseline, the best against the rest.
+
+Wilcoxon over the validation cases where each fold has one run; where k-shot draws repeat the cases, the two-stage
+bootstrap test of ``dice_stats.paired_draw_test`` (draws, then cases), so the draws' spread counts.
+"""
 from __future__ import annotations
 
 import math
 
 import numpy as np
 
-from nnssl.analysis.dice_stats import holm, paired_wilcoxon, significance_marker
+from nnssl.analysis.dice_stats import holm, paired_draw_test, significance_marker
 from nnssl.analysis.report.blocks import Heading, Para, Table
 from nnssl.analysis.report.context import ReportContext
 from nnssl.analysis.report.format import fmt, fmt_p
-from nnssl.analysis.results import Regime, case_means, paired_case_means
+from nnssl.analysis.results import Regime, case_means, paired_draw_matrices
 from nnssl.nnunet.naming import is_scratch
 
 
 def compare(ctx: ReportContext, ds: str, regime: Regime, pairs: list[tuple[str, str]], family: str):
-    """Paired Wilcoxon tests of the given (A, B) pairs, Holm-corrected as one family.
+    """Paired tests (``paired_draw_test``) of the given (A, B) pairs, Holm-corrected as one family.
 
     Returns (table, {(A, B): (PairedTest, Holm-adjusted p)})."""
     res = []
     for a, b in pairs:
-        xa, xb, _ = paired_case_means(ctx.cases(ds, regime, a), ctx.cases(ds, regime, b))
-        res.append(((a, b), paired_wilcoxon(xa, xb)))
+        ma, mb = paired_draw_matrices(ctx.cases(ds, regime, a), ctx.cases(ds, regime, b))
+        res.append(((a, b), paired_draw_test(ma, mb, n_boot=ctx.opt.n_boot, seed=ctx.opt.seed)))
     adj = holm([pt.p for _, pt in res])
     rows = []
     for ((a, b), pt), p_adj in zip(res, adj):
         rows.append([f"{a} vs {b}", str(pt.n), fmt(pt.mean_diff, ctx.opt.digits), fmt(pt.statistic, 1),
                      fmt_p(pt.p), fmt_p(p_adj), significance_marker(p_adj), pt.note])
     table = Table(["comparison", "pairs", "mean diff (A-B)", "W", "p", "p (Holm)", "sig.", "note"], rows,
-                  caption=f"{ds}, {regime.label()}: {family} (paired Wilcoxon on foreground Dice, per validation "
-                          f"case averaged over the k-shot draws both share; Holm-corrected within this table)")
+                  caption=f"{ds}, {regime.label()}: {family} (paired test on foreground Dice: Wilcoxon over the "
+                          f"validation cases, or with k-shot draws a two-stage bootstrap over the draws both share, "
+                          f"then the cases (W: n/a); mean diff: per case averaged over those draws; Holm-corrected "
+                          f"within this table)")
     return table, {pair: (pt, p_adj) for (pair, pt), p_adj in zip(res, adj)}
 
 
 def significance(ctx: ReportContext) -> None:
-    """Add the "Paired tests" section: per dataset and regime with >= 2 Swin methods, Holm-corrected Wilcoxon
+    """Add the "Paired tests" section: per dataset and regime with >= 2 Swin methods, Holm-corrected paired-test
     tables of each pretrained method against its from-scratch baseline (when the baseline ran) and of the best method
     against the others (unless that repeats the first); the best-vs-baseline row goes to ``ctx.summary_rows``."""
     r, t, base, d = ctx.report, ctx.tree, ctx.opt.baseline, ctx.opt.digits
