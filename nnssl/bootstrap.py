@@ -57,6 +57,9 @@ def ensure_environment() -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python3 -m nnssl.bootstrap {demo|test} [extra arguments]``: build the project's virtual environment if needed,
+    then run the demo benchmark or the test suite in it; returns that command's exit status (2 for an unknown
+    command)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in COMMANDS:
         print(f"usage: python3 -m nnssl.bootstrap {{{'|'.join(COMMANDS)}}} [extra arguments]", file=sys.stderr)

@@ -47,6 +47,8 @@ def _cpu_name() -> str:
 
 
 def reset_peak_memory(device: torch.device | str) -> None:
+    """Reset CUDA's peak-memory counter of ``device`` (nothing on the CPU, where the peak is the process's maximum
+    resident set)."""
     import torch
 
     device = torch.device(device)
@@ -114,6 +116,8 @@ class RunLedger:
         self._start = self._clock()
 
     def record(self, step: int, global_batch: int) -> dict[str, Any]:
+        """The run's compute record at ``step`` with ``global_batch`` samples per step (all ranks): wall time,
+        device-hours and samples summed over sessions, mean step time, peak memory."""
         p = self.prior
         session_wall = self._clock() - self._start
         session = compute_record(session_wall, step - self.start_step, (step - self.start_step) * global_batch, None,

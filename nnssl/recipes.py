@@ -91,6 +91,7 @@ class OptimRecipe:
                              decay_all_parameters=self.decay_all_parameters, sources=sources)
 
     def to_dict(self) -> dict[str, Any]:
+        """The recipe as plain data (betas as a list), for config.json and ``--show-config``."""
         d = dataclasses.asdict(self)
         d["betas"] = list(self.betas)
         return d
@@ -113,6 +114,8 @@ class ResolvedOptim:
     sources: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """The resolved settings as plain data (betas as a list, ``sources`` included), for config.json and
+        ``--show-config``."""
         d = dataclasses.asdict(self)
         d["betas"] = list(self.betas)
         return d

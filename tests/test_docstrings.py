@@ -2,8 +2,8 @@
 
 Read from the source with ``ast`` (nothing is imported): a definition is public when its name does not start with
 ``_``; methods count when their class is public; functions nested in functions do not count. GROUPS lists the paths
-checked so far, each a folder (all its ``.py`` files) or a file; widen it towards the whole package (``nnssl/``,
-``planners/``, ``trainers/``) as the other rooms are documented.
+checked, each a folder (all its ``.py`` files) or a file: the whole package (``nnssl``, ``planners``, ``trainers``)
+and, within it, each room on its own, so that one room cannot fall below the target behind the others' coverage.
 """
 from __future__ import annotations
 
@@ -50,6 +50,9 @@ GROUPS = [
     "nnssl/finetune",
     "nnssl/analysis",
     "nnssl/data",
+    "nnssl/benchmark",
+    "nnssl/cli",
+    "nnssl",
     "planners",
     "trainers",
 ]

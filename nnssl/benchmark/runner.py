@@ -41,6 +41,8 @@ class Paths:
 
     @classmethod
     def from_environment(cls) -> "Paths":
+        """The folders of nnU-Net's environment variables (nnUNet_raw, nnUNet_preprocessed, nnUNet_results;
+        nnssl_results defaults to $nnUNet_results/nnssl_pretrain); ValueError naming the unset ones."""
         missing = [v for v in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results") if not os.environ.get(v)]
         if missing:
             raise ValueError(f"set {', '.join(missing)} (nnU-Net's folders) before running a benchmark, or use --workdir")
@@ -50,11 +52,15 @@ class Paths:
 
     @classmethod
     def under(cls, workdir: Path) -> "Paths":
+        """The four folders under one work directory (``--workdir``): nnUNet_raw, nnUNet_preprocessed, nnUNet_results
+        and nnssl_results."""
         workdir = workdir.resolve()
         return cls(workdir / "nnUNet_raw", workdir / "nnUNet_preprocessed", workdir / "nnUNet_results",
                    workdir / "nnssl_results")
 
     def environment(self) -> dict[str, str]:
+        """The environment variables the grid's commands run with: the four folders and nnUNet_extTrainer (where nnU-Net
+        finds the Swin trainers)."""
         from nnssl.nnunet.environment import trainers_path
 
         return {"nnUNet_raw": str(self.raw), "nnUNet_preprocessed": str(self.preprocessed),
@@ -64,6 +70,10 @@ class Paths:
 
 @dataclass
 class Job:
+    """One command of the grid: ``key`` names it uniquely, ``stage`` groups it (pretrain, attach, finetune, ...). It
+    counts as done when every ``done_marker`` exists (and ``stamp`` where set); when ``resume_marker`` exists it reruns
+    with ``resume_args`` appended, so an interrupted grid continues where it stopped."""
+
     key: str
     stage: str
     command: list[str]
@@ -105,6 +115,8 @@ class Job:
         return stamps.describe_changes(record, self.identity or {}) if record is not None else []
 
     def is_done(self) -> bool:
+        """Whether the job's outputs are complete: its stamp (where it has one) and every done marker exist; a job
+        without done markers (the report) is never done."""
         if self.stamp is not None and not self.stamp.exists():
             return False
         if self.done_marker is None:
@@ -113,11 +125,14 @@ class Job:
         return all(_exists(m) for m in markers)
 
     def effective_command(self) -> list[str]:
+        """The command the runner executes now: ``command`` plus ``resume_args`` when the resume marker exists (a
+        partial run to continue), else ``command``."""
         if self.resume_marker is not None and _exists(self.resume_marker):
             return self.command + self.resume_args
         return self.command
 
     def shell(self) -> str:
+        """``command`` as one shell line with the job's environment variables in front, each part quoted."""
         env = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env.items())
         return (env + " " if env else "") + " ".join(shlex.quote(c) for c in self.command)
 
@@ -131,6 +146,8 @@ def _exists(marker: Path) -> bool:
 
 
 def checkpoint_path(spec: BenchmarkSpec, paths: Paths, method: str) -> Path:
+    """Where the grid's pretrained checkpoint of ``method`` lives: the spec's ``checkpoints`` entry for a given
+    checkpoint, else ``<nnssl_results>/<spec name>/<method>/checkpoint_final.pth``."""
     if method in spec.checkpoints:
         return Path(spec.checkpoints[method]).resolve()
     return paths.nnssl_results / spec.name / method / "checkpoint_final.pth"

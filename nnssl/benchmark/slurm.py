@@ -133,6 +133,7 @@ class Submission:
 
     @property
     def is_array(self) -> bool:
+        """Whether the submission holds several jobs and is submitted as one SLURM array (index = job)."""
         return len(self.jobs) > 1
 
     @property

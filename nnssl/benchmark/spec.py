@@ -71,6 +71,8 @@ class PretrainingSpec:
     encoders: list[str] | None = None
 
     def encoder_list(self) -> list[str]:
+        """The encoder presets the grid pretrains: ``encoders`` (the design axis) when given, else the one
+        ``encoder``."""
         return list(self.encoders) if self.encoders else [self.encoder]
 
     def settings(self, method: str) -> dict[str, Any]:
@@ -81,6 +83,7 @@ class PretrainingSpec:
         return values
 
     def crop_of(self, method: str) -> tuple[int, int, int]:
+        """The pretraining crop of ``method`` as three edges (a single number in the spec is a cube)."""
         crop = self.settings(method)["crop"]
         crop = list(crop) if isinstance(crop, (list, tuple)) else [crop]
         return tuple(int(c) for c in (crop * 3 if len(crop) == 1 else crop))  # type: ignore[return-value]
@@ -99,6 +102,10 @@ class PretrainingRun:
 
 @dataclass
 class DownstreamSpec:
+    """The ``downstream:`` entry: target datasets, shot regimes, folds and draws the grid fine-tunes on, with the
+    fine-tuning budget (epochs, iterations per epoch) and the analyses run on the results (CKA images, attention,
+    probes)."""
+
     datasets: list[str]
     shots: list[str] = field(default_factory=lambda: ["all"])
     folds: list[int] = field(default_factory=lambda: [0])
@@ -176,6 +183,8 @@ class SlurmSpec:
     extra: list[str] = field(default_factory=list)  # more #SBATCH options for every job, e.g. --account=proj
 
     def validate(self, device: str) -> "SlurmSpec":
+        """Check the cluster resources for ``device`` (positive counts, a TCP port, a partition name, several nodes only
+        on CUDA); returns self, SpecError naming the bad key otherwise."""
         for key in ("gpus_per_job", "nodes"):
             if not _positive_int(getattr(self, key)):
                 raise SpecError(f"slurm.{key} must be a positive integer, got {getattr(self, key)!r}")
@@ -240,6 +249,10 @@ def _check_mem(value: Any, where: str) -> str:
 
 @dataclass
 class BenchmarkSpec:
+    """A whole benchmark grid, as read from a YAML or JSON spec (documentation/benchmark.md): the methods to pretrain
+    (or given ``checkpoints``), the pretraining and downstream settings, the device, phantom generation, CNN baselines
+    and SLURM resources."""
+
     name: str
     pretraining: PretrainingSpec
     downstream: DownstreamSpec
@@ -256,6 +269,8 @@ class BenchmarkSpec:
     force_baselines: bool = False
 
     def validate(self) -> "BenchmarkSpec":
+        """Check the spec as a whole before anything runs (known methods with close-match hints, checkpoint names,
+        device, baselines, phantoms, shot regimes); returns self, SpecError naming the problem and its fix otherwise."""
         from nnssl.tasks import method_names
 
         registry = set(method_names())
@@ -491,6 +506,7 @@ class BenchmarkSpec:
 
     @property
     def pretrained_methods(self) -> list[str]:
+        """The spec's methods without scratch: the ones fine-tuned from a pretrained encoder."""
         return [m for m in self.methods if m != SCRATCH]
 
     @property
@@ -514,6 +530,7 @@ class BenchmarkSpec:
         return next((r.method for r in self.pretraining_runs if r.name == name), name)
 
     def to_dict(self) -> dict[str, Any]:
+        """The spec as plain data (nested dataclasses as dicts), as written beside the grid's results."""
         return dataclasses.asdict(self)
 
 
@@ -617,6 +634,8 @@ def spec_from_dict(data: dict[str, Any], base_dir: str | Path | None = None) -> 
 
 
 def load_spec(path: str | Path) -> BenchmarkSpec:
+    """Read and validate a benchmark spec from a ``.yaml``/``.yml`` or JSON file; FileNotFoundError when it does not
+    exist, SpecError with the line and column of a syntax error or the key that is wrong."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"spec {path} does not exist")

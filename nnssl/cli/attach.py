@@ -9,6 +9,7 @@ from nnssl.nnunet.naming import SWIN_PLANS
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of nnssl_attach (its ``--help``)."""
     p = argparse.ArgumentParser(
         prog="nnssl_attach",
         description="Write plans nnUNetSwinPlans_<name> for a target dataset: a copy of its Swin plans whose encoder is "
@@ -30,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run nnssl_attach on ``argv`` (default ``sys.argv[1:]``): write the dataset's nnUNetSwinPlans_<name> for the
+    checkpoint; 0 on success, 2 after one ``error:`` line."""
     args = build_parser().parse_args(argv)
     try:
         from nnssl.finetune.attach import attach_checkpoint

@@ -17,6 +17,7 @@ Attention weights are read from MONAI's eager attention path (the fused SDPA pat
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of nnssl_attention (its ``--help``)."""
     p = argparse.ArgumentParser(prog="nnssl_attention", description=__doc__, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pretrained", required=True, help="the nnssl pretraining checkpoint the fine-tuning started from")
@@ -38,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run nnssl_attention on ``argv`` (default ``sys.argv[1:]``): measure the encoders' attention and write the JSON
+    result; 0 on success, 2 after one ``error:`` line."""
     args = build_parser().parse_args(argv)
     from nnssl.nnunet.naming import method_of_plans, parse_trainer_name
 

@@ -21,6 +21,7 @@ nnUNet_raw, nnUNet_preprocessed and nnUNet_results (and nnssl_results for pretra
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of nnssl_benchmark (its ``--help``)."""
     p = argparse.ArgumentParser(prog="nnssl_benchmark", description=__doc__, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("spec", nargs="?", help="grid spec (.json, .yaml or .yml)")
@@ -41,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run nnssl_benchmark on ``argv`` (default ``sys.argv[1:]``): run (or resume, or export for SLURM) the grid of a
+    spec and write its report; 0 when every job succeeded, 1 when some failed (rerun to resume), 2 after one ``error:``
+    line on bad input."""
     args = build_parser().parse_args(argv)
     from nnssl.benchmark.runner import ChangedSettingsError, Paths, build_jobs, run_jobs
     from nnssl.benchmark.slurm import export_jobs

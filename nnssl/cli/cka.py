@@ -15,6 +15,7 @@ The JSON (schema in documentation/report.md) is picked up by nnssl_report from <
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of nnssl_cka (its ``--help``)."""
     p = argparse.ArgumentParser(prog="nnssl_cka", description=__doc__, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pretrained", required=True, help="the nnssl pretraining checkpoint the fine-tuning started from")
@@ -35,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run nnssl_cka on ``argv`` (default ``sys.argv[1:]``): CKA per stage between a fine-tuned encoder and its
+    pretrained start, written as JSON; 0 on success, 2 after one ``error:`` line."""
     args = build_parser().parse_args(argv)
     try:
         from nnssl.analysis.cka import write_cka_json

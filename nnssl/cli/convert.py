@@ -35,6 +35,7 @@ IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of nnssl_convert (its ``--help``)."""
     from nnssl.convert import SOURCE_CHOICES, TARGETS
     from nnssl.encoders.merging import MERGE_ORDERS
     from nnssl.encoders.swin import PRESETS
@@ -116,6 +117,8 @@ def _orientation(args: argparse.Namespace):
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run nnssl_convert on ``argv`` (default ``sys.argv[1:]``): import a public checkpoint or export an nnssl encoder;
+    0 on success, 2 after one ``error:`` line."""
     args = build_parser().parse_args(argv)
     from nnssl.convert import ConversionError, convert_file, preset_config
 

@@ -8,6 +8,7 @@ from nnssl.cli.common import fail
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of nnssl_find_best_configuration (its ``--help``)."""
     p = argparse.ArgumentParser(
         prog="nnssl_find_best_configuration",
         description="Run nnU-Net's model selection (cross-validation Dice of each model and of every pair's ensemble, "
@@ -27,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run nnssl_find_best_configuration on ``argv`` (default ``sys.argv[1:]``): nnU-Net's model selection over the
+    named models; 0 on success, 2 after one ``error:`` line."""
     args = build_parser().parse_args(argv)
     from nnssl.nnunet.model_selection import find_best_over_models, split_model_folder_name
 

@@ -6,6 +6,7 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of nnssl (its ``--help``)."""
     p = argparse.ArgumentParser(
         prog="nnssl",
         description="Show nnssl's version, the line that lets nnU-Net find the Swin trainers, and check nnU-Net's "
@@ -16,6 +17,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``nnssl`` on ``argv`` (default ``sys.argv[1:]``): print the version and check nnU-Net's environment
+    variables, or with ``--export`` print the nnUNet_extTrainer line; 1 when a variable needs fixing, else 0."""
     args = build_parser().parse_args(argv)
     import nnssl
     from nnssl.nnunet.environment import NNUNET_ENV_VARS, env_problems, export_line

@@ -21,6 +21,7 @@ def _dataset_table() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of nnssl_phantoms (its ``--help``, with the table of phantom datasets)."""
     p = argparse.ArgumentParser(
         prog="nnssl_phantoms",
         description="Write procedural CT and MRI torso phantoms as nnU-Net v2 raw datasets under $nnUNet_raw "
@@ -51,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run nnssl_phantoms on ``argv`` (default ``sys.argv[1:]``): write the chosen phantom datasets under $nnUNet_raw; 0
+    on success, 2 after one ``error:`` line."""
     args = build_parser().parse_args(argv)
     try:
         size = None

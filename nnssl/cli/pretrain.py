@@ -22,6 +22,7 @@ log.jsonl, loss.png; .nnssl.lock while a run uses the folder.
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of nnssl_pretrain (its ``--help``)."""
     p = argparse.ArgumentParser(prog="nnssl_pretrain", description=__doc__, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-m", "--method", help="pretext task, e.g. smit, simmim, dino (see --list)")
@@ -79,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def list_methods() -> str:
+    """The ``--list`` table: one line per registered method with its family, reference learning rate and paper (a method
+    whose module does not import is listed as unavailable with the reason)."""
     from nnssl.tasks import get_task_class, method_names
 
     lines = [f"{'method':<10} {'family':<24} {'reference lr':<22} paper"]
@@ -96,6 +99,8 @@ def list_methods() -> str:
 
 
 def parse_options(pairs: list[str]) -> dict[str, str]:
+    """``-o KEY=VALUE`` pairs as a dict of strings (the task's Config converts and validates them); ValueError for a
+    pair without ``=``."""
     options = {}
     for pair in pairs:
         if "=" not in pair:
@@ -121,6 +126,9 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run nnssl_pretrain on ``argv`` (default ``sys.argv[1:]``): pretrain (or resume) the encoder with a pretext task;
+    0 on success, 2 after one ``error:`` line on bad input or a stopped run, 130 when interrupted (the last checkpoint
+    intact)."""
     args = build_parser().parse_args(argv)
     if args.list:
         print(list_methods())

@@ -19,6 +19,7 @@ picked up by nnssl_report from <results>/probe/ or --probe.
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of nnssl_probe (its ``--help``)."""
     p = argparse.ArgumentParser(prog="nnssl_probe", description=__doc__, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pretrained", required=True, help="nnssl checkpoint (nnssl_pretrain or nnssl_convert)")
@@ -59,6 +60,8 @@ def _num(x: float | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run nnssl_probe on ``argv`` (default ``sys.argv[1:]``): k-NN and linear probes of a pretrained and a random
+    encoder, written as JSON; 0 on success, 2 after one ``error:`` line."""
     args = build_parser().parse_args(argv)
     if args.crop is not None and len(args.crop) not in (1, 3):
         return fail(f"--crop takes one or three sizes, got {len(args.crop)}: e.g. --crop 96 or --crop 96 96 64")

@@ -9,6 +9,7 @@ from nnssl.nnunet.naming import SWIN_PLANS
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of nnssl_splits (its ``--help``)."""
     p = argparse.ArgumentParser(
         prog="nnssl_splits",
         description="Check a split file (nnU-Net's splits_final.json layout: a list of {\"train\": [...], \"val\": "

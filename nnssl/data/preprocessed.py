@@ -34,6 +34,8 @@ COMPLETE_MARKER = ".nnssl_complete.json"
 
 
 def complete_marker_path(data_folder: Path) -> Path:
+    """The marker beside a preprocessed data folder (``.<folder>`` + COMPLETE_MARKER) that says its preprocessing
+    finished."""
     data_folder = Path(data_folder)
     return data_folder.parent / f".{data_folder.name}{COMPLETE_MARKER}"
 #: A crop whose share of padding (the part outside the image) is at least WARN_PADDING_SHARE at the median image shape
@@ -54,6 +56,8 @@ def read_complete_marker(data_folder: Path) -> dict[str, Any] | None:
 
 
 def write_complete_marker(data_folder: Path, identifiers: Sequence[str], constant: Sequence[str]) -> Path:
+    """Write the completion marker of ``data_folder`` atomically: the preprocessed cases and those with a constant
+    image; returns its path."""
     from nnssl.io import atomic_write
 
     record = {"cases": sorted(identifiers), "constant_cases": sorted(constant), "written_by": "nnssl_plan_and_preprocess"}
@@ -93,6 +97,8 @@ class PreprocessedSource:
     channel_names: dict[str, str] = field(default_factory=dict)
 
     def provenance(self) -> dict[str, Any]:
+        """What the pretraining data was, for the run's config.json: dataset id and name, plans, configuration, number
+        of cases, spacing, channel names, normalisation schemes and intensity properties."""
         return {
             "dataset_id": self.dataset_id,
             "dataset_name": self.dataset_name,

@@ -26,6 +26,8 @@ def subset_seed(dataset_names: Sequence[str], seed: int) -> int:
 
 
 def check_fraction(fraction: Any, what: str = "data_fraction") -> float:
+    """``fraction`` as a float in (0, 1] (the share of the pretraining cases); ValueError naming ``what`` otherwise
+    (booleans, NaN and strings included)."""
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not math.isfinite(fraction) \
             or not 0 < fraction <= 1:
         raise ValueError(f"{what} must be a number in (0, 1] (the share of the pretraining cases), got {fraction!r}")

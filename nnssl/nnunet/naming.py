@@ -116,6 +116,8 @@ class Protocol:
 
     @property
     def token(self) -> str:
+        """The protocol as it appears in a trainer name: its kind and number (``frozen``, ``probe4``, ``decfirst10``,
+        ``llrd75``)."""
         return self.kind + ("" if self.value is None else str(self.value))
 
     @property
@@ -138,6 +140,7 @@ class Protocol:
         return self.value / 100
 
     def label(self) -> str:
+        """The protocol in words, for the report (``frozen encoder``, ``linear probe on stage 4``, ...)."""
         if self.kind == "frozen":
             return "frozen encoder"
         if self.kind == "probe":
