@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from monai.networks.nets.swin_unetr import WindowAttention  # noqa: E402
 
+from nnssl.cpu_memory import keep_freed_memory  # noqa: E402
 from nnssl.encoders.attention import STAGES, SDPAWindowAttention  # noqa: E402
 from nnssl.encoders.swin import PRESETS  # noqa: E402
 
@@ -99,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     args = p.parse_args(argv)
     device = torch.device(args.device)
+    if device.type == "cpu":
+        keep_freed_memory()  # as the training loop runs on the CPU (nnssl.cpu_memory)
     print(f"torch {torch.__version__}, {device}, {torch.get_num_threads()} thread(s), batch {args.batch}, "
           f"median of {args.repeats}, forward + backward")
     print("| encoder | crop | stage | windows x tokens | eager ms | SDPA ms | SDPA / eager | max diff |")

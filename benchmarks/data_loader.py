@@ -6,8 +6,13 @@
 For each worker count it times ``--batches`` batches of ``nnssl.data.preprocessed.RandomCropDataset`` (reading
 nnU-Net's blosc2 cases, cropping, re-drawing crops of background) through a DataLoader, and prints crops/s next to
 the crops/s one training step of each ``--method`` consumes (measured on ``--device`` with the same crop and batch:
-forward, backward and an AdamW step, the views built beforehand as the loader's workers build them). A loader
-slower than a step leaves the device waiting: raise ``--num-workers`` of nnssl_pretrain.
+forward, backward and an AdamW step, the views built beforehand as the loader's workers build them). It then times
+the loop's own loader (``nnssl.training.batches.make_step_loader``), whose workers also build each method's views,
+and prints its crops/s over that method's step: what nnssl_pretrain's workers actually supply. A loader slower than
+a step leaves the device waiting: raise ``--num-workers`` of nnssl_pretrain.
+
+The rates are measured with the loader alone on the machine; during training the workers share the CPU with the
+step, which the step anatomy of a real run shows (``benchmarks/step_anatomy.py``).
 """
 from __future__ import annotations
 
@@ -33,6 +38,25 @@ def loader_rate(dataset, batch: int, workers: int, batches: int) -> float:
     start = time.perf_counter()
     n = sum(b.shape[0] for b in it)
     return n / (time.perf_counter() - start)
+
+
+def view_loader_rate(dataset, method: str, encoder: str, batch: int, workers: int, batches: int) -> float:
+    """Crops per second of the loop's loader with ``method``'s views built in its ``workers`` (in this process with
+    0 workers), over ``batches`` steps after one warm-up step."""
+    from nnssl.encoders.swin import EncoderConfig, SwinEncoder
+    from nnssl.tasks import get_task_class
+    from nnssl.training.batches import make_step_loader
+
+    cls = get_task_class(method)
+    task = cls(SwinEncoder(EncoderConfig.preset(encoder)), cls.Config())
+    steps = make_step_loader(dataset, task.view_fn(), task.make_views, seed=0, start_step=0, total_steps=batches + 1,
+                             batch_size=batch, num_workers=workers, prefetch_factor=4)
+    it = iter(steps.loader)
+    steps.views(next(it), 0)
+    start = time.perf_counter()
+    for step, item in enumerate(it, start=1):
+        steps.views(item, step)
+    return batch * batches / (time.perf_counter() - start)
 
 
 def step_rate(method: str, encoder: str, crop: int, batch: int, device: str, steps: int) -> float:
@@ -77,7 +101,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-step", action="store_true", help="only time the loader")
     args = p.parse_args(argv)
 
+    from nnssl.cpu_memory import keep_freed_memory
     from nnssl.data.preprocessed import RandomCropDataset, find_sources
+
+    if args.device == "cpu":
+        keep_freed_memory()  # as the training loop runs on the CPU (nnssl.cpu_memory)
 
     try:
         dataset = RandomCropDataset(find_sources(args.datasets, args.plans), (args.crop,) * 3)
@@ -91,9 +119,21 @@ def main(argv: list[str] | None = None) -> int:
                                 or "not measured"))
     print("| workers | loader crops/s | " + " | ".join(f"loader / {m} step" for m in methods) + " |")
     print("|---|---|" + "---|" * len(methods))
-    for workers in (int(w) for w in args.workers.split(",")):
+    worker_counts = [int(w) for w in args.workers.split(",")]
+    for workers in worker_counts:
         rate = loader_rate(dataset, args.batch, workers, args.batches)
-        print(f"| {workers} | {rate:.1f} | " + " | ".join(f"{rate / c:.1f}x" for c in consumption.values()) + " |")
+        print(f"| {workers} | {rate:.1f} | " + " | ".join(f"{rate / c:.1f}x" for c in consumption.values()) + " |",
+              flush=True)
+    if methods:
+        print()
+        print("| workers | " + " | ".join(f"{m}: crops/s with views, / its step" for m in methods) + " |")
+        print("|---|" + "---|" * len(methods))
+        for workers in worker_counts:
+            cells = []
+            for m in methods:
+                rate = view_loader_rate(dataset, m, args.encoder, args.batch, workers, args.batches)
+                cells.append(f"{rate:.1f} ({rate / consumption[m]:.1f}x)")
+            print(f"| {workers} | " + " | ".join(cells) + " |", flush=True)
     return 0
 
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import statistics
 import time
 
 import torch
 
+from nnssl.cpu_memory import ENV, keep_freed_memory
 from nnssl.encoders.swin import EncoderConfig, build_swinunetr
 
 
@@ -42,9 +44,14 @@ def main() -> None:
     p.add_argument("--classes", type=int, default=11)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--malloc", choices=("keep", "system"), default="keep",
+                   help="CPU: 'keep' freed memory in the process as training does (nnssl.cpu_memory) or leave glibc's 'system' "
+                        "malloc settings, the baseline (default: keep)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    os.environ[ENV] = args.malloc
+    malloc = "keep" if keep_freed_memory() else "system"
     torch.manual_seed(0)
     net = build_swinunetr(EncoderConfig.preset(args.encoder), args.classes)
     x = torch.randn(args.batch, 1, *args.patch)
@@ -56,7 +63,8 @@ def main() -> None:
     cl = copy.deepcopy(net).to(memory_format=torch.channels_last_3d)
     t_cl, out_cl = step_time(cl, x, y, args.repeats)
     rows.append(("channels_last_3d", t_cl, float((out_cl - out_ref).abs().max())))
-    print(f"SwinUNETR {args.encoder}, patch {args.patch}, batch {args.batch}, {torch.get_num_threads()} thread(s)")
+    print(f"SwinUNETR {args.encoder}, patch {args.patch}, batch {args.batch}, {torch.get_num_threads()} thread(s), "
+          f"malloc {malloc}")
     print(f"| layout | step s (median of {args.repeats}) | x default | max output difference |")
     print("|---|---|---|---|")
     for name, t, diff in rows:

@@ -6,6 +6,10 @@ crop size asked for, it times the training step the loop runs (forward + backwar
 the views already built; view building is timed separately) and compares it with a bare encoder forward + backward
 + AdamW step on the same input (loss = sum of the means of the five encoder outputs).
 
+CPU malloc: ``--malloc keep`` (the default) runs with glibc's malloc keeping freed memory, as nnssl_pretrain and
+the fine-tuning trainers do on the CPU (nnssl.cpu_memory); ``--malloc system`` measures the baseline of glibc's own
+settings, which map and zero the large tensors again every step.
+
 Memory: on CUDA torch.cuda.max_memory_allocated over the timed steps (reset per configuration). On CPU each
 configuration runs in a forked child process and the peak is the growth of resource.getrusage().ru_maxrss (peak
 resident set size) from the child's start to the end of its steps; it includes the model, optimiser state and the
@@ -29,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import resource
 import statistics
 import sys
@@ -42,6 +47,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from nnssl.cpu_memory import ENV, keep_freed_memory  # noqa: E402
 from nnssl.encoders.swin import PRESETS, EncoderConfig, SwinEncoder  # noqa: E402
 # method_names(): the registry's full list, so that methods whose module does not import are reported, not hidden
 from nnssl.tasks import config_from_overrides, get_task_class, method_names  # noqa: E402
@@ -305,27 +311,44 @@ def flops_only(methods: list[str], encoders: list[str], crops: list[int], args: 
         print("| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |")
 
 
-def _child(queue: Any, *payload: Any) -> None:
+def _child(queue: Any, fn: Callable[..., Any], *payload: Any) -> None:
     try:
-        queue.put(("ok", _measure(*payload)))
+        queue.put(("ok", fn(*payload)))
     except Exception as exc:  # reported as a row note, the benchmark goes on
         queue.put(("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"))
 
 
-def measure(method: str | None, encoder_name: str, crop: int, batch: int, args: argparse.Namespace,
-            overrides: dict[str, str]) -> dict[str, Any]:
-    """Run ``_measure`` in a forked child on CPU (fresh peak-RSS counter), in process on CUDA."""
+def in_child(fn: Callable[..., Any], args: argparse.Namespace, *payload: Any) -> Any:
+    """``fn(*payload)`` in a forked child on CPU, in process on CUDA or with ``--in-process``.
+
+    On the CPU the parent runs no torch kernel at all: a parent whose OpenMP thread pool has started hands a broken
+    pool to every later fork (the child then waits forever in libgomp's barrier), so the pass counts run in children
+    too."""
     if args.device == "cuda" or args.in_process:
-        return _measure(method, encoder_name, crop, batch, args, overrides)
+        return fn(*payload)
     ctx = mp.get_context("fork")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_child, args=(queue, method, encoder_name, crop, batch, args, overrides))
+    proc = ctx.Process(target=_child, args=(queue, fn, *payload))
     proc.start()
     status, value = queue.get()
     proc.join()
     if status == "error":
         raise RuntimeError(value)
     return value
+
+
+def measure(method: str | None, encoder_name: str, crop: int, batch: int, args: argparse.Namespace,
+            overrides: dict[str, str]) -> dict[str, Any]:
+    """Run ``_measure`` in a forked child on CPU (fresh peak-RSS counter), in process on CUDA."""
+    return in_child(_measure, args, method, encoder_name, crop, batch, args, overrides)
+
+
+def _apply_malloc(args: argparse.Namespace) -> str:
+    """Apply ``--malloc`` on the CPU (nnssl.cpu_memory, as the training loop does); returns what is in effect."""
+    if args.device != "cpu":
+        return "n/a (CUDA)"
+    os.environ[ENV] = args.malloc
+    return "keep" if keep_freed_memory() else "system"
 
 
 def _peak_tflops(args: argparse.Namespace) -> float | None:
@@ -387,6 +410,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flops-only", action="store_true",
                    help="only count FLOPs per step on the meta device (no time, no memory): large encoders and crops "
                         "on any machine")
+    p.add_argument("--malloc", choices=("keep", "system"), default="keep",
+                   help="CPU: 'keep' freed memory in the process as training does (nnssl.cpu_memory) or leave glibc's 'system' "
+                        "malloc settings, the baseline (default: keep)")
     p.add_argument("--in-process", action="store_true",
                    help="CPU: measure in this process instead of a forked child (memory column then unreliable)")
     return p
@@ -418,6 +444,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"error: {exc}\n")
     if args.threads:
         torch.set_num_threads(args.threads)
+    malloc = _apply_malloc(args)  # before the children fork: they inherit it
     # Import MONAI before forking the measuring children: its import memory must not count as a step's memory.
     import monai.networks.nets.swin_unetr  # noqa: F401
 
@@ -441,7 +468,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     device_name = torch.cuda.get_device_name(0) if args.device == "cuda" else f"CPU, {torch.get_num_threads()} thread(s)"
     print(f"# pretrain step benchmark on {device_name}; torch {torch.__version__}; batch {args.batch}; "
-          f"median of {args.steps} steps after {args.warmup} warm-up; amp {args.amp if args.device == 'cuda' else 'none'}")
+          f"median of {args.steps} steps after {args.warmup} warm-up; amp {args.amp if args.device == 'cuda' else 'none'}"
+          f"; malloc {malloc}")
     if skipped:
         print("# skipped: " + "; ".join(skipped))
     peak = _peak_tflops(args)
@@ -459,7 +487,8 @@ def main(argv: list[str] | None = None) -> int:
                 row = Row(method, enc, crop, args.batch, bare_ms=bare_ms, bare_peak_mib=bare_mib)
                 try:
                     r = measure(method, enc, crop, args.batch, args, overrides)
-                    row.passes = count_passes_meta(method, enc, crop, args.batch, overrides)["passes"]
+                    row.passes = in_child(count_passes_meta, args, method, enc, crop, args.batch,
+                                          overrides)["passes"]
                     row.step_ms, row.views_ms = r["step_s"] * 1e3, r["views_s"] * 1e3
                     row.peak_mib = r["peak_bytes"] / 2**20
                     if r.get("flops"):

@@ -224,10 +224,15 @@ def test_attach_writes_plans(attached, world):
     assert conf["data_identifier"] == base["configurations"]["3d_fullres"]["data_identifier"]  # no re-preprocessing
 
 
-def test_ssl_trainer_loads_checkpoint_weights(attached, nn_env):
+def test_ssl_trainer_loads_checkpoint_weights(attached, nn_env, monkeypatch):
+    import nnssl.finetune.trainers as trainers
+
     _, payload = attached
+    calls = []  # on the CPU the trainer keeps freed memory for the next iteration (nnssl.cpu_memory)
+    monkeypatch.setattr(trainers, "keep_freed_memory", lambda: calls.append("keep") or True)
     trainer = _trainer("SwinSSLTrainer", "nnUNetSwinPlans_test", nn_env)
     trainer.initialize()
+    assert calls == ["keep"]
     state = trainer.network.state_dict()
     for key, value in payload["encoder"].items():
         assert torch.equal(state[key], value), key

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from scipy.stats import wilcoxon
 
-from nnssl.analysis.power import (cases_needed, design_sentence, detectable_difference, pilot_sd,
-                                  wilcoxon_floor_cases)
+from nnssl.analysis.power import (cases_needed, design_sentence, detectable_difference, draw_design_sentence,
+                                  draw_detectable_difference, draws_needed, pilot_sd, wilcoxon_floor_cases)
 
 
 def test_floor_is_where_the_exact_test_first_reaches_the_corrected_level():
@@ -44,6 +44,24 @@ def test_the_approximation_holds_by_simulation():
     delta = detectable_difference(sd, n, m)
     rejections = [wilcoxon(rng.normal(delta, sd, n)).pvalue < 0.05 / m for _ in range(600)]
     assert 0.72 <= np.mean(rejections) <= 0.92  # 3/pi is the least favourable efficiency: power is at least 80%
+
+
+def test_draws_as_the_unit_size_like_a_t_test_over_draws():
+    """3 draws at Holm's level for 16 comparisons: (t[1 - 0.05/32, 2] + t[0.8, 2]) * sd / sqrt(3), by simulation
+    too: a t-test over per-draw differences at that size rejects in about 80% of designs."""
+    from scipy.stats import t as student_t, ttest_1samp
+
+    expected = (student_t.ppf(1 - 0.05 / 32, 2) + student_t.ppf(0.8, 2)) * 0.02 / math.sqrt(3)
+    assert draw_detectable_difference(0.02, 3, 16) == pytest.approx(expected) and expected > 0.2
+    assert math.isinf(draw_detectable_difference(0.02, 1, 16))
+    r = draws_needed(0.05, 0.02, 16)
+    assert draw_detectable_difference(0.02, r, 16) <= 0.05 < draw_detectable_difference(0.02, r - 1, 16)
+    rng = np.random.default_rng(0)
+    delta = draw_detectable_difference(0.03, 8, 4)
+    rejections = [ttest_1samp(rng.normal(delta, 0.03, 8), 0).pvalue < 0.05 / 4 for _ in range(800)]
+    assert 0.72 <= np.mean(rejections) <= 0.9  # the shifted-t approximation slightly overstates the needed size
+    sentence = draw_design_sentence(0.02, [3], 16)
+    assert "0.218 with 3 draws" in sentence and f"about {r} draws" in sentence
 
 
 def test_pilot_sd_pools_the_comparisons_and_drops_missing_values():

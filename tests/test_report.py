@@ -331,6 +331,10 @@ def test_draws_that_disagree_are_not_significant_in_the_headline_or_the_paired_t
     vs = _row(_table(report, f"{CT}, 5-shot: each method vs scratch"), "smit vs scratch")
     assert vs["W"] == "n/a" and float(vs["p"]) > 0.05 and vs["sig."] == "ns"
     assert vs["mean diff (A-B)"] == "0.011"  # (0.06 - 0.05 + 0.01) / 3 + mean(D) / 10 = 0.0067 + 0.0045
+    # the design's power with the draws as the unit: per-draw differences 0.0645, -0.0455, 0.0145 (SD 0.055)
+    power = next(b.text for b in report.blocks
+                 if type(b).__name__ == "Para" and "k-shot draws the training" in b.text)
+    assert "pooled SD of 0.055" in power and "with 3 draws" in power
 
 
 def test_pretrained_runs_of_another_encoder_are_compared_with_scratch_runs_of_that_encoder(tmp_path):

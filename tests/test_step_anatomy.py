@@ -84,3 +84,15 @@ def test_every_logged_step_has_its_anatomy(toy_env, capsys, workers):
     closing = [l for l in out.out.splitlines() if l.startswith("pretrain toy:")]
     assert len(closing) == 1 and "3 steps" in closing[0] and "steps/s" in closing[0] and "data wait" in closing[0]
     assert "data_wait=" in out.err  # the progress bar's postfix
+
+
+def test_a_cpu_run_keeps_freed_memory_for_the_next_step(toy_env, monkeypatch):
+    """The loop switches malloc to keeping freed memory (nnssl.cpu_memory) before its loader forks on the CPU."""
+    import nnssl.training.loop as loop
+
+    calls = []
+    monkeypatch.setattr(loop, "keep_freed_memory", lambda: calls.append("keep") or True)
+    cfg = PretrainConfig(method="toy", datasets=["990"], encoder="tiny", crop=(32, 32, 32), batch_size=2, steps=1,
+                         lr=1e-3, warmup_steps=0, device="cpu", num_workers=0, checkpoint_every=10, log_every=1)
+    run_pretraining(cfg, toy_env / "run", progress=False)
+    assert calls == ["keep"]

@@ -41,6 +41,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
 from nnssl.checkpoint import LoadReport
+from nnssl.cpu_memory import keep_freed_memory
 from nnssl.finetune import adaptation
 from nnssl.finetune.network import build_network_from_configuration, build_probe_from_configuration
 from nnssl.finetune.regimes import (ENV_ITERS, ENV_LR, ENV_NO_MIRROR, ENV_VAL_ITERS,  # noqa: F401 (re-exported)
@@ -290,11 +291,15 @@ class SwinScratchTrainer(nnUNetTrainer):
         return rotation, dummy_2d, initial_patch_size, mirror_axes
 
     def initialize(self):
-        """nnU-Net's initialize, then: on CPU the network moves to channels-last-3d memory (same values), nnssl's
+        """nnU-Net's initialize, then: on CPU malloc keeps freed memory (``nnssl.cpu_memory``) and the network moves
+        to channels-last-3d memory (same values), nnssl's
         settings (trainer, shots, draw, epochs, warm-up, protocol, knobs) go into the logger's config, and the protocol
         is logged and recorded (parameter groups, frozen encoder, encoder size) in nnssl_finetune.json."""
         super().initialize()
         if self.device.type == "cpu":
+            # every iteration reuses the pages the last one freed instead of mapping and zeroing them again
+            # (nnssl/cpu_memory.py); before nnU-Net forks its augmentation workers in on_train_start
+            keep_freed_memory()
             # oneDNN's 3D convolution backward is several times faster on channels-last tensors on CPUs
             # (benchmarks/finetune_step.py); the layout changes no value. Parameters keep their identity, so the
             # optimiser nnU-Net just built still holds them.

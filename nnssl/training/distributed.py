@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-import torch
 import torch.distributed as dist
 
 
@@ -50,12 +49,3 @@ def cleanup_distributed() -> None:
     """Destroy the process group when one was initialised; nothing otherwise."""
     if dist.is_initialized():
         dist.destroy_process_group()
-
-
-def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
-    """Mean over ranks when a process group exists; identity otherwise."""
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        t = t.clone()
-        dist.all_reduce(t)
-        t /= dist.get_world_size()
-    return t

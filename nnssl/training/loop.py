@@ -42,6 +42,7 @@ from nnssl.ledger import RunLedger
 from nnssl.nnunet.naming import CONFIGURATION, SWIN_PLANS
 from nnssl.recipes import OptimRecipe, ResolvedOptim
 from nnssl.tasks import PretextTask, config_from_overrides, get_task_class
+from nnssl.cpu_memory import keep_freed_memory
 from nnssl.training.anatomy import RunAnatomy, StepClock, peak_memory_mib, window_data_share
 from nnssl.training.batches import make_step_loader
 from nnssl.training.distributed import DistInfo, cleanup_distributed, init_distributed
@@ -331,6 +332,8 @@ def _run(cfg: PretrainConfig, out_dir: Path, resume: bool, progress: bool, info:
         raise ValueError("--allow-changed only applies with --resume (a new run takes any settings)")
     wandb = check_wandb()  # before any data is read: a missing package or a bad variable is one error line
     device = torch.device("cuda", info.local_rank) if cfg.device == "cuda" else torch.device("cpu")
+    if device.type == "cpu":
+        keep_freed_memory()  # before the loader forks its workers: each step reuses the pages the last one freed
     sources, subset = apply_fraction(find_sources(cfg.datasets, cfg.plans, cfg.configuration), cfg.data_fraction,
                                      cfg.seed)
     data_warnings = check_crop_fits(sources, cfg.crop) + check_not_constant(sources)

@@ -18,7 +18,7 @@ import math
 import numpy as np
 
 from nnssl.analysis.dice_stats import hierarchical_bootstrap_ci, holm, paired_draw_test, significance_marker
-from nnssl.analysis.power import design_sentence, detectable_difference, pilot_sd
+from nnssl.analysis.power import design_sentence, draw_design_sentence, pilot_sd
 from nnssl.analysis.report.blocks import Heading, Para, Table
 from nnssl.analysis.report.context import ReportContext
 from nnssl.analysis.report.format import fmt_p
@@ -34,7 +34,7 @@ def headline(ctx: ReportContext) -> None:
     r, d = ctx.report, ctx.opt.digits
     level = int(round(ctx.opt.level * 100))
     r.add(Heading(2, "Headline: pretraining against training from scratch"))
-    rows, tests, differences = [], [], []
+    rows, tests, differences, draw_differences = [], [], [], []
     unmatched: list[str] = []
     for ds, regime, m, base in comparisons(ctx, unmatched):
         a, b = ctx.cases(ds, regime, m), ctx.cases(ds, regime, base)
@@ -44,6 +44,7 @@ def headline(ctx: ReportContext) -> None:
         case_a, case_b, _ = paired_case_means(a, b)
         tests.append(pt)
         differences.append(case_a - case_b)
+        draw_differences.append(_per_draw_means(ma - mb))
         rows.append([ds, regime.label(), m, ctx.case_ci(ds, regime, m).fmt(d), base,
                      ctx.case_ci(ds, regime, base).fmt(d), diff.fmt(d), str(pt.n)])
     if not rows:
@@ -66,6 +67,9 @@ def headline(ctx: ReportContext) -> None:
     power = _power_sentence(differences, [pt.n for pt in tests], d)
     if power:
         r.add(Para(power))
+    draws_power = _draws_power_sentence(draw_differences, len(tests), d)
+    if draws_power:
+        r.add(Para(draws_power))
     r.add(Table(
         ["dataset", "regime", "method", f"Dice [{level}% CI]", "baseline", f"baseline Dice [{level}% CI]",
          f"difference [{level}% CI]", "cases", "p (Holm)", "sig.", "note"], rows,
@@ -114,3 +118,21 @@ def _power_sentence(differences: list, cases: list[int], digits: int) -> str | N
     except ValueError:
         return None
     return design_sentence(sd, cases, comparisons=len(cases), digits=digits)
+
+
+def _per_draw_means(matrix: np.ndarray) -> np.ndarray:
+    """Per draw, the mean of a (draws, cases) matrix of paired differences over its finite values (draws without
+    any left out)."""
+    m = np.asarray(matrix, dtype=float)
+    keep = np.isfinite(m).any(axis=1)
+    return np.array([float(np.nanmean(row)) for row in m[keep]])
+
+
+def _draws_power_sentence(draw_differences: list[np.ndarray], comparisons: int, digits: int) -> str | None:
+    """What the rows with two or more k-shot draws could detect with the draws as the unit (None without such
+    rows); the Holm family is the whole table's."""
+    with_draws = [x for x in draw_differences if x.size >= 2]
+    if not with_draws:
+        return None
+    sd, _ = pilot_sd(with_draws)
+    return draw_design_sentence(sd, [x.size for x in with_draws], comparisons=comparisons, digits=digits)
