@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import copy
 import math
+import os
 import statistics
 import sys
 import time
@@ -28,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from monai.networks.nets.swin_unetr import WindowAttention  # noqa: E402
 
-from nnssl.cpu_memory import keep_freed_memory  # noqa: E402
+from nnssl.cpu_memory import ENV, keep_freed_memory  # noqa: E402
 from nnssl.encoders.attention import STAGES, SDPAWindowAttention  # noqa: E402
 from nnssl.encoders.swin import PRESETS  # noqa: E402
 
@@ -98,12 +99,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--malloc", choices=("keep", "system"), default="keep",
+                   help="CPU: 'keep' freed memory in the process as training does (nnssl.cpu_memory) or leave glibc's "
+                        "'system' malloc settings, the baseline (default: keep)")
     args = p.parse_args(argv)
     device = torch.device(args.device)
+    malloc = "n/a"
     if device.type == "cpu":
-        keep_freed_memory()  # as the training loop runs on the CPU (nnssl.cpu_memory)
+        os.environ[ENV] = args.malloc
+        malloc = "keep" if keep_freed_memory() else "system"
     print(f"torch {torch.__version__}, {device}, {torch.get_num_threads()} thread(s), batch {args.batch}, "
-          f"median of {args.repeats}, forward + backward")
+          f"median of {args.repeats}, forward + backward, malloc {malloc}")
     print("| encoder | crop | stage | windows x tokens | eager ms | SDPA ms | SDPA / eager | max diff |")
     print("|---|---|---|---|---|---|---|---|")
     for preset in args.encoder.split(","):

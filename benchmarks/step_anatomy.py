@@ -11,7 +11,8 @@ bookkeeping). The scaling issue's target is an overhead of at most 5% for every 
 64^3, 2 workers).
 
 Example (phantoms written and preprocessed first, see documentation/pretraining.md):
-    python benchmarks/step_anatomy.py -d 900 --encoder tiny --crop 64 --num-workers 2 --steps 40 --skip 10
+    python benchmarks/step_anatomy.py -d 900 --encoder tiny --crop 64 --num-workers 2 --steps 30 --skip 10 \
+        -o smit:view_size=32 -o cpc:stride=16
 """
 from __future__ import annotations
 
@@ -37,6 +38,10 @@ def run_method(method: str, args: argparse.Namespace, out: Path) -> list[dict]:
            "--crop", str(args.crop), "--batch-size", str(args.batch_size), "--steps", str(args.steps),
            "--num-workers", str(args.num_workers), "--log-every", str(args.log_every), "--device", "cpu",
            "--checkpoint-every", str(args.steps), "--output", str(out), "--no-progress"]
+    for item in args.option:
+        name, _, setting = item.partition(":")
+        if name == method:
+            cmd += ["-o", setting]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-5:])
@@ -74,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip", type=int, default=10, help="first steps left out of the means (default: %(default)s)")
     p.add_argument("--num-workers", type=int, default=2, help="DataLoader workers (default: %(default)s)")
     p.add_argument("--log-every", type=int, default=10, help="nnssl_pretrain --log-every (default: %(default)s)")
+    p.add_argument("-o", "--option", action="append", default=[], metavar="METHOD:KEY=VALUE",
+                   help="a method option for one method's run (repeatable), e.g. smit:view_size=32 for SMIT at 64^3")
     p.add_argument("--workdir", default=None, help="where the runs go (default: a temporary folder, removed)")
     return p
 
@@ -88,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(methods) - set(method_names()))
     if unknown:
         parser.exit(2, f"error: unknown method(s) {', '.join(unknown)}; known: {', '.join(method_names())}\n")
+    bad = [o for o in args.option if ":" not in o or "=" not in o.partition(":")[2]]
+    if bad:
+        parser.exit(2, f"error: -o {bad[0]!r} is not METHOD:KEY=VALUE (e.g. smit:view_size=32)\n")
     if not 0 <= args.skip < args.steps:
         parser.exit(2, f"error: --skip {args.skip} must lie in [0, --steps) = [0, {args.steps})\n")
     with tempfile.TemporaryDirectory() as tmp:

@@ -29,12 +29,14 @@ STAGES = 4
 #: ``--attention auto``: the stages where SDPA measured faster than the eager path, per device type (forward +
 #: backward of one stage's window attention, ``benchmarks/attention.py``; documentation/pretraining.md has the
 #: table). On the CPU the trainable bias makes SDPA take its math fallback (the fused CPU kernel gives no gradient for
-#: ``attn_mask``): it won only at stage 1 of the tiny encoder at 64^3 (0.90-0.96x) and was level or slower elsewhere.
-#: CUDA is not measured yet, so it keeps MONAI's eager path until the benchmark is run there (``--device cuda``).
+#: ``attn_mask``): with malloc keeping freed memory, as every CPU run does (nnssl.cpu_memory), it measured 1.13-1.23x
+#: the eager time at stages 1-3 of the tiny encoder at 64^3 and 0.99x at stage 4, so the CPU keeps the eager path
+#: (it won only at stage 1, 0.90-0.96x, while glibc mapped every large tensor afresh). CUDA is not measured yet, so it
+#: keeps MONAI's eager path until the benchmark is run there (``--device cuda``).
 #: Device types whose shifted blocks get the shift mask copied per image as a 4-D mask (for the fused kernels);
 #: elsewhere a 5-D mask broadcasts over the images.
 BATCHED_MASK_DEVICES = {"cuda"}
-AUTO: dict[str, tuple[str, ...]] = {"cpu": ("sdpa", "eager", "eager", "eager"), "cuda": ("eager",) * STAGES}
+AUTO: dict[str, tuple[str, ...]] = {"cpu": ("eager",) * STAGES, "cuda": ("eager",) * STAGES}
 
 
 class SDPAWindowAttention(WindowAttention):
