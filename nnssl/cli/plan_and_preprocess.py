@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from nnssl.cli.common import fail
 from nnssl.data.preprocessing import CONFIGURATION, plan_and_preprocess
 
 
@@ -43,17 +44,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     bad = [c for c in args.c if c != CONFIGURATION]
     if bad:
-        print(f"error: configuration(s) {', '.join(bad)} do not exist in Swin plans: only {CONFIGURATION} is planned "
-              f"(Swin needs 3D patches). Use -c {CONFIGURATION}.", file=sys.stderr)
-        return 2
+        return fail(f"configuration(s) {', '.join(bad)} do not exist in Swin plans: only {CONFIGURATION} is planned "
+                    f"(Swin needs 3D patches). Use -c {CONFIGURATION}.")
     try:
         for d in args.d:
             path = plan_and_preprocess(d, args.encoder, args.np, args.npfp, args.verify_dataset_integrity,
                                        args.clean, args.gpu_memory_target, not args.no_pp, not args.no_pbar)
             print(f"Swin plans: {path}")
     except (ValueError, OSError, AssertionError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(str(e))
     return 0
 
 

@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+from nnssl.cli.common import fail
+
 DESCRIPTION = """\
 Build the benchmark report from nnU-Net's own outputs: per-case Dice from each fold's validation/summary.json and the
 per-epoch training log in checkpoint_final.pth. Writes report.md, report.html (figures embedded), figures/*.png and
@@ -128,8 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         report, paths = build_report(tree, out, opts, cka_files, attention_files, [Path(p) for p in args.pretraining],
                                      probe_files)
     except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return fail(str(e))
     print(f"{len(tree.folds)} fold(s) in {len(tree.dataset_names())} dataset(s); {len(tree.ignored)} folder(s) ignored")
     for rel, why in tree.ignored:
         print(f"  ignored {rel}: {why}")
