@@ -45,8 +45,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--malloc", choices=("keep", "system"), default="keep",
-                   help="CPU: 'keep' freed memory in the process as training does (nnssl.cpu_memory) or leave glibc's 'system' "
-                        "malloc settings, the baseline (default: keep)")
+                   help="CPU: 'keep' freed memory in the process as training does (nnssl.cpu_memory) or leave "
+                        "glibc's 'system' malloc settings, the baseline (default: keep)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -411,8 +411,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only count FLOPs per step on the meta device (no time, no memory): large encoders and crops "
                         "on any machine")
     p.add_argument("--malloc", choices=("keep", "system"), default="keep",
-                   help="CPU: 'keep' freed memory in the process as training does (nnssl.cpu_memory) or leave glibc's 'system' "
-                        "malloc settings, the baseline (default: keep)")
+                   help="CPU: 'keep' freed memory in the process as training does (nnssl.cpu_memory) or leave "
+                        "glibc's 'system' malloc settings, the baseline (default: keep)")
     p.add_argument("--in-process", action="store_true",
                    help="CPU: measure in this process instead of a forked child (memory column then unreliable)")
     return p
@@ -468,8 +468,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     device_name = torch.cuda.get_device_name(0) if args.device == "cuda" else f"CPU, {torch.get_num_threads()} thread(s)"
     print(f"# pretrain step benchmark on {device_name}; torch {torch.__version__}; batch {args.batch}; "
-          f"median of {args.steps} steps after {args.warmup} warm-up; amp {args.amp if args.device == 'cuda' else 'none'}"
-          f"; malloc {malloc}")
+          f"median of {args.steps} steps after {args.warmup} warm-up; "
+          f"amp {args.amp if args.device == 'cuda' else 'none'}; malloc {malloc}")
     if skipped:
         print("# skipped: " + "; ".join(skipped))
     peak = _peak_tflops(args)

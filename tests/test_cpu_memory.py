@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 
@@ -39,13 +40,13 @@ def _run(env_value: str | None) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
 def test_a_repeated_step_reuses_freed_pages_unless_opted_out():
     kept, system = _run(None), _run("system")
     assert kept["applied"] is True and system["applied"] is False
-    # 64 MiB of fresh pages are 16384 faults of 4 KiB: glibc maps and unmaps them every repetition by default
-    assert min(system["faults"][-3:]) > 10000
-    assert max(kept["faults"][-2:]) < 1000, kept["faults"]  # after the heap settles, the pages are reused
+    # by default glibc maps and unmaps the 64 MiB every repetition (16384 faults of 4 KiB pages, fewer with
+    # transparent huge pages); kept, the pages are reused once the heap has settled
+    assert min(system["faults"][-3:]) > 10 * max(kept["faults"][-2:]), (system["faults"], kept["faults"])
 
 
 def test_a_bad_setting_names_the_choices(monkeypatch):

@@ -9,8 +9,9 @@ from nnssl.analysis.convergence import analyse_log, ema_from_log, epochs_to_frac
 from nnssl.analysis.dice_stats import (
     bootstrap_ci,
     bootstrap_means,
+    crossed_mean,
+    draw_case_ci,
     group_case_values,
-    hierarchical_bootstrap_ci,
     holm,
     label_keys,
     modality,
@@ -115,43 +116,68 @@ def _draws(shifts, noise=0.002, cases=40, seed=0):
     return base + np.asarray(shifts, float)[:, None] + rng.normal(0, noise, base.shape), base
 
 
-def test_hierarchical_ci_with_one_draw_is_the_case_bootstrap_and_widens_with_the_draws_spread():
+def test_crossed_mean_hand_checked():
+    """Two draws x three cases: grand mean 2.5; draw means 1, 4 and case means 1, 2, 4.5 give MS_draw = 3 * 4.5 =
+    13.5, MS_case = 2 * 6.5 / 2 = 6.5, residuals +-0.5, +-0.5, -+1 give MS_e = 3 / 2 = 1.5; r n var = 1.5 + 12 + 5 =
+    18.5 over 6 cells; Satterthwaite: 18.5^2 / (13.5^2 / 1 + 6.5^2 / 2 + (-1 * 1.5)^2 / 2) = 342.25 / 204.5."""
+    cm = crossed_mean([[0.0, 1.0, 2.0], [2.0, 3.0, 7.0]])
+    assert cm.mean == 2.5 and cm.draws == 2 and cm.cases == 3
+    assert cm.se == pytest.approx(math.sqrt(18.5 / 6)) and cm.df == pytest.approx(342.25 / 204.5)
+    # a case that one draw lacks is left out; one draw or one complete case: no crossed estimate
+    assert crossed_mean([[0.0, 1.0, 2.0, 5.0], [2.0, 3.0, 7.0, np.nan]]) == cm
+    assert crossed_mean([[0.0, 1.0]]) is None and crossed_mean([[0.0, np.nan], [1.0, 2.0]]) is None
+
+
+def test_draw_case_ci_with_one_draw_is_the_case_bootstrap_and_widens_with_the_draws_spread():
     a, b = _draws([0.03])
-    one = hierarchical_bootstrap_ci(a - b, n_boot=2000, seed=3)
+    one = draw_case_ci(a - b, n_boot=2000, seed=3)
     assert one == bootstrap_ci((a - b)[0], n_boot=2000, seed=3) and one.n == 40
-    steady = hierarchical_bootstrap_ci(_draws([0.03, 0.03, 0.03])[0] - b[:1], n_boot=2000)
-    spread = hierarchical_bootstrap_ci(_draws([0.08, -0.02, 0.03])[0] - b[:1], n_boot=2000)
+    steady = draw_case_ci(_draws([0.03, 0.03, 0.03])[0] - b[:1])
+    spread = draw_case_ci(_draws([0.08, -0.02, 0.03])[0] - b[:1])
     assert steady.n == spread.n == 40  # draws repeat the cases: n counts cases, not (draw, case) pairs
-    assert (spread.high - spread.low) > 10 * (steady.high - steady.low)
+    assert steady.low < 0.03 < steady.high and (spread.high - spread.low) > 10 * (steady.high - steady.low)
 
 
 def test_paired_draw_test_counts_the_spread_across_draws():
     """Three draws that disagree in sign: the Wilcoxon over case means (the draws averaged away) calls a tiny mean
-    difference certain; the two-stage test does not, and agrees with the CI that contains 0."""
+    difference certain; the crossed test does not, and agrees with its interval, which contains 0."""
     a, b = _draws([0.06, -0.05, 0.01])
     naive = paired_wilcoxon(a.mean(axis=0), b.mean(axis=0))
     assert naive.p < 1e-6
-    t = paired_draw_test(a, b, n_boot=4000, seed=0)
-    ci = hierarchical_bootstrap_ci(a - b, n_boot=4000, seed=0)
-    assert t.p > 0.2 and ci.low < 0 < ci.high
-    assert t.n == 40 and t.n_nonzero == 40 and t.mean_diff == pytest.approx(naive.mean_diff)
-    assert math.isnan(t.statistic) and "3 draws and 40 cases" in t.note
-    steady = paired_draw_test(*_draws([0.03, 0.025, 0.035]), n_boot=4000, seed=0)
-    assert steady.p == pytest.approx(2 / 4001)  # no resample reaches 0: the smallest p B resamples can give
+    t = paired_draw_test(a, b)
+    ci = draw_case_ci(a - b)
+    assert t.p > 0.5 and ci.low < 0 < ci.high
+    assert t.n == 40 and t.n_nonzero == 120 and t.mean_diff == pytest.approx(naive.mean_diff)
+    assert "3 draws, 40 cases" in t.note and t.statistic == pytest.approx(t.mean_diff / crossed_mean(a - b).se)
+    # draws that agree: significant, but with 2 draws' worth of evidence about the subsets, not 40 cases'
+    steady = paired_draw_test(*_draws([0.03, 0.025, 0.035]))
+    assert 1e-4 < steady.p < 0.05
 
 
-def test_paired_draw_test_p_agrees_with_the_ci_of_the_same_seed():
+def test_paired_draw_test_p_agrees_with_the_interval():
     rng = np.random.default_rng(1)
-    disagreements = 0
     for i in range(40):
         shifts = rng.normal(rng.uniform(-0.03, 0.03), rng.uniform(0.0, 0.03), size=int(rng.integers(2, 5)))
         a, b = _draws(shifts, noise=float(rng.uniform(0.005, 0.05)), cases=int(rng.integers(8, 40)), seed=i)
-        t = paired_draw_test(a, b, n_boot=2000, seed=i)
-        ci = hierarchical_bootstrap_ci(a - b, n_boot=2000, seed=i)
-        if (t.p < 0.05) != (ci.low > 0 or ci.high < 0):
-            disagreements += 1
-            assert 0.04 < t.p < 0.06, (t, ci)  # only at the boundary, where B resamples cannot resolve it
-    assert disagreements <= 2
+        t, ci = paired_draw_test(a, b), draw_case_ci(a - b)
+        assert (t.p < 0.05) == (ci.low > 0 or ci.high < 0), (t, ci)
+
+
+def test_paired_draw_test_holds_its_level_with_five_draws():
+    """A true null (draw and case effects, no difference): at nominal 5% the crossed test rejects in about 5% of
+    designs with 5 draws (a two-stage bootstrap over draws and cases rejected far more often)."""
+    rng = np.random.default_rng(0)
+    rejections = []
+    for _ in range(600):
+        d = rng.normal(0, 0.02, (5, 1)) + rng.normal(0, 0.05, (1, 40)) + rng.normal(0, 0.005, (5, 40))
+        rejections.append(paired_draw_test(d, np.zeros_like(d)).p < 0.05)
+    assert 0.02 <= np.mean(rejections) <= 0.085
+
+
+def test_draws_that_cancel_are_tested_not_called_identical():
+    x = np.tile(np.linspace(0.3, 0.7, 10), (2, 1))
+    t = paired_draw_test(x + np.array([[0.1], [-0.1]]), x)
+    assert t.p > 0.5 and "zero" not in t.note and t.n_nonzero == 20
 
 
 def test_paired_draw_test_with_one_draw_is_the_wilcoxon_over_cases():

@@ -1,8 +1,8 @@
 """How large a Dice difference a design can detect: power of the headline's paired, Holm-corrected tests.
 
 The headline compares each pretrained method with its from-scratch baseline by a two-sided paired Wilcoxon
-signed-rank test over validation cases (or, where k-shot draws repeat the cases, by the two-stage bootstrap over
-draws and cases; ``dice_stats.paired_draw_test``) and corrects the p-values with Holm's method over all ``m``
+signed-rank test over validation cases (or, where k-shot draws repeat the cases, by the t test of the crossed
+draws x cases model; ``dice_stats.paired_draw_test``) and corrects the p-values with Holm's method over all ``m``
 comparisons. Holm's first step tests the smallest p-value at
 ``alpha / m``, so a design that detects a difference at ``alpha / m`` detects it under Holm; this module sizes at that
 level (conservative for every later step).
@@ -15,8 +15,9 @@ than :func:`wilcoxon_floor_cases` cases can never be significant, whatever the d
 
 With k-shot draws the training subset is a second source of spread that more validation cases do not shrink: the
 draws are then the unit of the test. :func:`draw_detectable_difference` sizes that design as a paired t-test over the
-per-draw mean differences (``draws - 1`` degrees of freedom) at Holm's first level; the two-stage bootstrap that the
-report runs is less conservative than this with few draws, so the t-test's size is the honest bound.
+per-draw mean differences (``draws - 1`` degrees of freedom) at Holm's first level: the crossed test the report runs
+comes to that when the draws' spread dominates, and has more degrees of freedom (more power) when the cases' spread
+does, so this is the bound to plan with.
 
 All sizes are in Dice (a difference of 0.05 = five Dice points); ``sd`` is the standard deviation of the per-case
 paired differences, measured on a pilot (:func:`pilot_sd`).

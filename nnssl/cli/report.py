@@ -33,8 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the CNN baseline every Swin run is tested against in the report's CNN family (nnunet, "
                         "resenc_m, resenc_l, resenc_xl; default: nnunet); fix it before looking at the results")
     p.add_argument("--bootstrap", type=int, default=10000,
-                   help="bootstrap resamples for the confidence intervals and for the paired tests of regimes with "
-                        "k-shot draws (default: 10000)")
+                   help="bootstrap resamples for the confidence intervals over cases (default: 10000)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling (default: 0)")
     p.add_argument("--level", type=float, default=0.95, help="confidence level of the intervals (default: 0.95)")
     p.add_argument("--raw", default=None,

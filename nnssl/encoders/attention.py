@@ -31,7 +31,7 @@ STAGES = 4
 #: table). On the CPU the trainable bias makes SDPA take its math fallback (the fused CPU kernel gives no gradient for
 #: ``attn_mask``): with malloc keeping freed memory, as every CPU run does (nnssl.cpu_memory), it measured 1.13-1.23x
 #: the eager time at stages 1-3 of the tiny encoder at 64^3 and 0.99x at stage 4, so the CPU keeps the eager path
-#: (it won only at stage 1, 0.90-0.96x, while glibc mapped every large tensor afresh). CUDA is not measured yet, so it
+#: (it won only at stage 1, 0.87-0.96x, while glibc mapped every large tensor afresh). CUDA is not measured yet, so it
 #: keeps MONAI's eager path until the benchmark is run there (``--device cuda``).
 #: Device types whose shifted blocks get the shift mask copied per image as a 4-D mask (for the fused kernels);
 #: elsewhere a 5-D mask broadcasts over the images.

@@ -31,6 +31,7 @@ import torch
 
 from nnssl.checkpoint import (CheckpointError, all_finite, describe_nonfinite, load_checkpoint, nonfinite_names,
                               save_checkpoint)
+from nnssl.cpu_memory import keep_freed_memory
 from nnssl.data.preprocessed import (PreprocessedSource, RandomCropDataset, check_crop_fits, check_not_constant,
                                      find_sources)
 from nnssl.data.subsets import apply_fraction, check_fraction
@@ -42,7 +43,6 @@ from nnssl.ledger import RunLedger
 from nnssl.nnunet.naming import CONFIGURATION, SWIN_PLANS
 from nnssl.recipes import OptimRecipe, ResolvedOptim
 from nnssl.tasks import PretextTask, config_from_overrides, get_task_class
-from nnssl.cpu_memory import keep_freed_memory
 from nnssl.training.anatomy import RunAnatomy, StepClock, peak_memory_mib, window_data_share
 from nnssl.training.batches import make_step_loader
 from nnssl.training.distributed import DistInfo, cleanup_distributed, init_distributed

@@ -3,16 +3,17 @@ CNN baseline of the same dataset, shots and budget, as one family of tests.
 
 The reference (``ReportOptions.cnn_reference``, the grid passes the spec's ``reference_baseline``, default its first
 baseline) is fixed before the results are read, never picked from them. Rows pair the same validation cases of the
-same folds and k-shot draws (the CNN runs train on the Swin runs' splits and subsets), with a two-stage bootstrap CI
-of the difference and a paired test (``dice_stats.paired_draw_test``: Wilcoxon over cases, the same two-stage
-bootstrap where k-shot draws repeat the cases), Holm-corrected over this table only: the headline's SSL-vs-scratch
-family is not diluted by it. Other CNN baselines appear in the Dice tables, marked, without tests.
+same folds and k-shot draws (the CNN runs train on the Swin runs' splits and subsets), with the CI of the difference
+and a paired test (``dice_stats.draw_case_ci`` and ``paired_draw_test``: the case bootstrap and Wilcoxon over cases,
+the crossed draws x cases model where k-shot draws repeat the cases), Holm-corrected over this table only: the
+headline's SSL-vs-scratch family is not diluted by it. Other CNN baselines appear in the Dice tables, marked,
+without tests.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from nnssl.analysis.dice_stats import hierarchical_bootstrap_ci, holm, paired_draw_test, significance_marker
+from nnssl.analysis.dice_stats import draw_case_ci, holm, paired_draw_test, significance_marker
 from nnssl.analysis.report.blocks import Heading, Para, Table
 from nnssl.analysis.report.context import ReportContext
 from nnssl.analysis.report.format import fmt_p
@@ -32,15 +33,15 @@ class Comparison:
 
 
 def compare_family(ctx: ReportContext, comparisons: list[Comparison]) -> list[list[str]]:
-    """One row per comparison: Dice of A and B with CIs, the difference A - B with its two-stage bootstrap CI, the
+    """One row per comparison: Dice of A and B with CIs, the difference A - B with its CI (``draw_case_ci``), the
     paired cases, Holm-adjusted p over the whole list (one family), its marker and the test's note."""
     d = ctx.opt.digits
     rows, tests = [], []
     for c in comparisons:
         xa, xb = ctx.cases(c.dataset, c.regime_a, c.a), ctx.cases(c.dataset, c.regime_b, c.b)
         ma, mb = paired_draw_matrices(xa, xb)
-        diff = hierarchical_bootstrap_ci(ma - mb, n_boot=ctx.opt.n_boot, seed=ctx.opt.seed, level=ctx.opt.level)
-        pt = paired_draw_test(ma, mb, n_boot=ctx.opt.n_boot, seed=ctx.opt.seed)
+        diff = draw_case_ci(ma - mb, n_boot=ctx.opt.n_boot, seed=ctx.opt.seed, level=ctx.opt.level)
+        pt = paired_draw_test(ma, mb)
         tests.append(pt)
         rows.append([c.dataset, c.regime_a.label(), ctx.label(c.a), ctx.case_ci(c.dataset, c.regime_a, c.a).fmt(d),
                      ctx.label(c.b), ctx.case_ci(c.dataset, c.regime_b, c.b).fmt(d), diff.fmt(d), str(pt.n)])
@@ -89,9 +90,9 @@ def cnn_comparison(ctx: ReportContext) -> None:
     r.add(Table(["dataset", "regime", "method", f"Dice [{level}% CI]", "CNN baseline", f"CNN Dice [{level}% CI]",
                  f"difference [{level}% CI]", "cases", "p (Holm)", "sig.", "note"], rows,
                 caption=f"Every Swin run against {ref} trained on the same folds, k-shot subsets and draws "
-                        "(ladder rungs against the CNN of the same shots and budget); CIs bootstrap draws, then "
-                        "cases; p: paired Wilcoxon over cases, or with k-shot draws the same two-stage bootstrap; "
-                        "Holm-corrected over this table."))
+                        "(ladder rungs against the CNN of the same shots and budget); CIs over cases, with k-shot "
+                        "draws from the crossed draws x cases model; p: paired Wilcoxon over cases, or with k-shot "
+                        "draws that model's t test; Holm-corrected over this table."))
     others = [b for b in found if b != ref]
     if others:
         r.add(Para(f"Other CNN baselines ({', '.join(others)}) are shown in the Dice tables, marked, without tests: "

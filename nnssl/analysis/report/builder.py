@@ -39,11 +39,11 @@ def build(ctx: ReportContext) -> Report:
         "Dice per case comes from nnU-Net's validation/summary.json (validation cases of each fold, pooled over "
         "folds). Foreground Dice of a case = mean over its foreground labels that are defined (nnU-Net writes NaN "
         "when a label is absent from reference and prediction). Confidence intervals: percentile bootstrap over "
-        f"cases, {ctx.opt.n_boot} resamples, seed {ctx.opt.seed}; with repeated k-shot draws, a two-stage bootstrap "
-        "(draws, then the validation cases they share). Tests: two-sided paired Wilcoxon signed-rank over common "
-        "cases (zero differences dropped); where k-shot draws repeat the cases, the p-value of the same two-stage "
-        "bootstrap on the paired differences (draws both sides share, then cases), so p agrees with the CI; "
-        "Holm-corrected "
+        f"cases, {ctx.opt.n_boot} resamples, seed {ctx.opt.seed}; with repeated k-shot draws, which validate on the "
+        "same cases, the t interval of the crossed draws x cases random-effects model (Satterthwaite's degrees of "
+        "freedom). Tests: two-sided paired Wilcoxon signed-rank over common cases (zero differences dropped); with "
+        "k-shot draws, that model's t test on the paired differences of the draws both sides share, so p agrees with "
+        "the CI; Holm-corrected "
         "within each table family (the headline: over all its rows); "
         "* p<0.05, ** p<0.01, *** p<0.001 after correction, ns otherwise. See documentation/report.md."))
     return r

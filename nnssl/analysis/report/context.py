@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from nnssl.analysis.dice_stats import MeanCI, bootstrap_ci, draw_spread, hierarchical_bootstrap_ci
+from nnssl.analysis.dice_stats import MeanCI, bootstrap_ci, draw_case_ci, draw_spread
 from nnssl.analysis.report.blocks import Report, ReportOptions
 from nnssl.nnunet.naming import FULL, is_cnn_baseline, is_scratch
 from nnssl.analysis.results import CaseKey, Regime, ResultsTree, draw_matrix, pooled_cases
@@ -53,9 +53,10 @@ class ReportContext:
         return pooled_cases(self.tree.select(dataset, regime, method), label)
 
     def case_ci(self, dataset: str, regime: Regime, method: str, label: str | None = None) -> MeanCI:
-        """Mean Dice with its CI, bootstrapping draws then cases (n = validation cases, not (draw, case) pairs)."""
-        return hierarchical_bootstrap_ci(draw_matrix(self.cases(dataset, regime, method, label)),
-                                         n_boot=self.opt.n_boot, seed=self.opt.seed, level=self.opt.level)
+        """Mean Dice with its CI: the case bootstrap, or with k-shot draws the crossed draws x cases t interval
+        (``dice_stats.draw_case_ci``; n = validation cases, not (draw, case) pairs)."""
+        return draw_case_ci(draw_matrix(self.cases(dataset, regime, method, label)),
+                            n_boot=self.opt.n_boot, seed=self.opt.seed, level=self.opt.level)
 
     def spread(self, dataset: str, regime: Regime, method: str) -> tuple[float, float, int]:
         """(mean, SD, draws) of the per-draw mean foreground Dice: how much a k-shot result depends on the subset."""

@@ -15,8 +15,9 @@ from nnssl.nnunet.naming import is_cnn_baseline
 
 def dice(ctx: ReportContext) -> None:
     """Add the "Dice per task and method" section: per dataset and regime a table of each method's folds, cases,
-    per-label and foreground Dice [CI] (bootstrapping k-shot draws, then cases), nnU-Net's own foreground mean and,
-    with repeated draws, the mean ± SD across draws; then the dataset's bar figure (:func:`dice_figure`)."""
+    per-label and foreground Dice [CI] (with k-shot draws, the crossed draws x cases interval), nnU-Net's own
+    foreground mean and, with repeated draws, the mean ± SD across draws; then the dataset's bar figure
+    (:func:`dice_figure`)."""
     r, t, d = ctx.report, ctx.tree, ctx.opt.digits
     r.add(Heading(2, "Dice per task and method"))
     if not t.folds:
@@ -46,7 +47,8 @@ def dice(ctx: ReportContext) -> None:
                 rows.append(row)
             caption = f"{ds}, {regime.label()}: mean Dice [{int(ctx.opt.level * 100)}% CI]"
             if draws > 1:
-                caption += (" over validation cases, bootstrapping k-shot draws then cases; the last column is the "
+                caption += (" over validation cases, from the crossed draws x cases model of the k-shot draws; the "
+                            "last column is the "
                             "mean and SD across draws of each draw's mean")
             r.add(Table(header, rows, caption=caption))
         r.add(dice_figure(ctx, ds, bars))

@@ -1,10 +1,10 @@
 """The headline: every pretrained method against its from-scratch baseline, per dataset and regime, in one table.
 
 Each row: the method's mean foreground Dice with its CI, the baseline's (the from-scratch runs of the same encoder,
-``ReportContext.baseline_for``), and their difference with a CI from the same two-stage bootstrap (k-shot draws, then
-validation cases) on the paired differences, and a two-sided paired test: Wilcoxon over the cases for a single run
-per fold, the p-value of that same two-stage bootstrap where k-shot draws repeat the cases
-(``dice_stats.paired_draw_test``), so that p and the CI agree. Holm's correction runs over every comparison of the
+``ReportContext.baseline_for``), and their difference with its CI and a two-sided paired test: the case bootstrap and
+Wilcoxon over the cases for a single run per fold; where k-shot draws repeat the cases, the crossed draws x cases t
+interval and t test on the paired differences (``dice_stats.draw_case_ci``, ``paired_draw_test``), so that p and
+the CI agree. Holm's correction runs over every comparison of the
 table (methods x datasets x regimes), so the family is fixed before anything is looked at; per-label comparisons are
 in the detail tables below. One
 sentence says which differences are significant, or that none are at this budget, and one what the design could have
@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from nnssl.analysis.dice_stats import hierarchical_bootstrap_ci, holm, paired_draw_test, significance_marker
+from nnssl.analysis.dice_stats import draw_case_ci, holm, paired_draw_test, significance_marker
 from nnssl.analysis.power import design_sentence, draw_design_sentence, pilot_sd
 from nnssl.analysis.report.blocks import Heading, Para, Table
 from nnssl.analysis.report.context import ReportContext
@@ -28,9 +28,9 @@ from nnssl.nnunet.naming import is_scratch
 
 def headline(ctx: ReportContext) -> None:
     """Add the headline section: one table of every pretrained method against its from-scratch baseline
-    (:func:`comparisons`, full fine-tuning) with Dice CIs, the two-stage bootstrap CI of the difference and the
-    paired test's p (``paired_draw_test``) Holm-corrected over the table; a sentence on the significant rows, one on
-    the detectable difference."""
+    (:func:`comparisons`, full fine-tuning) with Dice CIs, the CI of the difference and the paired test's p
+    (``paired_draw_test``) Holm-corrected over the table; a sentence on the significant rows, one on the detectable
+    difference."""
     r, d = ctx.report, ctx.opt.digits
     level = int(round(ctx.opt.level * 100))
     r.add(Heading(2, "Headline: pretraining against training from scratch"))
@@ -39,8 +39,8 @@ def headline(ctx: ReportContext) -> None:
     for ds, regime, m, base in comparisons(ctx, unmatched):
         a, b = ctx.cases(ds, regime, m), ctx.cases(ds, regime, base)
         ma, mb = paired_draw_matrices(a, b)
-        diff = hierarchical_bootstrap_ci(ma - mb, n_boot=ctx.opt.n_boot, seed=ctx.opt.seed, level=ctx.opt.level)
-        pt = paired_draw_test(ma, mb, n_boot=ctx.opt.n_boot, seed=ctx.opt.seed)
+        diff = draw_case_ci(ma - mb, n_boot=ctx.opt.n_boot, seed=ctx.opt.seed, level=ctx.opt.level)
+        pt = paired_draw_test(ma, mb)
         case_a, case_b, _ = paired_case_means(a, b)
         tests.append(pt)
         differences.append(case_a - case_b)
@@ -64,7 +64,8 @@ def headline(ctx: ReportContext) -> None:
                     f"correction over all {len(rows)} comparisons at this budget (p < 0.05 needed); the "
                     f"{level}% intervals show how large a difference the runs can still hide.")
     r.add(Para(sentence))
-    power = _power_sentence(differences, [pt.n for pt in tests], d)
+    single = [i for i, x in enumerate(draw_differences) if x.size < 2]  # the rows a Wilcoxon over cases tests
+    power = _power_sentence([differences[i] for i in single], [tests[i].n for i in single], len(tests), d)
     if power:
         r.add(Para(power))
     draws_power = _draws_power_sentence(draw_differences, len(tests), d)
@@ -74,9 +75,9 @@ def headline(ctx: ReportContext) -> None:
         ["dataset", "regime", "method", f"Dice [{level}% CI]", "baseline", f"baseline Dice [{level}% CI]",
          f"difference [{level}% CI]", "cases", "p (Holm)", "sig.", "note"], rows,
         caption="Mean foreground Dice per method against the from-scratch runs of the same encoder; CIs bootstrap "
-                "the k-shot draws, then the validation cases; p: paired Wilcoxon over cases (one run per fold) or, "
-                "with k-shot draws, the same two-stage bootstrap as the CI; Holm-corrected over every row of this "
-                "table."))
+                "the validation cases (one run per fold) or, with k-shot draws, come from the crossed draws x cases "
+                "model; p: paired Wilcoxon over cases, or with draws that model's t test; Holm-corrected over every "
+                "row of this table."))
     if unmatched:
         r.add(Para("No from-scratch baseline of the same encoder for: " + ", ".join(unmatched) + ". Their "
                    "comparisons would mix pretraining with architecture; the grid plans a scratch run per encoder "
@@ -111,13 +112,14 @@ def paired_differences(ctx: ReportContext) -> list[np.ndarray]:
     return out
 
 
-def _power_sentence(differences: list, cases: list[int], digits: int) -> str | None:
-    """What the table's design could detect (None when no comparison has two paired cases to measure a spread)."""
+def _power_sentence(differences: list, cases: list[int], comparisons: int, digits: int) -> str | None:
+    """What the rows with one run per fold could detect with the Wilcoxon over cases, at Holm's correction over all
+    ``comparisons`` of the table (None when no such row has two paired cases to measure a spread)."""
     try:
         sd, _ = pilot_sd(differences)
     except ValueError:
         return None
-    return design_sentence(sd, cases, comparisons=len(cases), digits=digits)
+    return design_sentence(sd, cases, comparisons=comparisons, digits=digits)
 
 
 def _per_draw_means(matrix: np.ndarray) -> np.ndarray:

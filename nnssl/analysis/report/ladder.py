@@ -74,8 +74,8 @@ def ladder(ctx: ReportContext) -> None:
     r.add(Table(["dataset", "regime", "method", f"Dice [{level}% CI]", "baseline", f"baseline Dice [{level}% CI]",
                  f"difference [{level}% CI]", "cases", "p (Holm)", "sig.", "note"], rows,
                 caption="Each pretrained method against the from-scratch runs of the same encoder and protocol, per "
-                        "rung; p: paired Wilcoxon over cases, or with k-shot draws the two-stage bootstrap of the "
-                        "CI; Holm-corrected over this table (a family of its own)."))
+                        "rung; p: paired Wilcoxon over cases, or with k-shot draws the crossed draws x cases t "
+                        "test; Holm-corrected over this table (a family of its own)."))
 
 
 def _figure(ctx: ReportContext, ds: str, base: Regime, regimes: list[Regime], methods: list[str]) -> Figure:

@@ -1,7 +1,7 @@
 """Paired tests with Holm correction: each method against the baseline, the best against the rest.
 
-Wilcoxon over the validation cases where each fold has one run; where k-shot draws repeat the cases, the two-stage
-bootstrap test of ``dice_stats.paired_draw_test`` (draws, then cases), so the draws' spread counts.
+Wilcoxon over the validation cases where each fold has one run; where k-shot draws repeat the cases, the crossed
+draws x cases t test of ``dice_stats.paired_draw_test``, so the draws' spread counts.
 """
 from __future__ import annotations
 
@@ -24,17 +24,18 @@ def compare(ctx: ReportContext, ds: str, regime: Regime, pairs: list[tuple[str, 
     res = []
     for a, b in pairs:
         ma, mb = paired_draw_matrices(ctx.cases(ds, regime, a), ctx.cases(ds, regime, b))
-        res.append(((a, b), paired_draw_test(ma, mb, n_boot=ctx.opt.n_boot, seed=ctx.opt.seed)))
+        res.append(((a, b), paired_draw_test(ma, mb)))
     adj = holm([pt.p for _, pt in res])
     rows = []
     for ((a, b), pt), p_adj in zip(res, adj):
-        rows.append([f"{a} vs {b}", str(pt.n), fmt(pt.mean_diff, ctx.opt.digits), fmt(pt.statistic, 1),
+        statistic = f"t={fmt(pt.statistic, 2)}" if pt.note.startswith("crossed") else fmt(pt.statistic, 1)
+        rows.append([f"{a} vs {b}", str(pt.n), fmt(pt.mean_diff, ctx.opt.digits), statistic,
                      fmt_p(pt.p), fmt_p(p_adj), significance_marker(p_adj), pt.note])
     table = Table(["comparison", "pairs", "mean diff (A-B)", "W", "p", "p (Holm)", "sig.", "note"], rows,
                   caption=f"{ds}, {regime.label()}: {family} (paired test on foreground Dice: Wilcoxon over the "
-                          f"validation cases, or with k-shot draws a two-stage bootstrap over the draws both share, "
-                          f"then the cases (W: n/a); mean diff: per case averaged over those draws; Holm-corrected "
-                          f"within this table)")
+                          f"validation cases, or with k-shot draws the crossed draws x cases t test over the draws "
+                          f"both share (its statistic in the W column as t=...); mean diff: over those draws and "
+                          f"cases; Holm-corrected within this table)")
     return table, {pair: (pt, p_adj) for (pair, pt), p_adj in zip(res, adj)}
 
 
