@@ -55,8 +55,10 @@ class ReportContext:
     def case_ci(self, dataset: str, regime: Regime, method: str, label: str | None = None) -> MeanCI:
         """Mean Dice with its CI: the case bootstrap, or with k-shot draws the crossed draws x cases t interval
         (``dice_stats.draw_case_ci``; n = validation cases, not (draw, case) pairs)."""
-        return draw_case_ci(draw_matrix(self.cases(dataset, regime, method, label)),
-                            n_boot=self.opt.n_boot, seed=self.opt.seed, level=self.opt.level)
+        ci = draw_case_ci(draw_matrix(self.cases(dataset, regime, method, label)),
+                          n_boot=self.opt.n_boot, seed=self.opt.seed, level=self.opt.level)
+        # a mean Dice lies in [0, 1]: the t interval of few draws is clipped there (bootstrap intervals already are)
+        return MeanCI(ci.mean, max(ci.low, 0.0), min(ci.high, 1.0), ci.n) if ci.n else ci
 
     def spread(self, dataset: str, regime: Regime, method: str) -> tuple[float, float, int]:
         """(mean, SD, draws) of the per-draw mean foreground Dice: how much a k-shot result depends on the subset."""
