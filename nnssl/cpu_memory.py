@@ -4,14 +4,14 @@ glibc's malloc serves every block above its mmap threshold (128 KiB, raised as b
 64-bit) with a fresh ``mmap`` and gives it back with ``munmap`` when it is freed, and trims the top of its heap back
 to the OS once more than its trim threshold is free there (mallopt(3)). A training step allocates and frees the same
 large tensors every step (at 64^3 and batch 2 each stage-1 attention matrix of the tiny encoder is 50 MiB), so every
-step the kernel maps those pages again and zeroes them: on the 2-core CPU a DINO step took 2.6 s instead of 1.3 s
-and the bare encoder step 0.54 s instead of 0.31 s (benchmarks/pretrain_step.py, ``--malloc system`` against
-``keep``; documentation/pretraining.md). :func:`keep_freed_memory` switches both off through ``mallopt``:
-``M_MMAP_MAX = 0`` (every block of the main arena comes from the heap; threads' arenas and a heap that cannot grow
-still map) and ``M_TRIM_THRESHOLD = -1`` (the heap is never trimmed),
-which is what the environment variables ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<large>`` do at start-up. No
-value changes. The cost is memory: the process keeps its peak heap until it exits, with some fragments in it (a DINO
-loop at tiny 64^3: 4.1 GiB resident instead of 2.6 GiB, stable after the first 20 steps).
+step the kernel maps those pages again and zeroes them: on the 2-core CPU a DINO step took 2.6 s instead of 1.3 s and
+the bare encoder step 0.54 s instead of 0.31 s (benchmarks/pretrain_step.py, ``--malloc system`` against ``keep``;
+documentation/pretraining.md). :func:`keep_freed_memory` switches both off through ``mallopt``: ``M_MMAP_MAX = 0``
+(every block of the main arena comes from the heap; threads' arenas and a heap that cannot grow still map) and
+``M_TRIM_THRESHOLD = -1`` (the heap is never trimmed), which is what the environment variables ``MALLOC_MMAP_MAX_=0
+MALLOC_TRIM_THRESHOLD_=<large>`` do at start-up. No value changes. The cost is memory: the process keeps its peak heap
+until it exits, with some fragments in it (a DINO loop at tiny 64^3: 4.1 GiB resident instead of 2.6 GiB, stable after
+the first 20 steps).
 
 ``NNSSL_CPU_MALLOC=system`` leaves malloc as it is. Where the C library has no ``mallopt`` (not glibc) nothing changes.
 The settings are the process's: DataLoader workers started by fork (Linux's default start method up to Python 3.13)

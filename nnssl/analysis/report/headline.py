@@ -3,13 +3,13 @@
 Each row: the method's mean foreground Dice with its CI, the baseline's (the from-scratch runs of the same encoder,
 ``ReportContext.baseline_for``), and their difference with its CI and a two-sided paired test: the case bootstrap and
 Wilcoxon over the cases for a single run per fold; where k-shot draws repeat the cases, the crossed draws x cases t
-interval and t test on the paired differences (``dice_stats.draw_case_ci``, ``paired_draw_test``), so that p and
-the CI agree. Holm's correction runs over every comparison of the
-table (methods x datasets x regimes), so the family is fixed before anything is looked at; per-label comparisons are
-in the detail tables below. One
-sentence says which differences are significant, or that none are at this budget, and one what the design could have
-detected: the smallest difference found at 80% power after the correction, at the pooled spread of the table's paired
-per-case differences (``nnssl.analysis.power``).
+interval and t test on the paired differences (``dice_stats.draw_case_ci``, ``paired_draw_test``), so that p and the
+CI agree. Holm's correction runs over every comparison of the table (methods x datasets x regimes), so the family is
+fixed before anything is looked at; per-label comparisons are in the detail tables below. One sentence says which
+differences are significant, or that none are at this budget, and one what the design could have detected: the
+smallest difference found at 80% power after the correction, at the pooled spread of the paired per-case
+differences of the rows with one run per fold, and, for the rows with k-shot draws, with the draws as the unit
+(``nnssl.analysis.power``).
 """
 from __future__ import annotations
 
