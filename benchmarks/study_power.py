@@ -7,7 +7,9 @@ against scratch, per dataset and regime) give the paired per-case Dice differenc
 (``nnssl.analysis.power.pilot_sd``). For each spec the script counts the comparisons its headline will make (Holm's
 family: pretrained methods x datasets x regimes, ``downstream.only`` applied) and the validation cases each pairs (its
 fixed split, else nnU-Net's 5-fold split of its phantom cases), and prints a Markdown table: the smallest Dice
-difference detected with 80% power after the correction, and the validation cases a 0.05 difference would need.
+difference detected with 80% power after the correction, and the validation cases a 0.05 difference would need; for
+specs with k-shot draws, what their draws detect with the draws as the unit at ``--draw-sd`` and the draws 0.05 would
+need (``nnssl.analysis.power.draw_detectable_difference``).
 ``--sd`` replaces the pilot by a stated spread. documentation/results.md quotes its output.
 """
 from __future__ import annotations
@@ -18,7 +20,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from nnssl.analysis.power import cases_needed, detectable_difference, pilot_sd, wilcoxon_floor_cases
+from nnssl.analysis.power import (cases_needed, detectable_difference, draw_detectable_difference, draws_needed,
+                                  pilot_sd, wilcoxon_floor_cases)
 
 
 def pilot_spread(results: Path) -> tuple[float, int, int]:
@@ -43,11 +46,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--target", type=float, default=0.05, help="the Dice difference to detect (default: %(default)s)")
     p.add_argument("--power", type=float, default=0.8, help="(default: %(default)s)")
     p.add_argument("--alpha", type=float, default=0.05, help="family-wise level (default: %(default)s)")
+    p.add_argument("--draw-sd", type=float, default=0.02,
+                   help="SD across k-shot draws of the per-draw mean paired difference, for the rows with draws, "
+                        "where the draws are the unit (default: %(default)s; the CPU study's rerun measured 0.071)")
     args = p.parse_args(argv)
-    for name in ("sd", "target"):
+    for name in ("sd", "target", "draw_sd"):
         value = getattr(args, name)
         if value is not None and not (math.isfinite(value) and value > 0):
-            print(f"error: --{name} must be a finite number > 0, got {value}", file=sys.stderr)
+            print(f"error: --{name.replace('_', '-')} must be a finite number > 0, got {value}", file=sys.stderr)
             return 2
     if not (0 < args.power < 1 and 0 < args.alpha < 1):
         print(f"error: --power ({args.power}) and --alpha ({args.alpha}) must lie strictly between 0 and 1",
@@ -73,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         sd = args.sd
         print(f"stated SD of the paired differences: {sd:.3f}\n")
     print("| spec | comparisons | validation cases per dataset | Wilcoxon floor | detectable difference | "
-          f"cases for {args.target} |")
-    print("| --- | --- | --- | --- | --- | --- |")
+          f"cases for {args.target} | k-shot draws: detectable at draw SD {args.draw_sd:g} | draws for {args.target} |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for path in args.specs:
         try:
             spec = load_spec(path)
@@ -89,8 +95,13 @@ def main(argv: list[str] | None = None) -> int:
         detect = (detectable_difference(sd, n, m, args.alpha, args.power) if n else float("nan"))
         need = cases_needed(args.target, sd, m, args.alpha, args.power)
         shown = ", ".join(f"{d}: {v if v is not None else '?'}" for d, v in per.items())
+        r = spec.downstream.draws
+        has_kshot = any(s != "all" for s in spec.downstream.shots)
+        draws = (f"{draw_detectable_difference(args.draw_sd, r, m, args.alpha, args.power):.3f} with {r} draws"
+                 if has_kshot and r > 1 else "-")
+        more = str(draws_needed(args.target, args.draw_sd, m, args.alpha, args.power)) if has_kshot else "-"
         print(f"| {spec.name} | {len(comps)} | {shown} | {wilcoxon_floor_cases(m, args.alpha)} | "
-              f"{detect:.3f} | {need} |")
+              f"{detect:.3f} | {need} | {draws} | {more} |")
     return 0
 
 

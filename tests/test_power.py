@@ -99,7 +99,11 @@ def test_study_power_script_sizes_the_shipped_studies_and_refuses_bad_input(tmp_
     assert cells[1] == "16" and cells[2] == "901: 40, 902: 40"
     assert float(cells[4]) == round(detectable_difference(0.05, 40, 16), 3)
     assert int(cells[5]) == cases_needed(0.05, 0.05, 16)
+    # its 5-shot rows have 3 draws: sized with the draws as the unit at the default draw SD of 0.02
+    assert cells[6] == f"{draw_detectable_difference(0.02, 3, 16):.3f} with 3 draws"
+    assert int(cells[7]) == draws_needed(0.05, 0.02, 16)
     for bad, message in ((["--sd", "-1"], "--sd must be a finite number > 0"),
+                         (["--draw-sd", "0", "--sd", "0.05"], "--draw-sd must be a finite number > 0"),
                          (["--pilot", str(tmp_path / "missing")], "is not a folder"),
                          (["--pilot", str(tmp_path)], "no paired per-case differences")):
         out = subprocess.run([sys.executable, str(script), *bad, str(spec)], capture_output=True, text=True, cwd=root)
