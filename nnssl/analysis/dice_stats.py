@@ -164,14 +164,19 @@ def draw_case_ci(matrix: Any, n_boot: int = 10000, seed: int = 0, level: float =
     return MeanCI(mean, mean - half, mean + half, n)
 
 
-def draw_spread(matrix: Any) -> tuple[float, float, int]:
-    """Mean and standard deviation (ddof 1) across draws of the per-draw means of a (draws, cases) matrix, and the
-    number of draws: the spread of a k-shot result over training subsets."""
+def per_draw_means(matrix: Any) -> np.ndarray:
+    """Per draw, the mean of a (draws, cases) matrix over its finite values; draws without any are left out."""
     m = np.asarray(matrix, dtype=np.float64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         per_draw = np.nanmean(m, axis=1) if m.size else np.zeros(0)
-    per_draw = per_draw[np.isfinite(per_draw)]
+    return per_draw[np.isfinite(per_draw)]
+
+
+def draw_spread(matrix: Any) -> tuple[float, float, int]:
+    """Mean and standard deviation (ddof 1) across draws of the per-draw means of a (draws, cases) matrix, and the
+    number of draws: the spread of a k-shot result over training subsets."""
+    per_draw = per_draw_means(matrix)
     if per_draw.size == 0:
         return math.nan, math.nan, 0
     sd = float(per_draw.std(ddof=1)) if per_draw.size > 1 else math.nan

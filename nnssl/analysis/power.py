@@ -68,17 +68,24 @@ def detectable_difference(sd: float, n: int, comparisons: int = 1, alpha: float 
                  / math.sqrt(n_eff))
 
 
+def _smallest_design(detectable: Any, start: int, target: float, limit: int, unit: str, sd: float) -> int:
+    """The smallest size from ``start`` up whose ``detectable(size)`` is at most ``target`` (ValueError beyond
+    ``limit``; ``unit`` names the size in that message)."""
+    if not target > 0:
+        raise ValueError(f"target difference must be > 0, got {target}")
+    n = start
+    while detectable(n) > target:
+        n += 1
+        if n > limit:
+            raise ValueError(f"more than {limit} {unit} would be needed to detect {target} at sd {sd}")
+    return n
+
+
 def cases_needed(target: float, sd: float, comparisons: int = 1, alpha: float = 0.05, power: float = 0.8,
                  limit: int = 100_000) -> int:
     """Smallest number of validation cases whose design detects ``target`` (see :func:`detectable_difference`)."""
-    if not target > 0:
-        raise ValueError(f"target difference must be > 0, got {target}")
-    n = wilcoxon_floor_cases(comparisons, alpha)
-    while detectable_difference(sd, n, comparisons, alpha, power) > target:
-        n += 1
-        if n > limit:
-            raise ValueError(f"more than {limit} cases would be needed to detect {target} at sd {sd}")
-    return n
+    return _smallest_design(lambda n: detectable_difference(sd, n, comparisons, alpha, power),
+                            wilcoxon_floor_cases(comparisons, alpha), target, limit, "cases", sd)
 
 
 def pilot_sd(differences: Sequence[Any]) -> tuple[float, int]:
@@ -141,14 +148,8 @@ def draw_detectable_difference(sd: float, draws: int, comparisons: int = 1, alph
 def draws_needed(target: float, sd: float, comparisons: int = 1, alpha: float = 0.05, power: float = 0.8,
                  limit: int = 10_000) -> int:
     """Smallest number of k-shot draws whose design detects ``target`` (see :func:`draw_detectable_difference`)."""
-    if not target > 0:
-        raise ValueError(f"target difference must be > 0, got {target}")
-    r = 2
-    while draw_detectable_difference(sd, r, comparisons, alpha, power) > target:
-        r += 1
-        if r > limit:
-            raise ValueError(f"more than {limit} draws would be needed to detect {target} at sd {sd}")
-    return r
+    return _smallest_design(lambda r: draw_detectable_difference(sd, r, comparisons, alpha, power), 2, target, limit,
+                            "draws", sd)
 
 
 def draw_design_sentence(sd: float, draws: Sequence[int], comparisons: int, target: float = 0.05,

@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from nnssl.analysis.dice_stats import draw_case_ci, holm, paired_draw_test, significance_marker
+from nnssl.analysis.dice_stats import draw_case_ci, holm, paired_draw_test, per_draw_means, significance_marker
 from nnssl.analysis.power import design_sentence, draw_design_sentence, pilot_sd
 from nnssl.analysis.report.blocks import Heading, Para, Table
 from nnssl.analysis.report.context import ReportContext
@@ -44,7 +44,7 @@ def headline(ctx: ReportContext) -> None:
         case_a, case_b, _ = paired_case_means(a, b)
         tests.append(pt)
         differences.append(case_a - case_b)
-        draw_differences.append(_per_draw_means(ma - mb))
+        draw_differences.append(per_draw_means(ma - mb))
         rows.append([ds, regime.label(), m, ctx.case_ci(ds, regime, m).fmt(d), base,
                      ctx.case_ci(ds, regime, base).fmt(d), diff.fmt(d), str(pt.n)])
     if not rows:
@@ -120,14 +120,6 @@ def _power_sentence(differences: list, cases: list[int], comparisons: int, digit
     except ValueError:
         return None
     return design_sentence(sd, cases, comparisons=comparisons, digits=digits)
-
-
-def _per_draw_means(matrix: np.ndarray) -> np.ndarray:
-    """Per draw, the mean of a (draws, cases) matrix of paired differences over its finite values (draws without
-    any left out)."""
-    m = np.asarray(matrix, dtype=float)
-    keep = np.isfinite(m).any(axis=1)
-    return np.array([float(np.nanmean(row)) for row in m[keep]])
 
 
 def _draws_power_sentence(draw_differences: list[np.ndarray], comparisons: int, digits: int) -> str | None:
