@@ -13,9 +13,9 @@ from pathlib import Path
 from nnssl.benchmark.spec import BenchmarkSpec
 from nnssl.nnunet.naming import SCRATCH
 
-#: Fine-tuning iterations below which from-scratch SwinUNETR segments no organ but the liver on the phantoms
-#: (no other organ passes Dice 0.5 before 200 iterations at any learning rate or resolution measured, and the mean
-#: over liver, spleen and kidneys stays below 0.25 up to 600; documentation/results.md, section 1).
+#: Fine-tuning iterations below which from-scratch SwinUNETR segments neither the spleen nor the kidneys on the
+#: phantoms at any learning rate measured (at lr 3e-3 and 1e-2 they appear between 180 and 300 iterations on CT, later
+#: on MRI; at 1e-3 not by 600; documentation/results.md, section 1).
 MIN_FINETUNE_ITERATIONS = 200
 #: Pretraining steps below which a method's loss change cannot be told from its step-to-step noise on the phantoms
 #: (the loss windows of the Pretraining section hold fewer than 10 steps each; documentation/report.md).
@@ -32,8 +32,9 @@ def budget_warnings(spec: BenchmarkSpec) -> list[str]:
     if down.iterations < MIN_FINETUNE_ITERATIONS:
         out.append(f"downstream: {down.epochs} epochs x {down.iterations_per_epoch} iterations = {down.iterations} "
                    f"fine-tuning iterations, below the {MIN_FINETUNE_ITERATIONS} at which from-scratch runs on the "
-                   "phantoms first segment more than the liver (documentation/results.md): expect near-zero Dice for "
-                   "every method and no conclusion about pretraining; raise epochs or iterations_per_epoch")
+                   "phantoms first segment the spleen and kidneys (documentation/results.md): expect little beyond "
+                   "the liver for every method and no conclusion about pretraining; raise epochs or "
+                   "iterations_per_epoch")
     pre = spec.pretraining
     for m in [m for m in spec.pretrained_methods if m not in spec.checkpoints]:
         settings = pre.settings(m)
