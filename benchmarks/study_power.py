@@ -8,8 +8,8 @@ against scratch, per dataset and regime) give the paired per-case Dice differenc
 family: pretrained methods x datasets x regimes, ``downstream.only`` applied) and the validation cases each pairs (its
 fixed split, else nnU-Net's 5-fold split of its phantom cases), and prints a Markdown table: the smallest Dice
 difference detected with 80% power after the correction, and the validation cases a 0.05 difference would need; for
-specs with k-shot draws, what their draws detect with the draws as the unit at ``--draw-sd`` and the draws 0.05 would
-need (``nnssl.analysis.power.draw_detectable_difference``).
+specs with k-shot draws or all-cases repeats (``downstream.repeats``), what their draws detect with the draws as the
+unit at ``--draw-sd`` and the draws 0.05 would need (``nnssl.analysis.power.draw_detectable_difference``).
 ``--sd`` replaces the pilot by a stated spread. documentation/results.md quotes its output.
 """
 from __future__ import annotations
@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         sd = args.sd
         print(f"stated SD of the paired differences: {sd:.3f}\n")
     print("| spec | comparisons | validation cases per dataset | Wilcoxon floor | detectable difference | "
-          f"cases for {args.target} | k-shot draws: detectable at draw SD {args.draw_sd:g} | draws for {args.target} |")
+          f"cases for {args.target} | draws (k-shot, repeats): detectable at draw SD {args.draw_sd:g} | "
+          f"draws for {args.target} |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for path in args.specs:
         try:
@@ -95,11 +96,13 @@ def main(argv: list[str] | None = None) -> int:
         detect = (detectable_difference(sd, n, m, args.alpha, args.power) if n else float("nan"))
         need = cases_needed(args.target, sd, m, args.alpha, args.power)
         shown = ", ".join(f"{d}: {v if v is not None else '?'}" for d, v in per.items())
-        r = spec.downstream.draws
-        has_kshot = any(s != "all" for s in spec.downstream.shots)
+        # rows with runs that repeat the validation cases: k-shot draws, and all-cases repeats
+        repeated = [spec.downstream.draws_of(s) for s in spec.downstream.shots if spec.downstream.draws_of(s) > 1]
+        r = min(repeated, default=1)
+        has_draws = any(s != "all" for s in spec.downstream.shots) or bool(repeated)
         draws = (f"{draw_detectable_difference(args.draw_sd, r, m, args.alpha, args.power):.3f} with {r} draws"
-                 if has_kshot and r > 1 else "-")
-        more = str(draws_needed(args.target, args.draw_sd, m, args.alpha, args.power)) if has_kshot else "-"
+                 if repeated else "-")
+        more = str(draws_needed(args.target, args.draw_sd, m, args.alpha, args.power)) if has_draws else "-"
         print(f"| {spec.name} | {len(comps)} | {shown} | {wilcoxon_floor_cases(m, args.alpha)} | "
               f"{detect:.3f} | {need} | {draws} | {more} |")
     return 0

@@ -242,6 +242,23 @@ def test_draws_repeat_the_k_shot_runs_only(tmp_path):
         spec_from_dict({**SPEC, "downstream": {"datasets": [901], "shots": ["all"], "draws": 2}})
 
 
+def test_repeats_repeat_the_all_cases_runs_only(tmp_path):
+    """``repeats: 2`` adds the ``_draw1`` run of every all-cases arm (same cases, a new training run), leaves the
+    k-shot regimes at their ``draws``, and names CKA jobs by the draw as for k-shot draws."""
+    spec = spec_from_dict({**SPEC, "downstream": {"datasets": [901], "shots": ["5", "all"], "folds": [0],
+                                                  "epochs": 2, "repeats": 2}})
+    jobs = build_jobs(spec, Paths.under(tmp_path), tmp_path / "r")
+    trainers = sorted({j.command[j.command.index("-tr") + 1] for j in jobs if j.stage == "finetune"})
+    assert trainers == ["SwinSSLTrainer_2epochs", "SwinSSLTrainer_5shot_2epochs", "SwinSSLTrainer_draw1_2epochs",
+                        "SwinScratchTrainer_2epochs", "SwinScratchTrainer_5shot_2epochs",
+                        "SwinScratchTrainer_draw1_2epochs"]
+    assert {j.key for j in jobs if j.stage == "cka" and "draw" in j.key} == {"cka/901/smit/all/0/draw1"}
+    with pytest.raises(SpecError, match="no 'all' regime"):
+        spec_from_dict({**SPEC, "downstream": {"datasets": [901], "shots": ["5"], "repeats": 2}})
+    with pytest.raises(SpecError, match="repeats must be an integer"):
+        spec_from_dict({**SPEC, "downstream": {"datasets": [901], "shots": ["all"], "repeats": 0}})
+
+
 def _recorded_job(tmp_path: Path, key: str, command: list[str], **kw) -> Job:
     out = tmp_path / key
     job = Job(key, "pretrain", command, done_marker=out / "done", settings_file=out / ".nnssl_job.json", outputs=out,

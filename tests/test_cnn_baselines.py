@@ -152,6 +152,28 @@ def test_the_subset_record_names_no_trainer_so_every_methods_record_is_the_same(
     assert records[0] == records[1] == records[2]
 
 
+def test_an_all_cases_draw_is_a_repeated_run_on_every_training_case(tmp_path):
+    """``_draw<r>`` without ``_<k>shot`` trains on the fold's whole training set (no subset record) and says in the
+    log that it is a repeated run; the Swin and CNN trainer classes of such names exist for nnU-Net's lookup."""
+    from types import SimpleNamespace
+
+    from nnssl.finetune import baselines, trainers
+    from nnssl.finetune.regimes import fewshot_split
+
+    assert trainers.trainer_class("SwinScratchTrainer_draw2_2epochs").shot_draw == 2
+    assert trainers.trainer_class("SwinSSLTrainer_draw1").num_shots is None
+    assert baselines.cnn_trainer_class("CNNTrainer_draw1_2epochs").shot_draw == 1
+    logged: list[str] = []
+    trainer = SimpleNamespace(num_shots=None, shot_draw=2, fold=0, local_rank=0, output_folder=str(tmp_path),
+                              plans_manager=SimpleNamespace(dataset_name="Dataset533_Cnn"),
+                              print_to_log_file=lambda *a: logged.append(" ".join(map(str, a))))
+    keys = [f"case_{i:03d}" for i in range(12)]
+    subset, val = fewshot_split(trainer, keys, ["case_100"])
+    assert subset == keys and val == ["case_100"]
+    assert not (tmp_path / "fewshot_subset.json").exists()
+    assert any("draw 2 of all 12 training cases" in line for line in logged), logged
+
+
 @pytest.mark.slow  # ~2.5 min on the shared 2-core machine: two plannings, two one-iteration trainings, validation
 def test_a_tiny_grid_trains_the_cnn_on_the_swin_runs_subset(tmp_path, monkeypatch):
     for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnssl_results"):

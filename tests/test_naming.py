@@ -21,10 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("epochs", [None, 2, 500])
 @pytest.mark.parametrize("draw", [0, 3])
 def test_trainer_names_round_trip(kind, shots, epochs, draw):
-    if draw and shots is None:
-        with pytest.raises(ValueError, match="draw needs a few-shot regime"):
-            TrainerName(kind, shots, draw, epochs)
-        return
+    """With all cases a draw is a repeated run on the same cases (``SwinSSLTrainer_draw3``), with k cases a new
+    subset (``SwinSSLTrainer_5shot_draw3``)."""
     spec = TrainerName(kind, shots, draw, epochs)
     assert parse_trainer_name(spec.name) == spec
     expected = f"Swin{kind}Trainer" + (f"_{shots}shot" if shots else "") + (f"_draw{draw}" if draw else "") \
@@ -35,6 +33,8 @@ def test_trainer_names_round_trip(kind, shots, epochs, draw):
 @pytest.mark.parametrize("bad, why", [("SwinSSLTrainer_7shot", "no few-shot trainer for 7"),
                                       ("SwinSSLTrainer_3epochs", "no trainer variant for 3 epochs"),
                                       ("SwinSSLTrainer_5shot_draw0", "draw 0"),
+                                      ("SwinSSLTrainer_draw0", "draw 0"),
+                                      ("SwinSSLTrainer_draw1_5shot", "does not match"),
                                       ("SwinFancyTrainer", "kind 'Fancy'"),
                                       ("nnUNetTrainer", "does not match")])
 def test_bad_trainer_names_say_why(bad, why):

@@ -311,16 +311,18 @@ def test_repeated_draws_are_aggregated_per_case_not_pooled(tmp_path):
     assert vs["pairs"] == "8" and vs["mean diff (A-B)"] == "0.045"  # per case, averaged over the 3 draws
 
 
-def test_draws_that_disagree_are_not_significant_in_the_headline_or_the_paired_tests(tmp_path):
-    """smit beats scratch on every case once the three 5-shot draws are averaged (a Wilcoxon over those 8 case
-    means gives p = 2/256), but by +0.06, -0.05 and +0.01 in the three draws: the draws' spread makes the difference
-    uncertain, and the p-value must say so as the CI of the crossed draws x cases model does."""
+@pytest.mark.parametrize("shots, regime", [("_5shot", "5-shot"), ("", "all cases")])
+def test_draws_that_disagree_are_not_significant_in_the_headline_or_the_paired_tests(tmp_path, shots, regime):
+    """smit beats scratch on every case once the three draws are averaged (a Wilcoxon over those 8 case means gives
+    p = 2/256), but by +0.06, -0.05 and +0.01 in the three draws: the draws' spread makes the difference uncertain,
+    and the p-value must say so as the CI of the crossed draws x cases model does. The same holds for 5-shot draws
+    and for repeated all-cases runs (``SwinSSLTrainer_draw<r>``)."""
     root = tmp_path / "results"
     for draw, (shift, gain) in enumerate(((0.0, 0.06), (0.02, -0.05), (-0.02, 0.01))):
         suffix = f"_draw{draw}" if draw else ""
-        _run(root, CT, f"SwinScratchTrainer_5shot{suffix}__nnUNetSwinPlans__3d_fullres", "0", {"1": L - 0.3 + shift},
+        _run(root, CT, f"SwinScratchTrainer{shots}{suffix}__nnUNetSwinPlans__3d_fullres", "0", {"1": L - 0.3 + shift},
              ds_json=CT_JSON)
-        _run(root, CT, f"SwinSSLTrainer_5shot{suffix}__nnUNetSwinPlans__smit__3d_fullres", "0",
+        _run(root, CT, f"SwinSSLTrainer{shots}{suffix}__nnUNetSwinPlans__smit__3d_fullres", "0",
              {"1": L - 0.3 + shift + gain + D / 10}, ds_json=CT_JSON)
     report, _ = build_report(load_results(root, preprocessed=None), tmp_path / "o", ReportOptions(n_boot=2000, seed=0))
     head = report.tables()[0]
@@ -328,12 +330,12 @@ def test_draws_that_disagree_are_not_significant_in_the_headline_or_the_paired_t
     low, high = (float(v) for v in row["difference [95% CI]"].split("[")[1].rstrip("]").split(","))
     assert low < 0 < high and row["cases"] == "8"
     assert float(row["p (Holm)"]) > 0.05 and row["sig."] == "ns" and "3 draws, 8 cases" in row["note"]
-    vs = _row(_table(report, f"{CT}, 5-shot: each method vs scratch"), "smit vs scratch")
+    vs = _row(_table(report, f"{CT}, {regime}: each method vs scratch"), "smit vs scratch")
     assert vs["W"].startswith("t=") and float(vs["p"]) > 0.05 and vs["sig."] == "ns"
     assert vs["mean diff (A-B)"] == "0.011"  # (0.06 - 0.05 + 0.01) / 3 + mean(D) / 10 = 0.0067 + 0.0045
     # the design's power with the draws as the unit: per-draw differences 0.0645, -0.0455, 0.0145 (SD 0.055)
     power = next(b.text for b in report.blocks
-                 if type(b).__name__ == "Para" and "k-shot draws the training" in b.text)
+                 if type(b).__name__ == "Para" and "repeated draws" in b.text)
     assert "pooled SD of 0.055" in power and "with 3 draws" in power
 
 

@@ -4,7 +4,7 @@ from nnssl.finetune.trainers import TRAINER_CLASSES, __all__, trainer_class  # n
 
 
 def __getattr__(name: str) -> type:
-    """Variants not listed in TRAINER_CLASSES (e.g. repeated k-shot draws) are made from their name on first use."""
+    """Variants not listed in TRAINER_CLASSES (e.g. repeated draws) are made from their name on first use."""
     if name.startswith("Swin"):
         return trainer_class(name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

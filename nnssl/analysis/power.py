@@ -13,11 +13,11 @@ Lehmann 1956, Ann. Math. Statist. 27(2):324-335), the least favourable common ca
 exact test has a hard floor: with ``n`` non-zero differences its smallest two-sided p-value is ``2 / 2**n``, so fewer
 than :func:`wilcoxon_floor_cases` cases can never be significant, whatever the difference.
 
-With k-shot draws the training subset is a second source of spread that more validation cases do not shrink: the
-draws are then the unit of the test. :func:`draw_detectable_difference` sizes that design as a paired t-test over the
-per-draw mean differences (``draws - 1`` degrees of freedom) at Holm's first level: the crossed test the report runs
-comes to that when the draws' spread dominates, and has more degrees of freedom (more power) when the cases' spread
-does, so this is the bound to plan with.
+With repeated draws (k-shot subsets, or repeated all-cases runs) the training run is a second source of spread that
+more validation cases do not shrink: the draws are then the unit of the test. :func:`draw_detectable_difference`
+sizes that design as a paired t-test over the per-draw mean differences (``draws - 1`` degrees of freedom) at
+Holm's first level: the crossed test the report runs comes to that when the draws' spread dominates, and has more
+degrees of freedom (more power) when the cases' spread does, so this is the bound to plan with.
 
 All sizes are in Dice (a difference of 0.05 = five Dice points); ``sd`` is the standard deviation of the per-case
 paired differences, measured on a pilot (:func:`pilot_sd`).
@@ -154,13 +154,14 @@ def draws_needed(target: float, sd: float, comparisons: int = 1, alpha: float = 
 
 def draw_design_sentence(sd: float, draws: Sequence[int], comparisons: int, target: float = 0.05,
                          alpha: float = 0.05, power: float = 0.8, digits: int = 3) -> str:
-    """One sentence on what the k-shot rows with ``draws`` draws each can detect when the per-draw mean differences
-    spread by ``sd`` (``comparisons``: the whole table's Holm family)."""
+    """One sentence on what the rows with ``draws`` draws each (k-shot draws, all-cases repeats) can detect when the
+    per-draw mean differences spread by ``sd`` (``comparisons``: the whole table's Holm family)."""
     sizes = sorted(set(int(r) for r in draws))
     found = ", ".join(f"{draw_detectable_difference(sd, r, comparisons, alpha, power):.{digits}f} with {r} draws"
                       for r in sizes)
     needed = draws_needed(target, sd, comparisons, alpha, power) if sd > 0 else 2
-    return (f"In the rows with k-shot draws the training subset adds its own spread: the per-draw mean differences "
+    return (f"In the rows with repeated draws (k-shot subsets or repeated runs) each training run adds its own "
+            f"spread: the per-draw mean differences "
             f"have a pooled SD of {sd:.{digits}f}, so with the draws as the unit (a paired t-test over draws at "
             f"{power:.0%} power after Holm's correction over {comparisons} comparison{'s' if comparisons != 1 else ''})"
             f" the smallest detectable difference is {found}; detecting {target:g} would take about {needed} draws "

@@ -8,7 +8,7 @@ Layout read (nnU-Net v2)::
         (checkpoint_latest.pth)          used when the final checkpoint is missing (unfinished training)
 
 Run naming: ``nnssl.nnunet.naming`` (trainer
-``Swin(Scratch|SSL)Trainer[_<protocol>][_<k>shot[_draw<r>]][_<E>epochs]``, plans ``nnUNetSwinPlans`` for scratch or
+``Swin(Scratch|SSL)Trainer[_<protocol>][_<k>shot][_draw<r>][_<E>epochs]``, plans ``nnUNetSwinPlans`` for scratch or
 ``nnUNetSwinPlans_<method>``; the CNN baselines' ``CNNTrainer[...]`` on nnU-Net's ``nnUNetPlans`` /
 ``nnUNetResEnc...Plans``, method ``nnunet`` / ``resenc_l``). Folders that do not match are not read; they are listed in
 :attr:`ResultsTree.ignored` with the reason.

@@ -308,7 +308,7 @@ def build_jobs(spec: BenchmarkSpec, paths: Paths, report_dir: Path, warnings: li
     for d in _ids(down.datasets):
         for m in sorted(finetuned, key=lambda m: (not is_scratch(m), m != SCRATCH)):
             for shots, draw, fold, protocol in ((s, r, f, p) for s in down.shots
-                                                for r in range(1 if s == "all" else down.draws)
+                                                for r in range(down.draws_of(s))
                                                 for f in down.folds for p in down.protocols
                                                 if down.includes(d, spec.base_method(m), s)):
                     trainer = trainer_name(m, shots, down.epochs, draw, protocol)
@@ -385,7 +385,7 @@ def baseline_jobs(spec: BenchmarkSpec, paths: Paths, train_env: dict[str, str]) 
             done_marker=markers, stamp=paths.preprocessed / f".nnssl_baseline_{b}_{'-'.join(datasets)}",
             after=["preprocess"], method=b))
         for d in datasets:
-            for shots, draw, fold in ((s, r, f) for s in down.shots for r in range(1 if s == "all" else down.draws)
+            for shots, draw, fold in ((s, r, f) for s in down.shots for r in range(down.draws_of(s))
                                       for f in down.folds if down.includes(d, b, s)):
                 trainer = trainer_name(b, shots, down.epochs, draw)
                 fold_dir = (paths.results / _dataset_glob(paths.results, d) / model_folder_name(trainer, plans)

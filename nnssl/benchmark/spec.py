@@ -110,8 +110,12 @@ class DownstreamSpec:
     shots: list[str] = field(default_factory=lambda: ["all"])
     folds: list[int] = field(default_factory=lambda: [0])
     epochs: int | None = None  # None: the trainers' default schedule
-    #: Repeated k-shot draws per regime and fold (draw 0 = the first subset; all-cases regimes have one).
+    #: Repeated k-shot draws per regime and fold (draw 0 = the first subset): each a new subset and a new run.
     draws: int = 1
+    #: Fine-tuning runs per all-cases arm and fold (run r >= 1 is the trainer's ``_draw<r>`` class on the same cases):
+    #: nnU-Net's fine-tuning is unseeded, so one run per arm is one sample of its training noise; the report treats
+    #: the runs as draws (the crossed draws x cases test).
+    repeats: int = 1
     # Demo/CI budget knobs, passed to the trainers as NNSSL_* environment variables (None: nnU-Net's defaults).
     iterations_per_epoch: int | None = None
     val_iterations_per_epoch: int | None = None
@@ -148,6 +152,10 @@ class DownstreamSpec:
             if name not in rule["methods"]:
                 return False
         return True
+
+    def draws_of(self, shots: str) -> int:
+        """Runs per arm and fold of regime ``shots``: ``repeats`` for all cases, ``draws`` for a k-shot regime."""
+        return self.repeats if shots == "all" else self.draws
 
     @property
     def iterations(self) -> int:
@@ -304,7 +312,13 @@ class BenchmarkSpec:
             raise SpecError(f"downstream.draws must be an integer in 1..{MAX_DRAW + 1}, got {self.downstream.draws!r}")
         if self.downstream.draws > 1 and all(s == "all" for s in self.downstream.shots):
             raise SpecError("downstream.draws > 1 repeats k-shot subsets, but downstream.shots has no k-shot regime "
-                            "(e.g. shots: [5, all])")
+                            "(e.g. shots: [5, all]); downstream.repeats repeats the all-cases runs")
+        if not isinstance(self.downstream.repeats, int) or not 1 <= self.downstream.repeats <= MAX_DRAW + 1:
+            raise SpecError(f"downstream.repeats must be an integer in 1..{MAX_DRAW + 1}, got "
+                            f"{self.downstream.repeats!r}")
+        if self.downstream.repeats > 1 and "all" not in self.downstream.shots:
+            raise SpecError("downstream.repeats > 1 repeats the all-cases runs, but downstream.shots has no 'all' "
+                            "regime; downstream.draws repeats the k-shot runs")
         if not isinstance(self.downstream.probe, bool):
             raise SpecError(f"downstream.probe must be true or false, got {self.downstream.probe!r}")
         if self.downstream.cka_images < 4:

@@ -12,7 +12,7 @@ from nnssl.cli.common import fail
 DESCRIPTION = """\
 Build the benchmark report from nnU-Net's own outputs: per-case Dice from each fold's validation/summary.json and the
 per-epoch training log in checkpoint_final.pth. Writes report.md, report.html (figures embedded), figures/*.png and
-dice_per_case.csv. Runs must follow the naming Swin(Scratch|SSL)Trainer[_<protocol>][_<k>shot[_draw<r>]][_<E>epochs]
+dice_per_case.csv. Runs must follow the naming Swin(Scratch|SSL)Trainer[_<protocol>][_<k>shot][_draw<r>][_<E>epochs]
 __nnUNetSwinPlans[_<method>]__<configuration> (CNN baselines: CNNTrainer[...]__nnUNetPlans__<configuration>); other
 folders are listed as ignored. CKA results (nnssl_cka) are read from RESULTS/cka/*.json,
 attention results (nnssl_attention) from RESULTS/attention/*.json, probe results (nnssl_probe) from RESULTS/probe/*.json;

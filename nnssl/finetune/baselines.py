@@ -1,4 +1,4 @@
-"""CNN baselines on the Swin runs' exact splits and subsets: ``CNNTrainer[_<k>shot[_draw<r>]][_<E>epochs]``.
+"""CNN baselines on the Swin runs' exact splits and subsets: ``CNNTrainer[_<k>shot][_draw<r>][_<E>epochs]``.
 
 ``CNNTrainer`` is nnU-Net's default ``nnUNetTrainer`` unchanged in what it trains (its network from the plans, SGD
 with lr 1e-2 and the poly schedule, deep supervision, augmentation): it adds nnssl's regimes, which is all a fair

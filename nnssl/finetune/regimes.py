@@ -79,6 +79,9 @@ def fewshot_split(trainer: Any, tr_keys: list, val_keys: list) -> tuple[list, li
     """nnU-Net's fold split reduced to the trainer's k-shot subset (``num_shots``, ``shot_draw``), recorded in the
     fold folder; validation keeps the fold's full validation set."""
     if trainer.num_shots is None:
+        if trainer.shot_draw:  # a repeated run: same cases, a new sample of nnU-Net's unseeded training
+            trainer.print_to_log_file(f"nnssl: draw {trainer.shot_draw} of all {len(tr_keys)} training cases (a "
+                                      "repeated run on the same cases)")
         return tr_keys, val_keys
     dataset = trainer.plans_manager.dataset_name
     subset = select_fewshot(tr_keys, trainer.num_shots, dataset, trainer.fold, trainer.shot_draw)

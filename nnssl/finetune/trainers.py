@@ -2,7 +2,7 @@
 
 The thin module trainers/nnssl_swin_trainers.py re-exports every class here, so nnU-Net finds them through
 ``nnUNet_extTrainer``. Variants follow nnU-Net's convention (one class per experiment, named for what it changes):
-``Swin<Kind>Trainer[_<protocol>][_<k>shot[_draw<r>]][_<E>epochs]`` (grammar in ``nnssl.nnunet.naming``). They are made
+``Swin<Kind>Trainer[_<protocol>][_<k>shot][_draw<r>][_<E>epochs]`` (grammar in ``nnssl.nnunet.naming``). They are made
 on first use from their name (``trainer_class``; the module's ``__getattr__`` calls it, so nnU-Net's lookup by name,
 pickling and ``from ... import`` all work) without repeating the constructor.
 

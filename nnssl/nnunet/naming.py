@@ -5,15 +5,17 @@ results reader all call it. It imports neither torch nor nnunetv2, so reading a 
 
 Trainers follow nnU-Net's convention (one class per experiment, named for what it changes)::
 
-    Swin<Kind>Trainer[_<protocol>][_<k>shot[_draw<r>]][_<E>epochs]
-    CNNTrainer[_<k>shot[_draw<r>]][_<E>epochs]
+    Swin<Kind>Trainer[_<protocol>][_<k>shot][_draw<r>][_<E>epochs]
+    CNNTrainer[_<k>shot][_draw<r>][_<E>epochs]
 
 ``Kind`` is ``Scratch`` (random initialisation) or ``SSL`` (the pretrained encoder attached to the plans). ``k`` is a
-few-shot regime from :data:`SHOTS`, ``r >= 1`` a repeated draw of the k-shot subset (draw 0, today's subset, has no
-suffix), ``E`` a short schedule from :data:`EPOCHS`. ``protocol`` is a rung of the adaptation ladder
-(:class:`Protocol`: ``frozen``, ``probe<s>``, ``decfirst<P>``, ``llrd<NN>``); without it the whole network is
-fine-tuned ("full"). The protocol is part of a run's regime (:attr:`RunName.protocol`): the report compares methods
-within one protocol, so a frozen pretrained encoder is compared with a frozen random one. ``CNNTrainer`` is
+few-shot regime from :data:`SHOTS`, ``r >= 1`` a repeated draw (draw 0 has no suffix): with ``k`` a new k-shot
+subset and a new training run, with all cases a new training run on the same cases (nnU-Net's fine-tuning is
+unseeded, so each run is a new sample of initialisation, patch sampling and augmentation), ``E`` a short schedule
+from :data:`EPOCHS`. ``protocol`` is a rung of the adaptation ladder (:class:`Protocol`: ``frozen``, ``probe<s>``,
+``decfirst<P>``, ``llrd<NN>``); without it the whole network is fine-tuned ("full"). The protocol is part of a
+run's regime (:attr:`RunName.protocol`): the report compares methods within one protocol, so a frozen pretrained
+encoder is compared with a frozen random one. ``CNNTrainer`` is
 nnU-Net's ``nnUNetTrainer`` with nnssl's k-shot subsets, draws and short schedules, trained on the plans of a CNN
 baseline (:data:`CNN_BASELINES`: ``nnUNetPlans``, ``nnUNetResEnc...Plans``); its runs' method is the baseline's name. Plans are ``nnUNetSwinPlans`` (from scratch, the encoder the
 planner wrote) or ``nnUNetSwinPlans_<name>`` (written by ``nnssl_attach``: a pretrained encoder, or with
@@ -45,7 +47,8 @@ EPOCHS: tuple[int, ...] = (1, 2, 5, 10, 20, 50, 100, 250, 500)
 #: nnU-Net's full schedule, which the trainers keep unless a variant or knob shortens it
 #: (``nnunetv2/training/nnUNetTrainer/nnUNetTrainer.py:157-159``).
 NNUNET_EPOCHS, NNUNET_ITERATIONS_PER_EPOCH = 1000, 250
-#: Repeated k-shot draws 1..MAX_DRAW have trainer classes (draw 0 is the unsuffixed class).
+#: Repeated draws 1..MAX_DRAW (k-shot subsets, or repeated all-cases runs) have trainer classes (draw 0 is the
+#: unsuffixed class).
 MAX_DRAW = 99
 #: Trainer kinds: class-name infix -> whether the kind starts from a pretrained encoder.
 KINDS: dict[str, bool] = {"Scratch": False, "SSL": True}
@@ -72,10 +75,10 @@ PROBE_STAGES: tuple[int, ...] = (0, 1, 2, 3, 4)
 _NAME_RE = re.compile(r"^[A-Za-z0-9]+(?:[-_][A-Za-z0-9]+)*$")
 _PROTOCOL_RE = re.compile(r"^(?P<kind>frozen|probe|decfirst|llrd)(?P<value>\d*)$")
 _TRAINER_RE = re.compile(r"^Swin(?P<kind>[A-Za-z]+?)Trainer(?:_(?P<protocol>(?:frozen|probe\d+|decfirst\d+|llrd\d+)))?"
-                         r"(?:_(?P<shots>\d+)shot(?:_draw(?P<draw>\d+))?)?(?:_(?P<epochs>\d+)epochs)?$")
-_CNN_TRAINER_RE = re.compile(r"^CNNTrainer(?:_(?P<shots>\d+)shot(?:_draw(?P<draw>\d+))?)?(?:_(?P<epochs>\d+)epochs)?$")
-TRAINER_GRAMMAR = ("Swin<Kind>Trainer[_<protocol>][_<k>shot[_draw<r>]][_<E>epochs] or "
-                   "CNNTrainer[_<k>shot[_draw<r>]][_<E>epochs]")
+                         r"(?:_(?P<shots>\d+)shot)?(?:_draw(?P<draw>\d+))?(?:_(?P<epochs>\d+)epochs)?$")
+_CNN_TRAINER_RE = re.compile(r"^CNNTrainer(?:_(?P<shots>\d+)shot)?(?:_draw(?P<draw>\d+))?(?:_(?P<epochs>\d+)epochs)?$")
+TRAINER_GRAMMAR = ("Swin<Kind>Trainer[_<protocol>][_<k>shot][_draw<r>][_<E>epochs] or "
+                   "CNNTrainer[_<k>shot][_draw<r>][_<E>epochs]")
 PROTOCOL_GRAMMAR = ("full, frozen, probe<s> (s = encoder stage 0-4), decfirst<P> (decoder alone for the first P% of "
                     "the iterations, 1-99), llrd<NN> (layer-wise lr decay NN/100, 1-99)")
 
@@ -190,8 +193,6 @@ class TrainerName:
                              "trainers")
         if self.shots is not None and self.shots not in SHOTS:
             raise ValueError(f"no few-shot trainer for {self.shots} cases: the regimes are {SHOTS} (or all cases)")
-        if self.draw and self.shots is None:
-            raise ValueError("a draw needs a few-shot regime: all training cases have one 'draw' only")
         if not 0 <= self.draw <= MAX_DRAW:
             raise ValueError(f"draw {self.draw} must lie in 0..{MAX_DRAW}")
         if self.epochs is not None and self.epochs not in EPOCHS:
@@ -205,7 +206,9 @@ class TrainerName:
         if self.protocol != FULL:
             name += f"_{self.protocol}"
         if self.shots is not None:
-            name += f"_{self.shots}shot" + (f"_draw{self.draw}" if self.draw else "")
+            name += f"_{self.shots}shot"
+        if self.draw:
+            name += f"_draw{self.draw}"
         if self.epochs is not None:
             name += f"_{self.epochs}epochs"
         return name
@@ -265,7 +268,7 @@ def trainer_name(method: str, shots: str | int | None = None, epochs: int | None
     """The trainer class that fine-tunes ``method`` (scratch methods train from random initialisation, CNN baselines
     with ``CNNTrainer``).
 
-    ``shots`` is "all", None or a few-shot regime; ``draw`` the repeated k-shot draw (0 = the first subset);
+    ``shots`` is "all", None or a few-shot regime; ``draw`` the repeated draw (0 = the first subset or run);
     ``protocol`` "full" or a rung of the adaptation ladder (:class:`Protocol`).
     """
     k = None if shots in (None, "all") else int(shots)
