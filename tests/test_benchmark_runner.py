@@ -227,15 +227,20 @@ def test_a_checkpoint_of_another_encoder_gets_a_scratch_baseline_of_that_encoder
     assert warnings and "does not exist yet" in warnings[0]
 
 
+def _finetune_trainers(jobs: list[Job]) -> list[str]:
+    """The sorted trainer classes (``-tr``) of the grid's fine-tuning jobs."""
+    return sorted({j.command[j.command.index("-tr") + 1] for j in jobs if j.stage == "finetune"})
+
+
 def test_draws_repeat_the_k_shot_runs_only(tmp_path):
     spec = spec_from_dict({**SPEC, "downstream": {"datasets": [901], "shots": ["5", "all"], "folds": [0],
                                                   "epochs": 2, "draws": 3}})
     jobs = build_jobs(spec, Paths.under(tmp_path), tmp_path / "r")
-    trainers = sorted({j.command[j.command.index("-tr") + 1] for j in jobs if j.stage == "finetune"})
-    assert trainers == ["SwinSSLTrainer_2epochs", "SwinSSLTrainer_5shot_2epochs", "SwinSSLTrainer_5shot_draw1_2epochs",
-                        "SwinSSLTrainer_5shot_draw2_2epochs", "SwinScratchTrainer_2epochs",
-                        "SwinScratchTrainer_5shot_2epochs", "SwinScratchTrainer_5shot_draw1_2epochs",
-                        "SwinScratchTrainer_5shot_draw2_2epochs"]
+    assert _finetune_trainers(jobs) == ["SwinSSLTrainer_2epochs", "SwinSSLTrainer_5shot_2epochs",
+                                        "SwinSSLTrainer_5shot_draw1_2epochs", "SwinSSLTrainer_5shot_draw2_2epochs",
+                                        "SwinScratchTrainer_2epochs", "SwinScratchTrainer_5shot_2epochs",
+                                        "SwinScratchTrainer_5shot_draw1_2epochs",
+                                        "SwinScratchTrainer_5shot_draw2_2epochs"]
     assert {j.key for j in jobs if j.stage == "cka" and "draw" in j.key} == {"cka/901/smit/5/0/draw1",
                                                                              "cka/901/smit/5/0/draw2"}
     with pytest.raises(SpecError, match="no k-shot regime"):
@@ -248,15 +253,16 @@ def test_repeats_repeat_the_all_cases_runs_only(tmp_path):
     spec = spec_from_dict({**SPEC, "downstream": {"datasets": [901], "shots": ["5", "all"], "folds": [0],
                                                   "epochs": 2, "repeats": 2}})
     jobs = build_jobs(spec, Paths.under(tmp_path), tmp_path / "r")
-    trainers = sorted({j.command[j.command.index("-tr") + 1] for j in jobs if j.stage == "finetune"})
-    assert trainers == ["SwinSSLTrainer_2epochs", "SwinSSLTrainer_5shot_2epochs", "SwinSSLTrainer_draw1_2epochs",
-                        "SwinScratchTrainer_2epochs", "SwinScratchTrainer_5shot_2epochs",
-                        "SwinScratchTrainer_draw1_2epochs"]
+    assert _finetune_trainers(jobs) == ["SwinSSLTrainer_2epochs", "SwinSSLTrainer_5shot_2epochs",
+                                        "SwinSSLTrainer_draw1_2epochs", "SwinScratchTrainer_2epochs",
+                                        "SwinScratchTrainer_5shot_2epochs", "SwinScratchTrainer_draw1_2epochs"]
     assert {j.key for j in jobs if j.stage == "cka" and "draw" in j.key} == {"cka/901/smit/all/0/draw1"}
     with pytest.raises(SpecError, match="no 'all' regime"):
         spec_from_dict({**SPEC, "downstream": {"datasets": [901], "shots": ["5"], "repeats": 2}})
     with pytest.raises(SpecError, match="repeats must be an integer"):
         spec_from_dict({**SPEC, "downstream": {"datasets": [901], "shots": ["all"], "repeats": 0}})
+    with pytest.raises(SpecError, match="repeats must be an integer"):
+        spec_from_dict({**SPEC, "downstream": {"datasets": [901], "shots": ["all"], "repeats": True}})
 
 
 def _recorded_job(tmp_path: Path, key: str, command: list[str], **kw) -> Job:

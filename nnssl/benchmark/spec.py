@@ -308,14 +308,13 @@ class BenchmarkSpec:
             value = getattr(self.downstream, key)
             if value is not None and (not isinstance(value, int) or value < 1):
                 raise SpecError(f"downstream.{key} must be a positive integer, got {value!r}")
-        if not isinstance(self.downstream.draws, int) or not 1 <= self.downstream.draws <= MAX_DRAW + 1:
-            raise SpecError(f"downstream.draws must be an integer in 1..{MAX_DRAW + 1}, got {self.downstream.draws!r}")
+        for key in ("draws", "repeats"):  # runs per arm and fold: draw 0..MAX_DRAW each have a trainer class
+            value = getattr(self.downstream, key)
+            if not _positive_int(value) or value > MAX_DRAW + 1:
+                raise SpecError(f"downstream.{key} must be an integer in 1..{MAX_DRAW + 1}, got {value!r}")
         if self.downstream.draws > 1 and all(s == "all" for s in self.downstream.shots):
             raise SpecError("downstream.draws > 1 repeats k-shot subsets, but downstream.shots has no k-shot regime "
                             "(e.g. shots: [5, all]); downstream.repeats repeats the all-cases runs")
-        if not isinstance(self.downstream.repeats, int) or not 1 <= self.downstream.repeats <= MAX_DRAW + 1:
-            raise SpecError(f"downstream.repeats must be an integer in 1..{MAX_DRAW + 1}, got "
-                            f"{self.downstream.repeats!r}")
         if self.downstream.repeats > 1 and "all" not in self.downstream.shots:
             raise SpecError("downstream.repeats > 1 repeats the all-cases runs, but downstream.shots has no 'all' "
                             "regime; downstream.draws repeats the k-shot runs")
