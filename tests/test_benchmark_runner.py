@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from nnssl.benchmark import runner
-from nnssl.benchmark.runner import Job, Paths, build_jobs, run_jobs, trainer_name
+from nnssl.benchmark.runner import Job, Paths, build_jobs, run_jobs, threads_per_job, trainer_name
 from nnssl.benchmark.spec import SpecError, demo_spec, load_spec, spec_from_dict
 
 SPEC = {
@@ -457,3 +457,61 @@ def test_shipped_studies_are_complete_designs_above_every_floor():
         assert spec.downstream.draws >= 3 and {"5", "all"} <= set(spec.downstream.shots), path
         assert set(spec.downstream.splits) == set(spec.downstream.datasets), path
         assert budget_warnings(spec) == [], (path, budget_warnings(spec))
+
+
+def _waits_for(mine: Path, other: Path, tries: int = 200) -> list[str]:
+    """A job that marks its start and succeeds only once the other job has started too (polling ``tries`` times,
+    0.1 s apart): both succeed only when they run at the same time."""
+    loop = f"for i in $(seq {tries}); do [ -e {other} ] && exit 0; sleep 0.1; done"
+    return ["bash", "-c", f"touch {mine}; {loop}; exit 1"]
+
+
+def test_parallel_jobs_run_at_the_same_time_with_the_cores_shared(tmp_path):
+    a, b = tmp_path / "a.started", tmp_path / "b.started"
+    threads = tmp_path / "threads.txt"
+    jobs = [Job("a", "finetune", _waits_for(a, b)), Job("b", "finetune", _waits_for(b, a)),
+            Job("t", "report", ["bash", "-c", f'echo "$OMP_NUM_THREADS $NNSSL_NUM_THREADS" > {threads}'],
+                after=["a", "b"])]
+    assert run_jobs(jobs, Paths.under(tmp_path), tmp_path / "logs", progress=False, parallel=2) == 0
+    expected = str(threads_per_job(2))
+    assert threads.read_text().split() == [expected, expected]
+
+
+def test_one_job_at_a_time_runs_them_in_order(tmp_path):
+    a, b = tmp_path / "a.started", tmp_path / "b.started"
+    jobs = [Job("a", "finetune", _waits_for(a, b, tries=5)), Job("b", "finetune", ["touch", str(b)])]
+    assert run_jobs(jobs, Paths.under(tmp_path), tmp_path / "logs", progress=False, parallel=1) == 1
+    assert a.exists() and not b.exists()  # the failure stopped the grid before b
+
+
+def test_parallel_jobs_wait_for_what_they_need_and_skip_what_cannot_run(tmp_path, capsys):
+    calls = tmp_path / "calls.txt"
+
+    def note(name: str, delay: float = 0.0) -> list[str]:
+        return ["bash", "-c", f"sleep {delay}; echo {name} >> {calls}"]
+
+    jobs = [Job("slow", "pretrain", note("slow", 0.5)),
+            Job("bad", "pretrain", ["bash", "-c", "exit 4"]),
+            Job("needs-slow", "finetune", note("needs-slow"), after=["slow"]),
+            Job("needs-bad", "finetune", note("needs-bad"), after=["bad"]),
+            Job("report", "report", note("report"), after=["slow", "bad", "needs-slow", "needs-bad"], after_any=True)]
+    failures = run_jobs(jobs, Paths.under(tmp_path), tmp_path / "logs", progress=False, parallel=3, keep_going=True)
+    assert failures == 2  # bad, and needs-bad (never started)
+    assert calls.read_text().split() == ["slow", "needs-slow", "report"]
+    out = capsys.readouterr()
+    assert "job needs-bad not started: it needs bad, which failed" in out.out + out.err
+
+
+def test_parallel_jobs_stop_starting_after_a_failure_without_keep_going(tmp_path):
+    ran = tmp_path / "ran"
+    jobs = [Job("bad", "pretrain", ["bash", "-c", "exit 1"]),
+            Job("later", "finetune", ["touch", str(ran)], after=["bad"]),
+            Job("other", "finetune", ["bash", "-c", f"sleep 0.3; touch {ran}.other"], after=["bad"])]
+    assert run_jobs(jobs, Paths.under(tmp_path), tmp_path / "logs", progress=False, parallel=2) == 1
+    assert not ran.exists() and not Path(f"{ran}.other").exists()
+
+
+def test_parallel_jobs_must_be_positive(tmp_path):
+    with pytest.raises(ValueError, match="at least 1"):
+        run_jobs([], Paths.under(tmp_path), tmp_path / "logs", progress=False, parallel=0)
+    assert threads_per_job(2, cores=2) == 1 and threads_per_job(4, cores=16) == 4 and threads_per_job(8, cores=2) == 1

@@ -456,14 +456,31 @@ def _move_aside(job: Job) -> str | None:
     return f"moved the outputs of {job.key} (other settings) aside to {moved}"
 
 
-def run_jobs(jobs: list[Job], paths: Paths, log_dir: Path, progress: bool = True, keep_going: bool = False,
-             rerun_changed: bool = False) -> int:
-    """Run the jobs not yet done, in order; each job's output goes to log_dir/<key>.log. Returns failures.
+#: the environment variables that cap a job's threads when jobs share the cores: OpenMP and MKL (torch reads them
+#: at start-up) and nnssl's trainers' own (nnU-Net sets torch to every core on the CPU; nnssl.finetune.concurrency)
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "NNSSL_NUM_THREADS")
 
+
+def threads_per_job(parallel: int, cores: int | None = None) -> int:
+    """The threads each of ``parallel`` concurrent jobs gets: the cores shared evenly, at least one."""
+    return max(1, (cores or os.cpu_count() or 1) // parallel)
+
+
+def run_jobs(jobs: list[Job], paths: Paths, log_dir: Path, progress: bool = True, keep_going: bool = False,
+             rerun_changed: bool = False, parallel: int = 1) -> int:
+    """Run the jobs not yet done, up to ``parallel`` at a time; each job's output goes to log_dir/<key>.log. Returns
+    the number of failed jobs (a job whose prerequisite failed counts as failed, and is not started).
+
+    A job starts once every job it names in ``after`` has succeeded (or, for an ``after_any`` job such as the report,
+    has ended), earlier jobs of the list first, so ``parallel=1`` runs them in order. Concurrent jobs share the cores
+    (``threads_per_job``: two jobs with one thread each beat one job with two on small 3D networks, see
+    documentation/benchmark.md). After a failure no new job starts unless ``keep_going``; the running ones finish.
     Jobs whose outputs were made with other settings raise ChangedSettingsError before anything runs, unless
     ``rerun_changed`` (then their outputs are moved aside and they run again)."""
     from tqdm.auto import tqdm
 
+    if parallel < 1:
+        raise ValueError(f"parallel must be at least 1, got {parallel}")
     for note in check_changed(jobs, rerun_changed):
         print(f"note: {note}", file=sys.stderr)
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -472,35 +489,92 @@ def run_jobs(jobs: list[Job], paths: Paths, log_dir: Path, progress: bool = True
     env = {**os.environ, **paths.environment()}
     bin_dir = Path(sys.executable).parent
     env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
-    failures = 0
-    bar = tqdm(jobs, desc="benchmark", unit="job", disable=not progress, dynamic_ncols=True)
-    for job in bar:
-        bar.set_postfix_str(job.key)
-        state = job.state()
-        if state in ("done", "unrecorded"):
-            continue
-        if state == "changed":
+    if parallel > 1:
+        env.update({name: str(threads_per_job(parallel)) for name in THREAD_VARIABLES})
+    known = {j.key for j in jobs}
+    outcome: dict[str, bool] = {}  # key -> succeeded (finished jobs count as succeeded)
+    pending: list[Job] = []
+    for job in jobs:
+        if job.state() in ("done", "unrecorded"):
+            outcome[job.key] = True
+        else:
+            pending.append(job)
+    bar = tqdm(total=len(jobs), initial=len(outcome), desc="benchmark", unit="job", disable=not progress,
+               dynamic_ncols=True)
+    running: dict[str, tuple[Job, list[str], subprocess.Popen, object, float, Path]] = {}  # by job key
+    failures, stopping = 0, False
+
+    def ready(job: Job) -> bool | None:
+        """True: start it; False: wait; None: a prerequisite failed, it cannot run."""
+        needed = [k for k in job.after if k in known]
+        if job.after_any:
+            return all(k in outcome for k in needed)
+        if any(outcome.get(k) is False for k in needed):
+            return None
+        return all(outcome.get(k) for k in needed)
+
+    def start(job: Job) -> None:
+        if job.state() == "changed":
             moved = _move_aside(job)
             if moved:
                 bar.write(f"note: {moved}")
         command = job.effective_command()
         log_file = log_dir / (job.key.replace("/", "__") + ".log")
-        start = time.perf_counter()
-        with log_file.open("w") as log:
-            log.write("$ " + " ".join(shlex.quote(c) for c in command) + "\n")
-            log.flush()
-            rc = subprocess.run(command, env={**env, **job.env}, stdout=log, stderr=subprocess.STDOUT).returncode
-        if rc == 0 and job.stamp is not None:
-            job.stamp.write_text(" ".join(command) + "\n")
+        log = log_file.open("w")
+        log.write("$ " + " ".join(shlex.quote(c) for c in command) + "\n")
+        log.flush()
+        proc = subprocess.Popen(command, env={**env, **job.env}, stdout=log, stderr=subprocess.STDOUT)
+        running[job.key] = (job, command, proc, log, time.perf_counter(), log_file)
+
+    def finish(job: Job, rc: int) -> None:
+        nonlocal failures, stopping
+        _, command, proc, log, started, log_file = running.pop(job.key)
+        log.close()
         if rc == 0:
+            if job.stamp is not None:
+                job.stamp.write_text(" ".join(command) + "\n")
             stamps.write_record(job)
-        if rc != 0:
+        else:
             failures += 1
             tail = log_file.read_text().splitlines()[-15:]
-            message = f"job {job.key} failed (exit {rc}) after {time.perf_counter() - start:.0f} s; log: {log_file}\n"
+            message = f"job {job.key} failed (exit {rc}) after {time.perf_counter() - started:.0f} s; log: {log_file}\n"
             message += "\n".join("    " + line for line in tail)
             bar.write(message)
-            if not keep_going:
-                break
-    bar.close()
+            stopping = stopping or not keep_going
+        outcome[job.key] = rc == 0
+        bar.update(1)
+
+    try:
+        while pending or running:
+            if not stopping:
+                for job in list(pending):
+                    if len(running) >= parallel:
+                        break
+                    verdict = ready(job)
+                    if verdict is None:  # never started, so never half-written: reported and counted
+                        pending.remove(job)
+                        failed = [k for k in job.after if outcome.get(k) is False]
+                        bar.write(f"job {job.key} not started: it needs {', '.join(failed)}, which failed")
+                        failures += 1
+                        outcome[job.key] = False
+                        bar.update(1)
+                    elif verdict:
+                        pending.remove(job)
+                        start(job)
+            if not running:
+                break  # stopping after a failure, or nothing left can start
+            while True:  # wait for one job to end
+                ended = [(job, proc.poll()) for job, _, proc, *_rest in running.values()]
+                ended = [(job, rc) for job, rc in ended if rc is not None]
+                if ended:
+                    for job, rc in ended:
+                        finish(job, rc)
+                    break
+                time.sleep(0.2)
+    finally:
+        for _, _, proc, log, *_rest in list(running.values()):  # interrupted: the jobs resume on the next run
+            proc.terminate()
+            proc.wait()
+            log.close()
+        bar.close()
     return failures

@@ -13,6 +13,7 @@ EPILOG = """examples:
   nnssl_benchmark --demo --methods all           the demo with all ten methods
   nnssl_benchmark study.yaml --dry-run           print every command of the grid
   nnssl_benchmark study.yaml                     run it here (finished jobs are skipped, interrupted ones resumed)
+  nnssl_benchmark study.yaml -j 4                the same, four jobs at a time (each with a quarter of the cores)
   nnssl_benchmark study.yaml --rerun-changed     after editing settings: redo the jobs made with the old ones
   nnssl_benchmark study.yaml --export-jobs jobs/ write SLURM jobs (per-method pretrain -> attach -> fine-tune) + submit.sh
 The spec format is described in documentation/benchmark.md. Without --workdir the grid uses nnU-Net's folders from
@@ -33,7 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the commands (marking finished ones) and exit")
     p.add_argument("--export-jobs", metavar="DIR", help="write the grid as SLURM job scripts with per-job dependencies "
                                                          "(resources: the spec's slurm section) and exit")
-    p.add_argument("--keep-going", action="store_true", help="continue with the next jobs after a failure")
+    p.add_argument("-j", "--jobs", type=int, default=None, metavar="N",
+                   help="run up to N independent jobs at once, the cores shared evenly between them (each gets "
+                        "cores // N threads; a job starts when the jobs it needs have succeeded). On a CPU two "
+                        "one-thread jobs outrun one two-thread job (documentation/benchmark.md). Default: 1")
+    p.add_argument("--keep-going", action="store_true",
+                   help="continue with the other jobs after a failure (the jobs that need the failed one are skipped)")
     p.add_argument("--rerun-changed", action="store_true",
                    help="run again the jobs whose outputs were made with other settings (after a spec edit), moving "
                         "their outputs aside to <name>.stale-<time>; without it such a grid is refused")
@@ -62,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         if methods and not args.demo:
             spec.methods = methods
             spec.validate()
+        if args.jobs is not None and args.jobs < 1:
+            return fail(f"--jobs must be at least 1, got {args.jobs}")
         workdir = args.workdir or ("nnssl_demo" if args.demo else None)
         paths = Paths.under(Path(workdir)) if workdir else Paths.from_environment()
         report_dir = Path(args.report) if args.report else paths.results / "nnssl_report" / spec.name
@@ -91,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         failures = run_jobs(jobs, paths, report_dir / "logs", progress=not args.no_progress,
-                            keep_going=args.keep_going, rerun_changed=args.rerun_changed)
+                            keep_going=args.keep_going, rerun_changed=args.rerun_changed, parallel=args.jobs or 1)
     except ChangedSettingsError as e:
         return fail(str(e))
     minutes = (time.perf_counter() - start) / 60

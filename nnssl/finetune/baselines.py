@@ -21,6 +21,7 @@ import torch
 
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+from nnssl.finetune.concurrency import apply_thread_limit, split_lock
 from nnssl.finetune.regimes import (ENV_LR, StepTimer, apply_budget_knobs, fewshot_split, finetune_compute,
                                     variant_class, write_finetune_record)
 from nnssl.nnunet.naming import CNN_BASELINES, CNN_KIND, EPOCHS, SHOTS, TrainerName
@@ -45,6 +46,7 @@ class CNNTrainer(nnUNetTrainer):
                 f"plans '{plans.get('plans_name', '?')}' are Swin plans: train them with the Swin trainers "
                 "(SwinScratchTrainer, SwinSSLTrainer) or pass -p nnUNetPlans")
         super().__init__(plans, configuration, fold, dataset_json, device)
+        apply_thread_limit(self)  # nnU-Net just set every core; concurrent runs share them
         if self.fixed_num_epochs is not None:
             self.num_epochs = self.fixed_num_epochs
         self._step_timer = StepTimer()
@@ -58,7 +60,8 @@ class CNNTrainer(nnUNetTrainer):
     def do_split(self):
         """nnU-Net's do_split, the fold's training cases reduced to the variant's k-shot subset (``fewshot_split``,
         the same subset as the Swin runs'; unchanged without ``num_shots``); the validation cases stay the fold's."""
-        tr_keys, val_keys = super().do_split()
+        with split_lock(self.preprocessed_dataset_folder_base):  # one split file, written once
+            tr_keys, val_keys = super().do_split()
         return fewshot_split(self, tr_keys, val_keys)
 
     def configure_rotation_dummyDA_mirroring_and_inital_patch_size(self):

@@ -43,6 +43,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 from nnssl.checkpoint import LoadReport
 from nnssl.cpu_memory import keep_freed_memory
 from nnssl.finetune import adaptation
+from nnssl.finetune.concurrency import apply_thread_limit, split_lock
 from nnssl.finetune.network import build_network_from_configuration, build_probe_from_configuration
 from nnssl.finetune.regimes import (ENV_ITERS, ENV_LR, ENV_NO_MIRROR, ENV_VAL_ITERS,  # noqa: F401 (re-exported)
                                     StepTimer, apply_budget_knobs, fewshot_split, finetune_compute,
@@ -123,6 +124,7 @@ class SwinScratchTrainer(nnUNetTrainer):
         _check_patch_size(plans, configuration)
         self._check_before_init(plans, configuration, fold)
         super().__init__(plans, configuration, fold, dataset_json, device)
+        apply_thread_limit(self)  # nnU-Net just set every core; concurrent runs share them
         self.enable_deep_supervision = False
         self.initial_lr = 1e-4
         self.weight_decay = 1e-5
@@ -315,7 +317,8 @@ class SwinScratchTrainer(nnUNetTrainer):
     def do_split(self):
         """nnU-Net's do_split, the fold's training cases reduced to the variant's k-shot subset
         (``fewshot_split``; unchanged without ``num_shots``); the validation cases stay the fold's."""
-        tr_keys, val_keys = super().do_split()
+        with split_lock(self.preprocessed_dataset_folder_base):  # one split file, written once
+            tr_keys, val_keys = super().do_split()
         return fewshot_split(self, tr_keys, val_keys)
 
 

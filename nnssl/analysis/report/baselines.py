@@ -5,7 +5,7 @@ The reference (``ReportOptions.cnn_reference``, the grid passes the spec's ``ref
 baseline) is fixed before the results are read, never picked from them. Rows pair the same validation cases of the
 same folds and k-shot draws (the CNN runs train on the Swin runs' splits and subsets), with the CI of the difference
 and a paired test (``dice_stats.draw_case_ci`` and ``paired_draw_test``: the case bootstrap and Wilcoxon over cases,
-the crossed draws x cases model where k-shot draws repeat the cases), Holm-corrected over this table only: the
+the crossed draws x cases model where repeated runs share the cases), Holm-corrected over this table only: the
 headline's SSL-vs-scratch family is not diluted by it. Other CNN baselines appear in the Dice tables, marked,
 without tests.
 """
@@ -90,9 +90,10 @@ def cnn_comparison(ctx: ReportContext) -> None:
     r.add(Table(["dataset", "regime", "method", f"Dice [{level}% CI]", "CNN baseline", f"CNN Dice [{level}% CI]",
                  f"difference [{level}% CI]", "cases", "p (Holm)", "sig.", "note"], rows,
                 caption=f"Every Swin run against {ref} trained on the same folds, k-shot subsets and draws "
-                        "(ladder rungs against the CNN of the same shots and budget); CIs over cases, with k-shot "
-                        "draws from the crossed draws x cases model; p: paired Wilcoxon over cases, or with k-shot "
-                        "draws that model's t test; Holm-corrected over this table."))
+                        "(ladder rungs against the CNN of the same shots and budget); CIs over cases, with repeated "
+                        "runs (k-shot draws, all-cases repeats) from the crossed draws x cases model; p: paired "
+                        "Wilcoxon over cases, or with repeated runs that model's t test; Holm-corrected over this "
+                        "table."))
     others = [b for b in found if b != ref]
     if others:
         r.add(Para(f"Other CNN baselines ({', '.join(others)}) are shown in the Dice tables, marked, without tests: "

@@ -53,7 +53,7 @@ class ReportContext:
         return pooled_cases(self.tree.select(dataset, regime, method), label)
 
     def case_ci(self, dataset: str, regime: Regime, method: str, label: str | None = None) -> MeanCI:
-        """Mean Dice with its CI: the case bootstrap, or with k-shot draws the crossed draws x cases t interval
+        """Mean Dice with its CI: the case bootstrap, or with repeated runs the crossed draws x cases t interval
         (``dice_stats.draw_case_ci``; n = validation cases, not (draw, case) pairs)."""
         ci = draw_case_ci(draw_matrix(self.cases(dataset, regime, method, label)),
                           n_boot=self.opt.n_boot, seed=self.opt.seed, level=self.opt.level)
@@ -61,7 +61,8 @@ class ReportContext:
         return MeanCI(ci.mean, max(ci.low, 0.0), min(ci.high, 1.0), ci.n) if ci.n else ci
 
     def spread(self, dataset: str, regime: Regime, method: str) -> tuple[float, float, int]:
-        """(mean, SD, draws) of the per-draw mean foreground Dice: how much a k-shot result depends on the subset."""
+        """(mean, SD, draws) of the per-draw mean foreground Dice: how much a result depends on the k-shot subset
+        or, for all-cases repeats, on the training run alone."""
         return draw_spread(draw_matrix(self.cases(dataset, regime, method)))
 
     def baseline_for(self, dataset: str, regime: Regime, method: str) -> str | None:

@@ -47,7 +47,8 @@ def dice(ctx: ReportContext) -> None:
                 rows.append(row)
             caption = f"{ds}, {regime.label()}: mean Dice [{int(ctx.opt.level * 100)}% CI]"
             if draws > 1:
-                caption += (" over validation cases, from the crossed draws x cases model of the k-shot draws; the "
+                caption += (" over validation cases, from the crossed draws x cases model of the repeated runs "
+                            "(k-shot draws or all-cases repeats); the "
                             "last column is the "
                             "mean and SD across draws of each draw's mean")
             r.add(Table(header, rows, caption=caption))

@@ -2,14 +2,14 @@
 
 Each row: the method's mean foreground Dice with its CI, the baseline's (the from-scratch runs of the same encoder,
 ``ReportContext.baseline_for``), and their difference with its CI and a two-sided paired test: the case bootstrap and
-Wilcoxon over the cases for a single run per fold; where k-shot draws repeat the cases, the crossed draws x cases t
-interval and t test on the paired differences (``dice_stats.draw_case_ci``, ``paired_draw_test``), so that p and the
-CI agree. Holm's correction runs over every comparison of the table (methods x datasets x regimes), so the family is
-fixed before anything is looked at; per-label comparisons are in the detail tables below. One sentence says which
-differences are significant, or that none are at this budget, and one what the design could have detected: the
-smallest difference found at 80% power after the correction, at the pooled spread of the paired per-case
-differences of the rows with one run per fold, and, for the rows with k-shot draws, with the draws as the unit
-(``nnssl.analysis.power``).
+Wilcoxon over the cases for a single run per fold; where repeated runs (k-shot draws, all-cases repeats) share the
+cases, the crossed draws x cases t interval and t test on the paired differences (``dice_stats.draw_case_ci``,
+``paired_draw_test``), so that p and the CI agree. Holm's correction runs over every comparison of the table (methods
+x datasets x regimes), so the family is fixed before anything is looked at; per-label comparisons are in the detail
+tables below. One sentence says which differences are significant, or that none are at this budget, and one what the
+design could have detected: the smallest difference found at 80% power after the correction, at the pooled spread of
+the paired per-case differences of the rows with one run per fold, and, for the rows with repeated runs, with the
+draws as the unit (``nnssl.analysis.power``).
 """
 from __future__ import annotations
 
@@ -75,9 +75,9 @@ def headline(ctx: ReportContext) -> None:
         ["dataset", "regime", "method", f"Dice [{level}% CI]", "baseline", f"baseline Dice [{level}% CI]",
          f"difference [{level}% CI]", "cases", "p (Holm)", "sig.", "note"], rows,
         caption="Mean foreground Dice per method against the from-scratch runs of the same encoder; CIs bootstrap "
-                "the validation cases (one run per fold) or, with k-shot draws, come from the crossed draws x cases "
-                "model; p: paired Wilcoxon over cases, or with draws that model's t test; Holm-corrected over every "
-                "row of this table."))
+                "the validation cases (one run per fold) or, with repeated runs (k-shot draws, all-cases repeats), "
+                "come from the crossed draws x cases model; p: paired Wilcoxon over cases, or with repeated runs that "
+                "model's t test; Holm-corrected over every row of this table."))
     if unmatched:
         r.add(Para("No from-scratch baseline of the same encoder for: " + ", ".join(unmatched) + ". Their "
                    "comparisons would mix pretraining with architecture; the grid plans a scratch run per encoder "
