@@ -679,7 +679,7 @@ def demo_spec(methods: list[str] | None = None) -> BenchmarkSpec:
     """The README demo: tiny encoder on CPU; scratch plus one method of each family, SMIT among them; CT and MRI
     targets.
 
-    Sized to learn within about 25 minutes on 2 CPU cores (documentation/results.md): the targets are written at
+    Sized to learn in about 25-30 minutes on 2 CPU cores (documentation/results.md): the targets are written at
     10 mm (32^3 CT, 24x32x32 MRI), where a fine-tuning iteration costs a third of one at 5 mm, and every method is
     pretrained and probed, but only scratch and SMIT are fine-tuned (CT with 5 and all cases, MRI with all cases), each
     for 700 iterations at lr 1e-2: on the from-scratch curves (two runs per task) the mean over the large organs has

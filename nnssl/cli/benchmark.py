@@ -9,7 +9,7 @@ from pathlib import Path
 from nnssl.cli.common import fail
 
 EPILOG = """examples:
-  nnssl_benchmark --demo                         the demo on generated phantoms (CPU, about 25 minutes)
+  nnssl_benchmark --demo                         the demo on generated phantoms (CPU, about 30 minutes)
   nnssl_benchmark --demo --methods all           the demo with all ten methods
   nnssl_benchmark study.yaml --dry-run           print every command of the grid
   nnssl_benchmark study.yaml                     run it here (finished jobs are skipped, interrupted ones resumed)
