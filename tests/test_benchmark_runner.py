@@ -515,3 +515,10 @@ def test_parallel_jobs_must_be_positive(tmp_path):
     with pytest.raises(ValueError, match="at least 1"):
         run_jobs([], Paths.under(tmp_path), tmp_path / "logs", progress=False, parallel=0)
     assert threads_per_job(2, cores=2) == 1 and threads_per_job(4, cores=16) == 4 and threads_per_job(8, cores=2) == 1
+
+
+def test_jobs_that_can_never_start_are_counted_not_skipped_in_silence(tmp_path, capsys):
+    jobs = [Job("a", "finetune", ["true"], after=["b"]), Job("b", "finetune", ["true"], after=["a"])]
+    assert run_jobs(jobs, Paths.under(tmp_path), tmp_path / "logs", progress=False, parallel=2) == 2
+    out = capsys.readouterr()
+    assert "jobs not started (their prerequisites never ran): a, b" in out.out + out.err

@@ -525,6 +525,7 @@ def run_jobs(jobs: list[Job], paths: Paths, log_dir: Path, progress: bool = True
         log.flush()
         proc = subprocess.Popen(command, env={**env, **job.env}, stdout=log, stderr=subprocess.STDOUT)
         running[job.key] = (job, command, proc, log, time.perf_counter(), log_file)
+        bar.set_postfix_str(", ".join(running))
 
     def finish(job: Job, rc: int) -> None:
         nonlocal failures, stopping
@@ -543,6 +544,7 @@ def run_jobs(jobs: list[Job], paths: Paths, log_dir: Path, progress: bool = True
             stopping = stopping or not keep_going
         outcome[job.key] = rc == 0
         bar.update(1)
+        bar.set_postfix_str(", ".join(running))
 
     try:
         while pending or running:
@@ -562,7 +564,10 @@ def run_jobs(jobs: list[Job], paths: Paths, log_dir: Path, progress: bool = True
                         pending.remove(job)
                         start(job)
             if not running:
-                break  # stopping after a failure, or nothing left can start
+                if pending and not stopping:  # only a cycle in ``after`` gets here: say so rather than skip in silence
+                    bar.write("jobs not started (their prerequisites never ran): " + ", ".join(j.key for j in pending))
+                    failures += len(pending)
+                break  # stopping after a failure, or nothing left to start
             while True:  # wait for one job to end
                 ended = [(job, proc.poll()) for job, _, proc, *_rest in running.values()]
                 ended = [(job, rc) for job, rc in ended if rc is not None]
