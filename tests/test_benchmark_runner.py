@@ -131,6 +131,23 @@ def test_cli_dry_run_and_errors(tmp_path, capsys):
         assert f"nnssl_pretrain -m {method}" in out
 
 
+def test_cli_runs_the_demo_two_jobs_at_once_and_a_spec_one(tmp_path, monkeypatch):
+    """The demo's default -j is the cores, at most 2 (results.md, section 2); a spec's is 1; -j overrides both."""
+    import nnssl.benchmark.runner as runner
+    from nnssl.cli import benchmark as cli
+
+    seen = []
+    monkeypatch.setattr(runner, "run_jobs", lambda jobs, paths, logs, **kw: seen.append(kw["parallel"]) or [])
+    monkeypatch.setattr(cli.os, "cpu_count", lambda: 16)
+    spec = tmp_path / "s.json"
+    spec.write_text(json.dumps(SPEC))
+    for argv in (["--demo"], [str(spec)], ["--demo", "-j", "3"], [str(spec), "-j", "4"]):
+        assert cli.main([*argv, "--workdir", str(tmp_path / "w"), "--no-progress"]) == 0
+    assert seen == [2, 1, 3, 4]
+    monkeypatch.setattr(cli.os, "cpu_count", lambda: 1)
+    assert cli.default_jobs(demo=True) == 1 and cli.default_jobs(demo=False) == 1
+
+
 def test_demo_spec_has_one_method_per_family():
     from nnssl.tasks import get_task_class
 

@@ -21,7 +21,7 @@ def test_thread_limit_reads_a_positive_count_and_names_the_fix(monkeypatch):
     assert thread_limit() == 3
     for bad in ("0", "-1", "two"):
         monkeypatch.setenv(ENV_THREADS, bad)
-        with pytest.raises(ValueError, match="positive integer.*unset it"):
+        with pytest.raises(ValueError, match="NNSSL_NUM_THREADS=.*positive integer.*unset"):
             thread_limit()
 
 

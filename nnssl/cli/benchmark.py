@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 from nnssl.cli.common import fail
 
 EPILOG = """examples:
-  nnssl_benchmark --demo                         the demo on generated phantoms (CPU, about 30 minutes)
+  nnssl_benchmark --demo                         the demo on generated phantoms (2 CPU cores, about 20 minutes)
   nnssl_benchmark --demo --methods all           the demo with all ten methods
   nnssl_benchmark study.yaml --dry-run           print every command of the grid
   nnssl_benchmark study.yaml                     run it here (finished jobs are skipped, interrupted ones resumed)
@@ -37,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-j", "--jobs", type=int, default=None, metavar="N",
                    help="run up to N independent jobs at once, the cores shared evenly between them (each gets "
                         "cores // N threads; a job starts when the jobs it needs have succeeded). On a CPU two "
-                        "one-thread jobs outrun one two-thread job (documentation/benchmark.md). Default: 1")
+                        "one-thread jobs outrun one two-thread job (documentation/benchmark.md). Default: 1; with --demo the "
+                        "machine's cores, at most 2")
     p.add_argument("--keep-going", action="store_true",
                    help="continue with the other jobs after a failure (the jobs that need the failed one are skipped)")
     p.add_argument("--rerun-changed", action="store_true",
@@ -45,6 +47,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "their outputs aside to <name>.stale-<time>; without it such a grid is refused")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
+
+
+def default_jobs(demo: bool) -> int:
+    """Jobs at once when ``-j`` is not given: 1 for a spec (the user sizes a grid to the machine), and for the demo
+    the machine's cores, at most 2 -- two one-thread jobs brought the demo from 29 to 20 minutes on 2 cores
+    (documentation/results.md, section 2), and more would share the phantoms' small grid too thinly."""
+    return min(2, os.cpu_count() or 1) if demo else 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     try:
         failures = run_jobs(jobs, paths, report_dir / "logs", progress=not args.no_progress,
-                            keep_going=args.keep_going, rerun_changed=args.rerun_changed, parallel=args.jobs or 1)
+                            keep_going=args.keep_going, rerun_changed=args.rerun_changed,
+                            parallel=args.jobs or default_jobs(args.demo))
     except ChangedSettingsError as e:
         return fail(str(e))
     minutes = (time.perf_counter() - start) / 60

@@ -18,6 +18,8 @@ from typing import Any, Iterator, Optional
 
 import torch
 
+from nnssl.finetune.regimes import positive_int_env
+
 #: the environment variable that caps a trainer's torch threads on the CPU
 ENV_THREADS = "NNSSL_NUM_THREADS"
 LOCK_NAME = ".nnssl_splits.lock"
@@ -25,17 +27,7 @@ LOCK_NAME = ".nnssl_splits.lock"
 
 def thread_limit() -> Optional[int]:
     """``NNSSL_NUM_THREADS`` as a positive int, None when unset; anything else is a ValueError naming the fix."""
-    raw = os.environ.get(ENV_THREADS, "").strip()
-    if not raw:
-        return None
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise ValueError(f"{ENV_THREADS} must be a positive integer (threads per run), got {raw!r}; unset it to let "
-                         "nnU-Net use every core")
-    return value
+    return positive_int_env(ENV_THREADS)
 
 
 def apply_thread_limit(trainer: Any) -> Optional[int]:
